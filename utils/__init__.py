@@ -1,0 +1,1 @@
+"""Metrics, schedules, checkpoints, distributed set-up, logging and plots."""

@@ -1,0 +1,52 @@
+"""Device selection, seeding and the one mixed-precision context used by training and evaluation."""
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+
+import numpy as np
+import torch
+
+AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """`auto` picks CUDA when present, else the CPU; any torch device string is accepted."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            local_rank = int(os.environ.get("LOCAL_RANK", 0))
+            return torch.device("cuda", local_rank)
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {name}: CUDA is not available on this machine")
+    return device
+
+
+def autocast(device: torch.device, amp: str = "off") -> contextlib.AbstractContextManager:
+    """Mixed-precision context for `--amp off|bf16|fp16` (fp16 is CUDA-only)."""
+    if amp not in AMP_DTYPES:
+        raise ValueError(f"--amp must be one of {sorted(AMP_DTYPES)}, got {amp!r}")
+    dtype = AMP_DTYPES[amp]
+    if dtype is None:
+        return contextlib.nullcontext()
+    if dtype is torch.float16 and device.type != "cuda":
+        raise SystemExit("--amp fp16 needs a CUDA device; use --amp bf16 on the CPU")
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def configure_backends(device: torch.device, deterministic: bool = False) -> None:
+    """cudnn benchmark (the authors' setting) unless a deterministic run is asked for."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = not deterministic
+        torch.backends.cudnn.deterministic = deterministic
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
