@@ -1,0 +1,109 @@
+"""timm CNN encoders returning stage outputs coarse -> fine, and offline ImageNet weight lookup."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import urlparse
+
+import huggingface_hub
+import timm
+import torch
+from torch import nn
+
+from utils.checkpoint import CheckpointError
+
+HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def cached_imagenet_weights(backbone: str) -> Path | None:
+    """The local timm / Hugging Face cache file with ImageNet weights for `backbone`, if present.
+
+    Looks at the cache only; never contacts the network.
+    """
+    cfg = timm.models.get_pretrained_cfg(backbone)
+    if cfg is None:
+        return None
+    if cfg.hf_hub_id:
+        for filename in HF_WEIGHT_FILES:
+            found = huggingface_hub.try_to_load_from_cache(cfg.hf_hub_id, filename)
+            if isinstance(found, str) and os.path.isfile(found):
+                return Path(found)
+    if cfg.url:
+        found = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(cfg.url).path)
+        if found.is_file():
+            return found
+    return None
+
+
+def pretrained_available(backbone: str) -> bool:
+    """True when ImageNet weights for this timm backbone are in the local cache."""
+    return cached_imagenet_weights(backbone) is not None
+
+
+def _missing_weights_message(backbone: str) -> str:
+    cfg = timm.models.get_pretrained_cfg(backbone)
+    source = []
+    if cfg is not None and cfg.hf_hub_id:
+        source.append(f"'{HF_WEIGHT_FILES[0]}' of https://huggingface.co/{cfg.hf_hub_id}")
+    if cfg is not None and cfg.url:
+        source.append(cfg.url)
+    if backbone.split(".")[0] == "resnest101e":
+        source.append("the resnest package's resnest101-22405ba7.pth")
+    if backbone.split(".")[0] == "vgg16":
+        source.append("torchvision's vgg16-397923af.pth")
+    where = " or ".join(source) if source else "a timm-layout state_dict for this architecture"
+    return (f"no ImageNet weights for backbone '{backbone}' in the local timm / Hugging Face cache "
+            f"(no network access is attempted). Pass the weight file explicitly (--pretrained PATH): {where}; "
+            f"or train from scratch with --pretrained none")
+
+
+def feature_indices(backbone: str, strides: tuple[int, ...]) -> tuple[int, ...]:
+    """timm `out_indices` of the deepest stage at each of `strides` (fine -> coarse)."""
+    try:
+        with torch.device("meta"):
+            probe = timm.create_model(backbone, pretrained=False, features_only=True)
+    except RuntimeError as e:
+        raise ValueError(f"backbone '{backbone}': {e}") from None
+    reductions = probe.feature_info.reduction()
+    missing = [s for s in strides if s not in reductions]
+    if missing:
+        raise ValueError(f"backbone '{backbone}' has feature strides {reductions}; this model needs stages at "
+                         f"strides {list(strides)} (missing {missing})")
+    return tuple(max(i for i, r in enumerate(reductions) if r == s) for s in strides)
+
+
+def create_timm_model(backbone: str, pretrained: bool | str | os.PathLike = False, **kwargs) -> nn.Module:
+    """timm.create_model with ImageNet weights from the local cache (True) or from a file (path); never
+    downloads. A missing or unusable weight file raises an error naming it."""
+    weights = None
+    if pretrained is True:
+        weights = cached_imagenet_weights(backbone)
+        if weights is None:
+            raise FileNotFoundError(_missing_weights_message(backbone))
+    elif pretrained:
+        weights = Path(pretrained)
+        if not weights.is_file():
+            raise CheckpointError(f"{weights}: no such file (ImageNet weights for backbone '{backbone}')")
+    if weights is not None:
+        kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=str(weights)))
+    try:
+        return timm.create_model(backbone, **kwargs)
+    except (RuntimeError, KeyError, ValueError, EOFError, OSError) as e:
+        if weights is None:
+            raise ValueError(f"backbone '{backbone}': {e}") from None
+        raise CheckpointError(f"{weights}: cannot initialise timm backbone '{backbone}' from this file: "
+                              f"{str(e).strip()[:2000]}") from None
+
+
+class TimmEncoder(nn.Module):
+    """A timm `features_only` CNN whose forward returns the stage outputs at `strides`, COARSE -> FINE."""
+
+    def __init__(self, backbone: str, strides: tuple[int, ...] = (4, 8, 16, 32),
+                 pretrained: bool | str | os.PathLike = False) -> None:
+        super().__init__()
+        self.model = create_timm_model(backbone, pretrained, features_only=True,
+                                       out_indices=feature_indices(backbone, strides))
+        self.channels = list(reversed(self.model.feature_info.channels()))
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.model(x)[::-1]
