@@ -1,0 +1,220 @@
+"""Training speed: seconds per optimiser step and images/s of stage 1 and stage 2 (D-DFFNet).
+
+    python bench/train_speed.py [--quick] [--device auto] [--steps 3]
+
+Times `engine.train.train_step`, the exact step of train_single.py / train_kd.py (forward, loss,
+backward, element-wise clamp, Adam; stage 2 adds the frozen teachers under inference mode, MiDaS
+encoder only, and the projectors), on random 320x320 batches: stage 1 at batch 6, stage 2 at batch 2,
+resnest101e student / teacher and MiDaS ResNeXt-101-32x8d (random weights: speed does not depend on
+them). Each stage runs in fp32 and in bf16 autocast + channels_last, on the CPU and, when present,
+on CUDA. Reported: s/step, images/s, peak memory (CPU: peak RSS from /proc, reset per row; CUDA:
+max_memory_allocated), the step's FLOPs (torch.utils.flop_counter) and the share of this machine's
+matmul peak (a large fp32 / bf16 matmul measured in the same run) that the step achieves.
+
+Baseline: the authors' code measured on this machine (stage-1 step at batch 6 = 9.4 s fp32; stage-2
+step at batch 2 = 7.25 s, of which MiDaS's full forward 2.0 s and the DFFNet teacher 0.96 s).
+Targets: stage 1 <= 9.4 s fp32 and <= 4.7 s bf16; stage 2 <= 5.4 s fp32 and <= 2.9 s bf16.
+`--quick` (resnest14d, MiDaS resnet18, 128x128, 1 timed step) only checks that the script works; its
+numbers are not comparable with the baseline. Writes bench/results/train_speed.json
+(train_speed_quick.json with --quick).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import train_kd  # noqa: E402
+import train_single  # noqa: E402
+from engine.train import (Stage, build_feature_distill_stage, build_stage1, prepare_teacher,  # noqa: E402
+                          train_step)
+from models import build_midas, build_model  # noqa: E402
+from utils.distributed import DistributedContext  # noqa: E402
+from utils.runtime import configure_backends, select_device  # noqa: E402
+
+AUTHORS_SECONDS = {"stage 1": 9.4, "stage 2": 7.25}
+TARGET_SECONDS = {("stage 1", "fp32"): 9.4, ("stage 1", "bf16+cl"): 4.7,
+                  ("stage 2", "fp32"): 5.4, ("stage 2", "bf16+cl"): 2.9}
+PRECISIONS = {"fp32": ("off", False), "bf16+cl": ("bf16", True)}
+
+
+def machine(device: torch.device) -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    info = {"host": platform.node(), "cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "python": platform.python_version(), "torch": torch.__version__, "device": str(device)}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # Linux: resets VmHWM (peak RSS) to the current RSS
+    except OSError:
+        pass
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    """CUDA: max_memory_allocated; CPU: peak RSS (VmHWM; ru_maxrss when /proc is absent)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 1e9
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024 / 1e9
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
+
+
+def synchronise(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak_tflops(device: torch.device, dtype: torch.dtype, n: int, repeats: int) -> float:
+    """Measured throughput of an n x n x n matmul, TFLOP/s (best of `repeats`)."""
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        synchronise(device)
+        start = time.perf_counter()
+        torch.mm(a, b)
+        synchronise(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e12
+
+
+def random_batches(batch: int, size: int, device: torch.device, count: int) -> list[dict[str, torch.Tensor]]:
+    generator = torch.Generator().manual_seed(0)
+    return [{"image": torch.randn(batch, 3, size, size, generator=generator),
+             "mask": (torch.rand(batch, 1, size, size, generator=generator) > 0.5).float()} for _ in range(count)]
+
+
+def build(stage_name: str, argv: list[str], cfg: argparse.Namespace, ctx: DistributedContext) -> tuple[Stage, argparse.Namespace]:
+    """The training stage exactly as the scripts build it (random weights)."""
+    if stage_name == "stage 1":
+        args = train_single.parse_args(argv)
+        return build_stage1(args, ctx), args
+    args = train_kd.parse_args(argv)
+    teacher = prepare_teacher(build_model("dffnet", backbone=cfg.backbone), args, ctx)
+    midas = prepare_teacher(build_midas(encoder=cfg.midas_encoder, features=cfg.midas_features), args, ctx)
+    return build_feature_distill_stage(args, ctx, teacher, midas), args
+
+
+def measure(stage_name: str, precision: str, cfg: argparse.Namespace, device: torch.device,
+            matmul_peak: dict[str, float]) -> dict[str, Any]:
+    """Build the stage, warm up, time `cfg.steps` steps, count one step's FLOPs."""
+    amp, channels_last = PRECISIONS[precision]
+    batch = 6 if stage_name == "stage 1" else 2
+    argv = ["--backbone", cfg.backbone, "--pretrained", "none", "--batch-size", str(batch), "--img-size",
+            str(cfg.img_size), "--amp", amp, "--device", str(device)] + (["--channels-last"] if channels_last else [])
+    ctx = DistributedContext(rank=0, local_rank=0, world_size=1, device=device)
+    reset_peak_memory(device)
+    torch.manual_seed(0)
+    stage, args = build(stage_name, argv, cfg, ctx)
+    scaler = torch.amp.GradScaler(device.type, enabled=False)
+    batches = iter(random_batches(batch, cfg.img_size, device, cfg.warmup + cfg.steps + 1))
+    stage.network.train()
+    for _ in range(cfg.warmup):
+        train_step(stage, batches, 1, args, ctx, scaler)
+    synchronise(device)
+    start = time.perf_counter()
+    for _ in range(cfg.steps):
+        train_step(stage, batches, 1, args, ctx, scaler)
+    synchronise(device)
+    seconds = (time.perf_counter() - start) / cfg.steps
+    memory = peak_memory_gb(device)
+    with FlopCounterMode(display=False) as counter:
+        train_step(stage, batches, 1, args, ctx, scaler)
+    flops = counter.get_total_flops()
+    peak = matmul_peak["bf16" if amp == "bf16" else "fp32"]
+    target = TARGET_SECONDS[(stage_name, precision)] if cfg.full else None
+    return {"stage": stage_name, "precision": precision, "device": str(device), "batch": batch,
+            "img_size": cfg.img_size, "seconds_per_step": seconds, "images_per_second": batch / seconds,
+            "peak_memory_gb": memory, "step_tflop": flops / 1e12, "achieved_tflops": flops / seconds / 1e12,
+            "share_of_matmul_peak": flops / seconds / 1e12 / peak,
+            "authors_seconds": AUTHORS_SECONDS[stage_name] if cfg.full else None,
+            "target_seconds": target, "meets_target": (seconds <= target) if target is not None else None}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small networks and images: a smoke run only")
+    parser.add_argument("--device", default="auto", help="auto (CPU, and CUDA when present) | cpu | cuda")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per row")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--out", default=None, help="JSON path (default bench/results/train_speed[_quick].json)")
+    cfg = parser.parse_args()
+    cfg.full = not cfg.quick
+    cfg.backbone, cfg.midas_encoder, cfg.midas_features, cfg.img_size = (
+        ("resnest14d", "resnet18", 64, 128) if cfg.quick else ("resnest101e", "resnext101_32x8d", 256, 320))
+    if cfg.quick:
+        cfg.steps = 1
+    devices = [torch.device("cpu")]
+    if cfg.device == "auto" and torch.cuda.is_available():
+        devices.append(select_device("cuda"))
+    elif cfg.device != "auto":
+        devices = [select_device(cfg.device)]
+
+    rows, machines = [], []
+    for device in devices:
+        configure_backends(device)
+        size, repeats = (1024, 3) if cfg.quick else ((8192 if device.type == "cuda" else 2048), 5)
+        matmul_peak = {"fp32": matmul_peak_tflops(device, torch.float32, size, repeats),
+                       "bf16": matmul_peak_tflops(device, torch.bfloat16, size, repeats)}
+        machines.append({**machine(device), "matmul_peak_tflops": matmul_peak})
+        print(f"{device}: matmul peak fp32 {matmul_peak['fp32']:.3f} TFLOP/s, bf16 {matmul_peak['bf16']:.3f} TFLOP/s")
+        for stage_name in ("stage 1", "stage 2"):
+            for precision in PRECISIONS:
+                row = measure(stage_name, precision, cfg, device, matmul_peak)
+                rows.append(row)
+                print(f"  {stage_name} {precision}: {row['seconds_per_step']:.3f} s/step", flush=True)
+
+    print(f"\nmachine: {machines[0]['cpu']}, {machines[0]['cpu_count']} cores, torch {torch.__version__} "
+          f"with {torch.get_num_threads()} threads"
+          + ("" if cfg.full else "   (--quick: resnest14d / MiDaS resnet18 at 128x128, NOT comparable with the baseline)"))
+    header = f"{'stage':8} {'precision':9} {'device':6} {'batch':>5} {'s/step':>8} {'img/s':>7} {'peak GB':>8} " \
+             f"{'TFLOP/step':>10} {'% matmul peak':>13} {'authors s':>9} {'target s':>8}"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        authors = f"{r['authors_seconds']:.2f}" if r["authors_seconds"] else "-"
+        target = f"{r['target_seconds']:.2f}" + (" ok" if r["meets_target"] else " MISS") if r["target_seconds"] else "-"
+        print(f"{r['stage']:8} {r['precision']:9} {r['device'][:6]:6} {r['batch']:>5} {r['seconds_per_step']:>8.3f} "
+              f"{r['images_per_second']:>7.2f} {r['peak_memory_gb']:>8.2f} {r['step_tflop']:>10.3f} "
+              f"{100 * r['share_of_matmul_peak']:>12.1f}% {authors:>9} {target:>8}")
+    print("baseline (authors' code on this machine): stage 1 batch 6 = 9.4 s/step fp32; stage 2 batch 2 = "
+          "7.25 s/step (MiDaS full forward 2.0 s, DFFNet teacher 0.96 s)")
+
+    out = Path(cfg.out) if cfg.out else ROOT / "bench" / "results" / ("train_speed_quick.json" if cfg.quick else "train_speed.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"quick": cfg.quick, "machines": machines, "rows": rows,
+                               "baseline": {"source": "authors' code measured on this machine",
+                                            "seconds_per_step": AUTHORS_SECONDS},
+                               "targets": {f"{s} {p}": t for (s, p), t in TARGET_SECONDS.items()}}, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

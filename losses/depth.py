@@ -1,0 +1,59 @@
+"""MiDaS's scale-and-shift-invariant depth loss (Ranftl et al., TPAMI 2022, eqs. 4-5 and 11)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def align_scale_shift(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Per-image least-squares scale s and shift t; returns s * pred + t (B x 1 x H x W)."""
+    b = pred.shape[0]
+    p, g, m = pred.reshape(b, -1), target.reshape(b, -1), valid.reshape(b, -1).to(pred.dtype)
+    n = m.sum(1).clamp_min(1.0)
+    mean_p, mean_g = (m * p).sum(1) / n, (m * g).sum(1) / n
+    var_p = (m * (p - mean_p[:, None]) ** 2).sum(1)
+    cov = (m * (p - mean_p[:, None]) * (g - mean_g[:, None])).sum(1)
+    scale = cov / var_p.clamp_min(1e-12)
+    shift = mean_g - scale * mean_p
+    return scale.view(b, 1, 1, 1) * pred + shift.view(b, 1, 1, 1)
+
+
+def gradient_matching_loss(residual: torch.Tensor, valid: torch.Tensor, scales: int = 4) -> torch.Tensor:
+    """Mean absolute x/y gradient of the aligned residual, summed over `scales` halvings."""
+    total = residual.new_zeros(())
+    for k in range(scales):
+        if k:
+            residual = residual[:, :, ::2, ::2]
+            valid = valid[:, :, ::2, ::2]
+        if residual.shape[-1] < 2 or residual.shape[-2] < 2:
+            break
+        vx = valid[..., :, 1:] & valid[..., :, :-1]
+        vy = valid[..., 1:, :] & valid[..., :-1, :]
+        gx = (residual[..., :, 1:] - residual[..., :, :-1]).abs() * vx
+        gy = (residual[..., 1:, :] - residual[..., :-1, :]).abs() * vy
+        total = total + (gx.sum() + gy.sum()) / valid.sum().clamp_min(1)
+    return total
+
+
+def scale_shift_invariant_loss(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    valid: torch.Tensor | None = None,
+    grad_weight: float = 0.5,
+    scales: int = 4,
+) -> torch.Tensor:
+    """L_ssi (MSE after per-image scale/shift alignment) + grad_weight x multi-scale gradient matching.
+
+    `pred` and `target` are B x 1 x H x W inverse-depth maps (MiDaS predicts disparity); `pred` is
+    resized bilinearly to the target's size first. `valid` marks the pixels that count.
+    """
+    if pred.shape[-2:] != target.shape[-2:]:
+        pred = F.interpolate(pred, size=target.shape[-2:], mode="bilinear", align_corners=False)
+    pred, target = pred.float(), target.float()
+    if valid is None:
+        valid = torch.ones_like(target, dtype=torch.bool)
+    residual = (align_scale_shift(pred, target, valid) - target) * valid
+    ssi = 0.5 * (residual**2).sum() / valid.sum().clamp_min(1)
+    if grad_weight == 0:
+        return ssi
+    return ssi + grad_weight * gradient_matching_loss(residual, valid, scales)

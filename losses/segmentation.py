@@ -1,0 +1,95 @@
+"""BCE + DOF-edge loss (PROTOCOL.md section 4) and the deep-supervision segmentation loss."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+Reduction = Literal["sum", "mean"]
+
+
+def _edge_kernel(like: torch.Tensor) -> torch.Tensor:
+    """The authors' fixed 3x3 filter: ones with -8 at the centre (8-neighbour Laplacian)."""
+    kernel = torch.ones(1, 1, 3, 3, dtype=like.dtype, device=like.device)
+    kernel[..., 1, 1] = -8.0
+    return kernel
+
+
+def label_edges(mask: torch.Tensor) -> torch.Tensor:
+    """1 where a 3x3 neighbour (zero padding) differs from the pixel: a 2 px band around every
+    boundary, plus every image-border pixel whose label is 1. `mask` is B x 1 x H x W in {0, 1}."""
+    response = F.conv2d(mask, _edge_kernel(mask), padding=1)
+    return 1.0 - (response == 0).to(mask.dtype)
+
+
+def prediction_edges(logits: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
+    """Soft edges of sigmoid(logits): e^2 / (e^2 + alpha) with e the same 3x3 filter response."""
+    response = F.conv2d(torch.sigmoid(logits), _edge_kernel(logits), padding=1)
+    return response.pow(2) / (response.pow(2) + alpha)
+
+
+def dof_edge_loss(logits: torch.Tensor, mask: torch.Tensor, reduction: Reduction = "sum") -> torch.Tensor:
+    """Dice loss (smooth 1, power 2) between prediction and label edge maps, per sample, then summed
+    over the batch as the authors do (`reduction='sum'`) or averaged (`'mean'`)."""
+    if logits.shape != mask.shape:
+        raise ValueError(f"dof_edge_loss: logits {tuple(logits.shape)} and mask {tuple(mask.shape)} differ")
+    logits, mask = logits.float(), mask.float()
+    pred_edge = prediction_edges(logits).flatten(1)
+    true_edge = label_edges(mask).flatten(1)
+    numerator = 2.0 * (pred_edge * true_edge).sum(1) + 1.0
+    denominator = pred_edge.pow(2).sum(1) + true_edge.pow(2).sum(1) + 1.0
+    per_sample = 1.0 - numerator / denominator
+    if reduction == "sum":
+        return per_sample.sum()
+    if reduction == "mean":
+        return per_sample.mean()
+    raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
+
+
+def bce_dof_edge_loss(
+    logits: torch.Tensor,
+    mask: torch.Tensor,
+    edge_weight: float = 0.5,
+    reduction: Reduction = "sum",
+    edge_sum_scale: float = 1.0,
+) -> torch.Tensor:
+    """The authors' ECELoss: mean BCE-with-logits + edge_weight x DOF-edge loss.
+
+    `edge_sum_scale` multiplies a batch-summed edge term; training passes processes x accumulation
+    steps so that a split batch reproduces the loss of the whole batch (see engine.train).
+    """
+    bce = F.binary_cross_entropy_with_logits(logits.float(), mask.float())
+    edge = dof_edge_loss(logits, mask, reduction)
+    if reduction == "sum":
+        edge = edge * edge_sum_scale
+    return bce + edge_weight * edge
+
+
+def segmentation_loss(
+    logits: torch.Tensor,
+    sides: Sequence[torch.Tensor],
+    mask: torch.Tensor,
+    loss: Literal["bce", "bce+edge"] = "bce+edge",
+    final_weight: float = 1.0,
+    reduction: Reduction = "sum",
+    edge_sum_scale: float = 1.0,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """final_weight x L(final) + sum_k L(side_k), side maps upsampled bilinearly (align_corners=False)
+    to the label size. Returns the total and the unweighted terms {'final', 'side1', ...}."""
+    if loss == "bce":
+        def term(x: torch.Tensor) -> torch.Tensor:
+            return F.binary_cross_entropy_with_logits(x.float(), mask.float())
+    elif loss == "bce+edge":
+        def term(x: torch.Tensor) -> torch.Tensor:
+            return bce_dof_edge_loss(x, mask, reduction=reduction, edge_sum_scale=edge_sum_scale)
+    else:
+        raise ValueError(f"loss must be 'bce' or 'bce+edge', got {loss!r}")
+    size = mask.shape[-2:]
+    terms = {"final": term(F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+                           if logits.shape[-2:] != size else logits)}
+    for k, side in enumerate(sides, start=1):
+        terms[f"side{k}"] = term(F.interpolate(side, size=size, mode="bilinear", align_corners=False))
+    total = final_weight * terms["final"] + sum(v for key, v in terms.items() if key != "final")
+    return total, terms

@@ -1,0 +1,217 @@
+"""End-to-end training on CPU: resnest14d, tiny synthetic images, each stage, resume, NaN stop, SIGKILL."""
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import engine.train
+import train_kd
+import train_single
+from models import build_midas, load_model
+from utils.checkpoint import read_checkpoint, save_checkpoint
+from utils.distributed import DistributedContext
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_tiny_set(root: Path, n: int, size: int = 64, seed: int = 0) -> Path:
+    """n random images with one in-focus square each (white = in-focus), in the synthetic layout."""
+    rng = np.random.default_rng(seed)
+    (root / "image").mkdir(parents=True)
+    (root / "gt").mkdir()
+    for i in range(n):
+        mask = np.zeros((size, size), np.uint8)
+        y, x = rng.integers(size // 4, 3 * size // 4, 2)
+        mask[y - size // 6 : y + size // 6, x - size // 6 : x + size // 6] = 255
+        image = rng.integers(0, 120, (size, size, 3), dtype=np.uint8)
+        image[mask > 0] = rng.integers(100, 255, (int((mask > 0).sum()), 3), dtype=np.uint8)
+        Image.fromarray(image).save(root / "image" / f"{i:03d}.png")
+        Image.fromarray(mask).save(root / "gt" / f"{i:03d}.png")
+    return root
+
+
+def write_tiny_item(seed: int, size: int = 64) -> dict[str, torch.Tensor]:
+    """One normalised image with a bright in-focus square, and its mask (1 = in-focus)."""
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.zeros(1, size, size)
+    y, x = torch.randint(size // 4, 3 * size // 4, (2,), generator=g).tolist()
+    mask[:, y - size // 6 : y + size // 6, x - size // 6 : x + size // 6] = 1
+    image = torch.randn(3, size, size, generator=g) * 0.3 + mask
+    return {"image": image, "mask": mask}
+
+
+def common_args(data: Path, run: Path, batch: int = 2) -> list[str]:
+    return ["--backbone", "resnest14d", "--pretrained", "none", "--train-set", f"synthetic:{data}",
+            "--img-size", "64", "--batch-size", str(batch), "--workers", "0", "--device", "cpu",
+            "--save", str(run / "model.pth"), "--log-dir", str(run / "log")]
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def assert_same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_set(tmp_path_factory.mktemp("tiny"), 8)
+
+
+@pytest.fixture(scope="module")
+def two_epoch_run(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Stage 1 for 2 epochs in one run, validating on the same images (validation must not perturb it)."""
+    run = tmp_path_factory.mktemp("two_epochs")
+    train_single.main(common_args(data, run) + ["--epochs", "2", "--val-set", f"synthetic:{data}"])
+    return run
+
+
+@pytest.fixture(scope="module")
+def depth_teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small MiDaS (resnet18 encoder, 16 decoder features) saved in our checkpoint format; its last bias
+    is raised so that the final ReLU of the random network does not give an all-zero depth map."""
+    torch.manual_seed(0)
+    midas = build_midas(encoder="resnet18", features=16)
+    torch.nn.init.constant_(midas.scratch.output_conv[-2].bias, 1.0)
+    path = tmp_path_factory.mktemp("midas") / "midas_small.pt"
+    save_checkpoint({"format": "ddffnet-checkpoint-v1", "model": midas.state_dict(), "model_config": midas.config,
+                     "config": {}, "epoch": 0}, path)
+    return path
+
+
+def test_stage1_writes_a_complete_checkpoint_and_logs(two_epoch_run: Path):
+    checkpoint = read_checkpoint(two_epoch_run / "model.pth")
+    assert checkpoint["format"] == "ddffnet-checkpoint-v1" and checkpoint["epoch"] == 2
+    assert checkpoint["model_config"] == {"name": "dffnet", "backbone": "resnest14d", "depth_heads": False}
+    assert checkpoint["config"]["batch_size"] == 2 and checkpoint["config"]["loss"] == "bce+edge"
+    assert set(checkpoint["optimizers"]) == {"model"} and checkpoint["sampler"] == {"seed": 42, "epoch": 2}
+    assert checkpoint["schedule"]["lr"] == pytest.approx(1e-4 * (1 - 2 / 80) ** 0.9)
+    assert {"python", "numpy", "torch", "cuda"} <= set(checkpoint["rng"][0])
+    model = load_model(two_epoch_run / "model.pth").eval()
+    assert model(torch.zeros(1, 3, 64, 64)).logits.shape == (1, 1, 64, 64)
+    steps = read_csv(two_epoch_run / "log" / "steps.csv")
+    assert [(r["epoch"], r["step"]) for r in steps] == [(e, s) for e in "12" for s in "1234"]
+    assert {"loss", "final", "side1", "side4", "lr", "mae"} <= set(steps[0])
+    epochs = read_csv(two_epoch_run / "log" / "epochs.csv")
+    assert [r["epoch"] for r in epochs] == ["1", "2"]
+    assert all(0 < float(r["val_mae"]) < 1 and 0 <= float(r["val_fbeta"]) <= 1 for r in epochs)
+    best = read_checkpoint(two_epoch_run / "model_best.pth")
+    assert best["best_val_mae"] == pytest.approx(min(float(r["val_mae"]) for r in epochs), rel=1e-4)
+
+
+def test_one_epoch_plus_resume_equals_two_epochs(data: Path, two_epoch_run: Path, tmp_path: Path):
+    train_single.main(common_args(data, tmp_path) + ["--epochs", "1"])
+    train_single.main(common_args(data, tmp_path) + ["--epochs", "2", "--resume"])
+    resumed = read_checkpoint(tmp_path / "model.pth")
+    uninterrupted = read_checkpoint(two_epoch_run / "model.pth")
+    assert resumed["epoch"] == 2
+    assert_same_state(resumed["model"], uninterrupted["model"])
+    assert [r["loss"] for r in read_csv(tmp_path / "log" / "steps.csv")] == \
+        [r["loss"] for r in read_csv(two_epoch_run / "log" / "steps.csv")]
+    with pytest.raises(SystemExit, match="--batch-size 4 differs"):
+        train_single.main(common_args(data, tmp_path, batch=4) + ["--epochs", "3", "--resume"])
+
+
+def test_loss_falls_when_overfitting_one_batch(tmp_path: Path):
+    """The training step itself (engine.train.train_step), repeated on one fixed batch."""
+    batch = torch.utils.data.default_collate([write_tiny_item(seed) for seed in range(2)])
+    args = train_single.parse_args(common_args(tmp_path, tmp_path) + ["--lr", "1e-3"])
+    ctx = DistributedContext(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+    torch.manual_seed(0)
+    stage = engine.train.build_stage1(args, ctx)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    losses = [engine.train.train_step(stage, iter([batch]), 1, args, ctx, scaler)["loss"] for _ in range(12)]
+    assert losses[-1] < 0.7 * losses[0] and losses[-1] == min(losses), losses
+
+
+def test_stage2_feature_distillation_epoch(data: Path, two_epoch_run: Path, depth_teacher: Path, tmp_path: Path):
+    train_kd.main(common_args(data, tmp_path) + [
+        "--epochs", "1", "--teacher", str(two_epoch_run / "model.pth"), "--depth-teacher", str(depth_teacher),
+        "--teacher-bn", "batch", "--amp", "bf16", "--channels-last"])
+    checkpoint = read_checkpoint(tmp_path / "model.pth")
+    assert checkpoint["epoch"] == 1 and set(checkpoint["optimizers"]) == {"model", "projectors"}
+    # student resnest14d 2048/1024/512/256 -> DFFNet teacher (same) and -> MiDaS resnet18 512/256/128/64
+    assert checkpoint["extra_modules"]["to_defocus"]["convs.0.weight"].shape == (2048, 2048, 1, 1)
+    assert checkpoint["extra_modules"]["to_depth"]["convs.3.weight"].shape == (64, 256, 1, 1)
+    rows = read_csv(tmp_path / "log" / "steps.csv")
+    assert all(float(r["alpha"]) == 3.0 for r in rows)
+    for r in rows:
+        total = float(r["seg"]) + 3.0 * (float(r["defocus_distill"]) + float(r["depth_distill"]))
+        assert float(r["loss"]) == pytest.approx(total, rel=1e-4)
+        assert float(r["seg"]) == pytest.approx(
+            1.1 * float(r["final"]) + sum(float(r[f"side{k}"]) for k in range(1, 5)), rel=1e-4)
+    assert checkpoint["optimizers"]["projectors"]["param_groups"][0]["lr"] == 0.1
+
+
+def test_response_distillation_epoch(data: Path, depth_teacher: Path, tmp_path: Path):
+    train_kd.main(common_args(data, tmp_path) + ["--epochs", "1", "--distill", "response",
+                                                 "--depth-teacher", str(depth_teacher)])
+    checkpoint = read_checkpoint(tmp_path / "model.pth")
+    assert checkpoint["epoch"] == 1 and checkpoint["model_config"]["depth_heads"] is True
+    rows = read_csv(tmp_path / "log" / "steps.csv")
+    assert len(rows) == 4 and all(float(r["depth"]) > 0 for r in rows)
+    for r in rows:
+        assert float(r["loss"]) == pytest.approx(float(r["seg"]) + float(r["depth"]), rel=1e-4)
+
+
+def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(data: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch):
+    real_loss = engine.train.segmentation_loss
+    calls = []
+
+    def loss_turning_nan(*args, **kwargs):
+        loss, terms = real_loss(*args, **kwargs)
+        calls.append(1)
+        return (loss * float("nan"), terms) if len(calls) == 6 else (loss, terms)
+
+    monkeypatch.setattr(engine.train, "segmentation_loss", loss_turning_nan)
+    with pytest.raises(SystemExit, match=r"non-finite loss at epoch 2, step 2/4.*model.pth \(epoch 1\)"):
+        train_single.main(common_args(data, tmp_path) + ["--epochs", "2"])
+    assert read_checkpoint(tmp_path / "model.pth")["epoch"] == 1
+
+
+def test_bad_input_gives_a_clear_message(data: Path, depth_teacher: Path, tmp_path: Path):
+    with pytest.raises(SystemExit, match="--batch-size 3 must be divisible"):
+        train_single.main(common_args(data, tmp_path, batch=3) + ["--accumulate", "2"])
+    with pytest.raises(SystemExit, match="--depth-teacher: .*missing.pth: no such file"):
+        train_kd.main(common_args(data, tmp_path) + ["--depth-teacher", str(tmp_path / "missing.pth")])
+    with pytest.raises(SystemExit, match="--teacher: .*missing.pth: no such file"):
+        train_kd.main(common_args(data, tmp_path) + ["--teacher", str(tmp_path / "missing.pth"),
+                                                     "--depth-teacher", str(depth_teacher)])
+    with pytest.raises(SystemExit, match="--train-set"):
+        train_single.main(common_args(tmp_path / "nothing", tmp_path))
+
+
+def test_sigkill_mid_epoch_resumes_from_the_last_complete_checkpoint(data: Path, two_epoch_run: Path,
+                                                                     tmp_path: Path):
+    argv = [sys.executable, "train_single.py", *common_args(data, tmp_path)]
+    process = subprocess.Popen(argv + ["--epochs", "3"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    steps = tmp_path / "log" / "steps.csv"
+    deadline = time.time() + 120
+    try:
+        while not (steps.exists() and "\n2,1," in steps.read_text()):
+            assert process.poll() is None and time.time() < deadline, "training ended before epoch 2 began"
+            time.sleep(0.02)
+    finally:
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+    assert read_checkpoint(tmp_path / "model.pth")["epoch"] == 1  # killed in epoch 2: epoch 1 is intact
+    done = subprocess.run(argv + ["--epochs", "2", "--resume"], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert_same_state(read_checkpoint(tmp_path / "model.pth")["model"],
+                      read_checkpoint(two_epoch_run / "model.pth")["model"])

@@ -1,0 +1,47 @@
+"""Stage 2: train D-DFFNet by feature distillation from the stage-1 DFFNet and MiDaS, or R-DFFNet.
+
+`--distill feature` (default, D-DFFNet): a fresh student (ImageNet backbone, not the teacher's
+weights, as the authors) learns loss = 1.1 x L(final) + sum_k L(side_k) + alpha(epoch) x (defocus +
+depth distillation), the projectors with their own Adam (lr 0.1, weight decay 5e-4, constant,
+not clamped). Teachers run frozen under inference mode; MiDaS runs its encoder only.
+`--teacher-bn eval` (default) uses the teachers' running BatchNorm statistics; `--teacher-bn batch`
+reproduces the authors' scripts, which never called .eval() on the teachers (BatchNorm then
+normalises with each batch's statistics and drifts its running statistics).
+
+`--distill response` (R-DFFNet, appendix B-C, one stage): the student has 1x1 depth heads on the final
+layer and on each decoder branch, supervised by MiDaS depth maps (scale-and-shift-invariant MSE on
+per-image normalised depth, weight 1 per head); no --teacher is needed.
+"""
+from __future__ import annotations
+
+import argparse
+
+from engine.train import NonFiniteLossError, add_common_arguments, train_distill
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_arguments(parser, save="checkpoint/D-DFFNet.pth")
+    parser.add_argument("--distill", choices=["feature", "response"], default="feature")
+    parser.add_argument("--teacher", default="checkpoint/DFFNet.pth",
+                        help="stage-1 checkpoint (ours or the authors' DFFNet.pth)")
+    parser.add_argument("--depth-teacher", default="depth_pretrained/midas_v21-f6b98070.pt",
+                        help="MiDaS weights (the authors' midas_v21-f6b98070.pt or our checkpoint)")
+    parser.add_argument("--teacher-bn", choices=["eval", "batch"], default="eval",
+                        help="teacher BatchNorm: running statistics (eval) or batch statistics (the authors')")
+    parser.add_argument("--final-weight", type=float, default=1.1, help="weight of the final map's loss")
+    parser.add_argument("--projector-lr", type=float, default=0.1)
+    parser.add_argument("--projector-wd", type=float, default=5e-4)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    try:
+        train_distill(args)
+    except NonFiniteLossError as e:
+        raise SystemExit(str(e)) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,23 @@
+"""The authors' per-epoch schedules (PROTOCOL.md sections 2-3).
+
+Epochs are numbered 1, 2, ... as in the authors' loop `for epoch in range(1, opt.epoch)`. Their
+`--epoch 75` therefore runs 74 epochs while both schedules keep 75 as `max_epochs`: the poly
+denominator is max_epochs + 5 = 80 and the alpha ramp divides by max_epochs - 15 = 60.
+"""
+from __future__ import annotations
+
+
+def poly_lr(epoch: int, base_lr: float, max_epochs: int = 75, power: float = 0.9) -> float:
+    """Learning rate of `epoch`: base_lr * (1 - epoch / (max_epochs + 5)) ** power."""
+    if epoch < 0 or epoch >= max_epochs + 5:
+        raise ValueError(f"poly_lr: epoch {epoch} outside [0, {max_epochs + 5}) for max_epochs={max_epochs}")
+    return base_lr * (1.0 - epoch / (max_epochs + 5)) ** power
+
+
+def distill_alpha(epoch: int, max_epochs: int = 75) -> float:
+    """Distillation weight of `epoch`: 3 before epoch 15, then 3 * (epoch - 15) / (max_epochs - 15)."""
+    if max_epochs <= 15:
+        raise ValueError(f"distill_alpha: max_epochs must exceed 15, got {max_epochs}")
+    if epoch < 15:
+        return 3.0
+    return 3.0 * (epoch - 15) / (max_epochs - 15)
