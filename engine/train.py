@@ -545,7 +545,7 @@ def build_feature_distill_stage(args: argparse.Namespace, ctx: DistributedContex
 
     def loss_fn(images: torch.Tensor, masks: torch.Tensor, epoch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         with torch.inference_mode(), autocast(ctx.device, args.amp):
-            defocus_targets = defocus_teacher(images).features
+            defocus_targets = defocus_teacher.features(images)
             depth_targets = depth_teacher.features(images)
         with autocast(ctx.device, args.amp):
             out, defocus_projected, depth_projected = network(images)

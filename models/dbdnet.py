@@ -78,12 +78,16 @@ class DBDNet(nn.Module):
                                      variant.side_attention, depth_heads)
         self.output_stride = min(variant.strides)
 
-    def forward(self, x: torch.Tensor) -> DBDOutput:
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Encoder stage outputs, coarse -> fine (the distillation targets of a DFFNet teacher)."""
         height, width = x.shape[-2:]
         if height % INPUT_MULTIPLE or width % INPUT_MULTIPLE:
             raise ValueError(f"{self.config['name']}: input height and width must be divisible by "
                              f"{INPUT_MULTIPLE}, got {height}x{width}")
-        features = self.encoder(x)
+        return self.encoder(x)
+
+    def forward(self, x: torch.Tensor) -> DBDOutput:
+        features = self.features(x)
         logits, sides, depth = self.decoder([reduce(f) for reduce, f in zip(self.reducers, features)])
         return DBDOutput(upsample(logits, self.output_stride), sides, features, depth)
 

@@ -80,6 +80,22 @@ def test_real_forward_at_a_non_square_size(small_models):
     assert torch.isfinite(out.logits).all() and out.logits.std() > 0
 
 
+def test_features_runs_the_encoder_only(small_models):
+    model = small_models["dffnet"]
+    calls = []
+    hook = model.decoder.register_forward_hook(lambda *_: calls.append(1))
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        features = model.features(x)
+        assert not calls
+        reference = model(x).features
+    hook.remove()
+    assert calls == [1]
+    assert all(torch.equal(a, b) for a, b in zip(features, reference))
+    with pytest.raises(ValueError, match="divisible by 32"):
+        model.features(torch.zeros(1, 3, 48, 40))
+
+
 def test_input_size_must_be_divisible_by_32(small_models):
     with pytest.raises(ValueError, match=r"divisible by 32, got 330x320"):
         small_models["dffnet"](torch.randn(1, 3, 330, 320))
