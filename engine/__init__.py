@@ -1,4 +1,4 @@
-"""Training and evaluation engines."""
-from engine.train import NonFiniteLossError, train_distill, train_stage1
+"""Loops that run the packages: training (`train`, `depth`), evaluation (`evaluate`), baselines and figures.
 
-__all__ = ["NonFiniteLossError", "train_distill", "train_stage1"]
+Submodules are imported where they are used, so that evaluating does not load the training code.
+"""

@@ -1,0 +1,153 @@
+"""End to end: test.py / test.sh on a tiny resnest14d DFFNet over the DUT sample and a synthetic set."""
+from __future__ import annotations
+
+import contextlib
+import csv
+import importlib.util
+import io
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from datasets.synthetic import generate_dataset
+from engine.evaluate import markdown_table, read_map, set_label
+from models import build_model
+from utils.checkpoint import save_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("test_script", ROOT / "test.py")
+test_script = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(test_script)
+FAST = ["--img-size", "64", "--workers", "0", "--batch-size", "4"]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, shared_data):
+    tmp = tmp_path_factory.mktemp("eval")
+    torch.manual_seed(0)
+    model = build_model("dffnet", backbone="resnest14d")
+    checkpoint = tmp / "D-DFFNet.pth"
+    save_checkpoint({"format": "ddffnet-checkpoint-v1", "model": model.state_dict(),
+                     "model_config": model.config, "config": {}, "epoch": 0}, checkpoint)
+    generate_dataset(tmp / "syn", n=3, seed=1, size=64)
+    dut = f"folder:{shared_data / 'DUT-sample'}:white=in-focus"
+    return tmp, checkpoint, dut, f"synthetic:{tmp / 'syn'}"
+
+
+def run(args: list[str], script: str = "test.py", env: dict | None = None) -> subprocess.CompletedProcess:
+    """test.py in this process (imports once), test.sh in a shell."""
+    if script.endswith(".sh"):
+        return subprocess.run(["bash", script, *args], cwd=ROOT, capture_output=True, text=True, timeout=240,
+                              env={**os.environ, **(env or {})})
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        code = test_script.main(args)
+    return subprocess.CompletedProcess(args, code, stdout.getvalue(), stderr.getvalue())
+
+
+@pytest.fixture(scope="module")
+def checkpoint_run(setup):
+    tmp, checkpoint, dut, syn = setup
+    out = tmp / "res"
+    result = run(["--checkpoint", str(checkpoint), "--dataset", dut, syn, "--out", str(out), "--save-maps", *FAST])
+    assert result.returncode == 0, result.stderr
+    return out, json.loads((out / "results.json").read_text()), result.stdout
+
+
+def test_checkpoint_run_writes_json_csv_maps_and_figure(checkpoint_run, shared_data):
+    out, results, stdout = checkpoint_run
+    entries = {e["dataset"]: e for e in results["results"]}
+    assert set(entries) == {"DUT-sample", "syn"}
+    dut = entries["DUT-sample"]
+    assert dut["n_images"] == 5 and dut["protocol"] == "official" and dut["excluded"] == []
+    assert 0 <= dut["mae"] <= 1 and 0 <= dut["fbeta"] <= 1 and 0 <= dut["iou"] <= 1
+    with open(dut["per_image_csv"]) as f:
+        rows = list(csv.DictReader(f))
+    assert [r["name"] for r in rows] == [f"{i}.jpg" for i in range(1, 6)]
+    assert np.mean([float(r["mae"]) for r in rows]) == pytest.approx(dut["mae"], abs=1e-5)
+    maps = sorted(Path(dut["maps"]).iterdir())
+    assert [m.name for m in maps] == [f"{i}.png" for i in range(1, 6)]
+    with Image.open(maps[0]) as grey, Image.open(shared_data / "DUT-sample/image/1.jpg") as image:
+        assert grey.mode == "L" and grey.size == image.size  # original resolution
+    assert (out / "pr_curves.png").stat().st_size > 0 and (out / "D-DFFNet/syn/grid.png").is_file()
+    assert "| D-DFFNet (measured, official) |" in stdout and "D-DFFNet (paper, Table I" in stdout
+
+
+@pytest.mark.parametrize("protocol", ["official", "standard"])
+def test_pred_dir_on_saved_maps_gives_the_checkpoint_numbers(setup, protocol):
+    tmp, checkpoint, dut, _ = setup
+    ours = tmp / f"ours-{protocol}"
+    result = run(["--checkpoint", str(checkpoint), "--dataset", dut, "--out", str(ours), "--save-maps",
+                  "--protocol", protocol, *FAST])
+    assert result.returncode == 0, result.stderr
+    entry = json.loads((ours / "results.json").read_text())["results"][0]
+    inverted = tmp / f"inverted-{protocol}"  # the same maps stored white = blurred
+    inverted.mkdir()
+    for path in Path(entry["maps"]).iterdir():
+        Image.fromarray(255 - np.asarray(Image.open(path))).save(inverted / path.name)
+    for folder, polarity in ((entry["maps"], "white=in-focus"), (inverted, "white=blurred")):
+        out = tmp / f"pred-{protocol}-{polarity}"
+        result = run(["--pred-dir", str(folder), "--pred-polarity", polarity, "--dataset", dut, "--out", str(out),
+                      "--protocol", protocol, *FAST])
+        assert result.returncode == 0, result.stderr
+        again = json.loads((out / "results.json").read_text())["results"][0]
+        assert again["fbeta"] == pytest.approx(entry["fbeta"], abs=1e-9)
+        assert again["iou"] == pytest.approx(entry["iou"], abs=1e-9)
+        # official MAE uses the continuous map, saved maps are 8-bit: at most half a grey level apart
+        assert again["mae"] == pytest.approx(entry["mae"], abs=0.5 / 255 if protocol == "official" else 1e-12)
+        assert again["pr_curve"] == entry["pr_curve"]
+
+
+def test_pred_dir_names_missing_maps(setup, checkpoint_run):
+    tmp, _, dut, _ = setup
+    partial = tmp / "partial"
+    partial.mkdir()
+    Image.new("L", (320, 320), 200).save(partial / "1.png")
+    result = run(["--pred-dir", str(partial), "--dataset", dut, "--out", str(tmp / "p"), *FAST])
+    assert result.returncode == 2 and "no map for 4 of 5 images" in result.stderr and "2.jpg" in result.stderr
+
+
+def test_images_mode_writes_maps_and_overlays_without_gt(setup, shared_data):
+    tmp, checkpoint, _, _ = setup
+    photo = shared_data / "CUHK/image/out_of_focus0001.jpg"
+    out = tmp / "photos"
+    result = run(["--checkpoint", str(checkpoint), "--images", str(photo),
+                  str(shared_data / "DUT-sample/image/2.jpg"), "--out", str(out), *FAST])
+    assert result.returncode == 0, result.stderr
+    with Image.open(photo) as image, Image.open(out / "maps/out_of_focus0001.png") as grey, \
+            Image.open(out / "overlays/out_of_focus0001.jpg") as overlay:
+        assert grey.size == image.size and overlay.size == (2 * image.width, image.height)
+    assert (out / "maps/2.png").is_file()
+    assert read_map(out / "maps/2.png").shape == (320, 320)
+
+
+def test_test_sh_prints_the_table_and_names_missing_sets(setup, checkpoint_run, tmp_path):
+    tmp, checkpoint, _, syn = setup
+    env = {"CHECKPOINTS": str(checkpoint), "DATASETS": f"CUHK-TE-1 EBD {syn}", "DATA_ROOT": str(tmp_path),
+           "OUT": str(tmp_path / "out")}
+    result = run(FAST, script="test.sh", env=env)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    missing = [line for line in lines if line.startswith("missing ")]
+    assert [line.split(":")[0] for line in missing] == ["missing CUHK-TE-1", "missing EBD"]
+    assert all(str(tmp_path) in line for line in missing)  # says where the set should be
+    header = next(line for line in lines if line.startswith("| model |"))
+    assert header.index("CUHK-TE-1") < header.index("EBD") < header.index("syn")
+    assert "| D-DFFNet (paper, Table I, trained on CUHK-TR-1) | .036 / .973 / .951 |" in result.stdout
+    assert (tmp_path / "out/pr_curves.png").is_file()
+
+
+def test_markdown_table_difference_and_set_labels():
+    entry = {"model": "DFFNet", "dataset": "CUHK-TE-1", "protocol": "official", "mae": 0.041, "fbeta": 0.970,
+             "iou": 0.950}
+    table = markdown_table([entry], ["CUHK-TE-1", "CTCUG"], "I", extra_paper_methods=["DD"])
+    assert "| DFFNet (measured, official) | .041 / .970 / .950 | - |" in table
+    assert "| difference (ours - paper) | +.002 / -.001 / +.003 | - |" in table
+    assert "| DD (paper) | .045 / .966 / .941 | .155 / .797 / .775 |" in table
+    assert set_label("folder:/x/DUT-sample:white=in-focus") == "DUT-sample" and set_label("EBD-1305") == "EBD-1305"

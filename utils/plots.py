@@ -1,0 +1,89 @@
+"""Figures: precision-recall curves (matplotlib, Agg), qualitative grids and blur overlays (numpy / PIL)."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+import numpy as np  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
+
+BLUR_TINT = np.array([255, 40, 40], dtype=np.float32)
+
+
+def plot_pr_curves(curves: dict[str, dict[str, dict]], path: str | Path, title: str = "") -> Path:
+    """One panel per data set, one line per method: curves[set][method] = {"precision", "recall"}.
+
+    The blurred class is positive; the 0.5 operating point (threshold index 128) is marked.
+    """
+    if not curves:
+        raise ValueError("no PR curve to plot")
+    path = Path(path)
+    columns = min(3, len(curves))
+    rows = math.ceil(len(curves) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.8 * rows), squeeze=False)
+    for ax, (set_name, methods) in zip(axes.flat, curves.items()):
+        for method, curve in methods.items():
+            recall, precision = np.asarray(curve["recall"]), np.asarray(curve["precision"])
+            (line,) = ax.plot(recall, precision, label=method, linewidth=1.5)
+            middle = len(recall) // 2
+            ax.plot(recall[middle], precision[middle], "o", color=line.get_color(), markersize=4)
+        ax.set(title=set_name, xlabel="recall (blur)", ylabel="precision (blur)", xlim=(0, 1.01), ylim=(0, 1.01))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower left")
+    for ax in list(axes.flat)[len(curves):]:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def blur_overlay(image: np.ndarray, in_focus: np.ndarray, strength: float = 0.55) -> np.ndarray:
+    """uint8 RGB image with predicted blurred regions tinted red: in_focus is P(in-focus) in [0, 1], same H, W."""
+    if image.shape[:2] != in_focus.shape:
+        raise ValueError(f"overlay: image {image.shape[:2]} and map {in_focus.shape} differ in size")
+    weight = (strength * (1.0 - in_focus.astype(np.float32)))[..., None]
+    return (image.astype(np.float32) * (1 - weight) + BLUR_TINT * weight).round().astype(np.uint8)
+
+
+def _tile(picture: np.ndarray, height: int) -> np.ndarray:
+    """RGB uint8 tile of the given height (aspect kept) from an RGB image or a [0, 1] / uint8 grey map."""
+    if picture.ndim == 2:
+        grey = picture if picture.dtype == np.uint8 else (np.clip(picture, 0, 1) * 255).round().astype(np.uint8)
+        picture = np.repeat(grey[..., None], 3, axis=2)
+    width = max(1, round(picture.shape[1] * height / picture.shape[0]))
+    return np.asarray(Image.fromarray(picture).resize((width, height), Image.Resampling.BILINEAR))
+
+
+def labelled_grid(rows: list[list[np.ndarray]], labels: list[str] | None, path: str | Path, height: int = 160,
+                  gap: int = 4) -> Path:
+    """Save a grid: one row per sample, pictures (RGB images, [0, 1] or uint8 grey maps) side by side at a
+    common height, with an optional column title above each column of the first row."""
+    if not rows:
+        raise ValueError("qualitative grid: no sample")
+    tiled = [[_tile(p, height) for p in row] for row in rows]
+    header = 18 if labels else 0
+    width = max(sum(t.shape[1] for t in row) + gap * (len(row) - 1) for row in tiled)
+    canvas = np.full((header + len(tiled) * (height + gap) - gap, width, 3), 255, dtype=np.uint8)
+    for r, row in enumerate(tiled):
+        x, y = 0, header + r * (height + gap)
+        for tile in row:
+            canvas[y:y + height, x:x + tile.shape[1]] = tile
+            x += tile.shape[1] + gap
+    picture = Image.fromarray(canvas)
+    if labels:
+        draw, x = ImageDraw.Draw(picture), 0
+        for label, tile in zip(labels, tiled[0]):
+            draw.text((x + 2, 3), label, fill=(0, 0, 0))
+            x += tile.shape[1] + gap
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    picture.save(path)
+    return path
