@@ -36,6 +36,7 @@ out="${OUT:-results/paper}"
 common=(--data-root "${DATA_ROOT:-data}" --protocol "${PROTOCOL:-official}" --img-size "${IMG_SIZE:-320}")
 
 extra=()
+failed=()
 for baseline in ${BASELINES:-}; do
     label="${baseline%%=*}"
     maps="${baseline#*=}"
@@ -47,9 +48,15 @@ for baseline in ${BASELINES:-}; do
         if "$PYTHON" test.py --pred-dir "$folder" --label "$label" --dataset "$set" --out "$result" \
                 "${common[@]}" --skip-missing --grid 0 > /dev/null; then
             extra+=("$result/results.json")
+        else
+            failed+=("$label on $set")
         fi
     done
 done
 
 "$PYTHON" test.py --checkpoint "${checkpoints[@]}" --dataset "${test_sets[@]}" --out "$out" "${common[@]}" \
     --skip-missing ${extra[@]+--extra-results "${extra[@]}"} "$@"
+if [[ ${#failed[@]} -gt 0 ]]; then
+    printf 'test.sh: these baseline evaluations failed (errors above): %s\n' "${failed[*]}" >&2
+    exit 1
+fi

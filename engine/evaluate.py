@@ -325,7 +325,8 @@ def markdown_table(entries: list[dict], sets: list[str], table: str = "I",
                    paper_rows: dict[str, str] | None = None, extra_paper_methods: list[str] = ()) -> str:
     """The paper's layout: MAE / F-beta / IoU per set, each model's paper row and the difference below it.
 
-    paper_rows maps a model label to its method name in the paper (default: the label itself).
+    paper_rows maps a model label to its method name in the paper (default: the label itself). A paper row
+    is shown only when the paper reports at least one of `sets`.
     """
     paper_rows = paper_rows or {}
     header = "| model | " + " | ".join(f"{s} MAE / Fβ / IoU" for s in sets) + " |"
@@ -337,7 +338,7 @@ def markdown_table(entries: list[dict], sets: list[str], table: str = "I",
         lines.append(f"| {model} (measured, {protocol}) | " + " | ".join(_cell(ours.get(s)) for s in sets) + " |")
         method = paper_rows.get(model, model)
         paper = paper_row(method, table)
-        if paper is not None:
+        if paper is not None and any(s in paper for s in sets):
             lines.append(f"| {method} (paper, {TABLE_TITLES[table]}) | "
                          + " | ".join(_cell(paper.get(s)) for s in sets) + " |")
             lines.append("| difference (ours - paper) | " + " | ".join(

@@ -95,6 +95,9 @@ class MidasDecoder(nn.Module):
             nn.Conv2d(32, 1, 1),
             nn.ReLU(True),
         )
+        # Start the non-negative output in ReLU's linear range: with PyTorch's default init a network
+        # trained from scratch can begin with an all-zero map and no gradient. Released weights overwrite it.
+        nn.init.constant_(self.output_conv[-2].bias, 1.0)
 
     def forward(self, encoder_features: list[torch.Tensor]) -> torch.Tensor:
         layer4, layer3, layer2, layer1 = encoder_features

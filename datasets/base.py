@@ -1,0 +1,170 @@
+"""Torch data sets over paired files: training/test pairs, photos without masks, synthetic depth."""
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import ConcatDataset, Dataset
+from tqdm import tqdm
+
+from .files import (IMAGE_EXTENSIONS, DatasetError, Pair, list_folder, load_mask, load_rgb,
+                    natural_key)
+from .transforms import augment_pair, mask_tensor, normalise, resize_image, resize_mask
+
+
+class PairDataset(Dataset):
+    """Image/mask pairs of one data set; masks converted to 1 = in-focus.
+
+    train: {"image": float[3,S,S], "mask": float[1,S,S], "name"}; test: the mask at its original size
+    and "image_size" (H, W) of the original image. `cache` decodes and resizes everything once, up front.
+    """
+
+    def __init__(self, name: str, pairs: list[Pair], white_is_in_focus: bool, train: bool,
+                 img_size: int = 320, augment: bool = False, cache: bool = False) -> None:
+        if augment and not train:
+            raise ValueError(f"{name}: test items are never augmented (augment=True with split 'test')")
+        self.name = name
+        self.pairs = pairs
+        self.white_is_in_focus = white_is_in_focus
+        self.train = train
+        self.img_size = img_size
+        self.augment = augment
+        self.size_mismatch = [p.name for p in pairs if p.image_size != p.mask_size]
+        self._cache: list[tuple[np.ndarray, np.ndarray]] | None = None
+        if cache:
+            self._cache = _decode_all(self._decode, len(pairs), f"caching {name}")
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def _decode(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Resized RGB image and the mask (resized for training, original size for testing)."""
+        pair = self.pairs[index]
+        image = np.asarray(resize_image(load_rgb(pair.image), self.img_size))
+        mask = load_mask(pair.mask, self.white_is_in_focus)
+        if self.train:
+            mask = resize_mask(mask, self.img_size)
+        return image, mask
+
+    def __getitem__(self, index: int) -> dict:
+        image, mask = self._cache[index] if self._cache is not None else self._decode(index)
+        pil = Image.fromarray(image)
+        pair = self.pairs[index]
+        if self.augment:
+            pil, mask = augment_pair(pil, mask)
+        item = {"image": normalise(pil), "mask": mask_tensor(mask), "name": pair.name}
+        if not self.train:
+            item["image_size"] = pair.image_size
+        return item
+
+
+class CombinedDataset(ConcatDataset):
+    """Several training sets joined with '+', keeping a name and the union of size mismatches."""
+
+    def __init__(self, name: str, parts: list[Dataset]) -> None:
+        super().__init__(parts)
+        self.name = name
+        self.size_mismatch = [n for part in parts for n in getattr(part, "size_mismatch", [])]
+
+
+class PhotoDataset(Dataset):
+    """Photos without masks (files, folders, or a mix): {"image", "image_size", "name", "path"}."""
+
+    def __init__(self, paths: str | Path | list[str | Path], img_size: int = 320) -> None:
+        self.img_size = img_size
+        self.paths = _collect_photos([paths] if isinstance(paths, (str, Path)) else paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict:
+        path = self.paths[index]
+        image = load_rgb(path)
+        return {"image": normalise(resize_image(image, self.img_size)),
+                "image_size": (image.height, image.width), "name": path.name, "path": str(path)}
+
+
+def _collect_photos(paths: list[str | Path]) -> list[Path]:
+    found: list[Path] = []
+    for entry in map(Path, paths):
+        if entry.is_dir():
+            listing = list_folder(entry)
+            found.extend(sorted(listing.files.values(), key=lambda p: natural_key(p.name)))
+        elif entry.is_file():
+            if entry.suffix.lower() not in IMAGE_EXTENSIONS:
+                raise DatasetError(f"{entry}: not an image file (expected {', '.join(IMAGE_EXTENSIONS)})")
+            found.append(entry)
+        else:
+            raise DatasetError(f"{entry}: no such file or folder")
+    if not found:
+        raise DatasetError(f"no images found in {', '.join(map(str, paths))}")
+    return found
+
+
+class DepthDataset(Dataset):
+    """Synthetic images with their depth: {"image": float[3,S,S], "depth": float[1,S,S], "name"}.
+
+    `depth` is inverse depth in 1/m (the quantity MiDaS predicts), decoded from the 16-bit PNGs in
+    depth/ that store depth in millimetres (see datasets.synthetic). Flip and jitter when `augment`.
+    """
+
+    def __init__(self, root: str | Path, img_size: int = 320, augment: bool = True) -> None:
+        self.root = Path(root)
+        self.img_size = img_size
+        self.augment = augment
+        image_dir, depth_dir = self.root / "image", self.root / "depth"
+        for folder in (image_dir, depth_dir):
+            if not folder.is_dir():
+                raise DatasetError(f"{self.root}: missing folder {folder.name}/ (expected a set written "
+                                   "by `python -m datasets.synthetic`)")
+        images, depths = list_folder(image_dir).files, list_folder(depth_dir).files
+        unmatched = sorted(set(images) ^ set(depths))
+        if unmatched:
+            raise DatasetError(f"{self.root}: image/ and depth/ do not match for stems {unmatched}")
+        keys = sorted(images, key=natural_key)
+        self.items = [(images[k], depths[k]) for k in keys]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict:
+        image_path, depth_path = self.items[index]
+        image = resize_image(load_rgb(image_path), self.img_size)
+        depth_mm = np.asarray(Image.open(depth_path), dtype=np.float32)
+        if depth_mm.min() <= 0:
+            raise DatasetError(f"{depth_path}: depth must be positive millimetres")
+        depth = np.asarray(Image.fromarray(1000.0 / depth_mm).resize(
+            (self.img_size, self.img_size), Image.Resampling.NEAREST))
+        if self.augment:
+            image, depth = augment_pair(image, depth)
+        return {"image": normalise(image), "depth": torch.from_numpy(depth.astype(np.float32))[None],
+                "name": image_path.name}
+
+
+def collate_test(batch: list[dict]) -> dict:
+    """Stack images; keep masks (different sizes), image sizes, names and other fields as lists."""
+    out = {"image": torch.stack([item["image"] for item in batch])}
+    for key in batch[0]:
+        if key != "image":
+            out[key] = [item[key] for item in batch]
+    return out
+
+
+def _decode_all(decode, count: int, label: str) -> list:
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return list(tqdm(pool.map(decode, range(count)), total=count, desc=label, leave=False))
+
+
+def read_meta(root: Path) -> dict:
+    """meta.json of a synthetic set ({} when absent)."""
+    meta = root / "meta.json"
+    if not meta.is_file():
+        return {}
+    try:
+        return json.loads(meta.read_text())
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{meta}: not valid JSON ({exc})") from None

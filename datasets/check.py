@@ -1,0 +1,96 @@
+"""Check a defocus data set folder: pairs, unpaired and mismatched files, formats, mask polarity.
+
+    python -m datasets.check PATH [--json] [--max-images 100]
+
+PATH holds an image folder (image/ or images/) and a mask folder (gt/ or masks/). Exit status 1 when
+files are unpaired, unreadable, ambiguous or of mismatched size, 2 when PATH is not a data set.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+from PIL import Image
+
+from .files import DatasetError, pair_folders
+from .polarity import estimate_polarity
+from .registry import find_pair_dirs
+
+
+def check_folder(path: str | Path, max_images: int = 100) -> dict:
+    """Report on the set in `path` as a JSON-serialisable dict."""
+    image_dir, mask_dir = find_pair_dirs(Path(path))
+    pairing = pair_folders(image_dir, mask_dir)
+    mask_modes = Counter()
+    for pair in pairing.pairs:
+        with Image.open(pair.mask) as mask:
+            mask_modes[mask.mode] += 1
+    polarity = estimate_polarity(pairing.pairs, max_images)
+    unpaired = ([f"{image_dir.name}/{n}" for n in pairing.images_without_mask]
+                + [f"{mask_dir.name}/{n}" for n in pairing.masks_without_image])
+    return {
+        "path": str(path),
+        "image_dir": image_dir.name,
+        "mask_dir": mask_dir.name,
+        "pairs": len(pairing.pairs),
+        "unpaired": unpaired,
+        "size_mismatch": [p.name for p in pairing.size_mismatch],
+        "size_mismatch_detail": [{"name": p.name, "image_size": list(p.image_size),
+                                  "mask_size": list(p.mask_size)} for p in pairing.size_mismatch],
+        "unreadable": pairing.unreadable,
+        "duplicate_stems": pairing.duplicates,
+        "other_files": pairing.odd_files,
+        "image_types": dict(Counter(p.image.suffix for p in pairing.pairs)),
+        "mask_modes": dict(mask_modes),
+        "polarity": polarity.as_dict(),
+    }
+
+
+def has_problems(report: dict) -> bool:
+    """True when some file cannot be used as it is."""
+    return any(report[key] for key in ("unpaired", "size_mismatch", "unreadable", "duplicate_stems"))
+
+
+def format_report(report: dict) -> str:
+    """Human-readable report: counts, then the names behind every non-zero count."""
+    polarity = report["polarity"]
+    lines = [f"{report['path']}  ({report['image_dir']}/ + {report['mask_dir']}/)",
+             f"  pairs:            {report['pairs']}"]
+    for key, label in (("unpaired", "unpaired"), ("size_mismatch", "size mismatch"),
+                       ("unreadable", "unreadable"), ("duplicate_stems", "duplicate stems"),
+                       ("other_files", "other files")):
+        lines.append(f"  {label + ':':<17} {len(report[key])}")
+    for detail in report["size_mismatch_detail"]:
+        lines.append(f"    size mismatch: {detail['name']} image {detail['image_size']} "
+                     f"mask {detail['mask_size']}")
+    for key in ("unpaired", "unreadable", "duplicate_stems", "other_files"):
+        lines.extend(f"    {key.replace('_', ' ')}: {name}" for name in report[key])
+    lines.append("  image types:      " + ", ".join(f"{k} {v}" for k, v in report["image_types"].items()))
+    lines.append("  mask modes:       " + ", ".join(f"{k} {v}" for k, v in report["mask_modes"].items()))
+    lines.append(f"  polarity:         {polarity['label']} (confidence {polarity['confidence']:.2f} over "
+                 f"{polarity['images_used']} images; median log HF-energy ratio white/black "
+                 f"{polarity['median_log_ratio']:+.2f})")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m datasets.check", description=__doc__.split("\n")[0])
+    parser.add_argument("path", help="folder with image/ and gt/")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--max-images", type=int, default=100,
+                        help="pairs (spread over the set) used to estimate the polarity")
+    args = parser.parse_args(argv)
+    try:
+        report = check_folder(args.path, args.max_images)
+    except DatasetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(report) if args.json else format_report(report))
+    return 1 if has_problems(report) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

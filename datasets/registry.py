@@ -1,0 +1,233 @@
+"""The paper's data sets (folders, splits, raw mask polarity) and `build_dataset` over expressions."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch.utils.data import Dataset
+
+from .base import CombinedDataset, PairDataset, read_meta
+from .files import (DatasetError, format_names, list_folder, natural_key, pair_folders,
+                    read_split_list, stem_key, warn)
+from .polarity import estimate_polarity
+
+IMAGE_DIRS = ("image", "images", "img")
+MASK_DIRS = ("gt", "GT", "mask", "masks")
+CUHK_DIRS = ("CUHK", "shidatatset", "shidataset")
+EBD_WIDE_DOF = 300
+POLARITY_MIN_CONFIDENCE = 0.75
+
+
+def _layouts(set_dirs: tuple[str, ...], pairs: tuple[tuple[str, str], ...] = ()) -> tuple:
+    """(image folder, mask folder) candidates relative to the data root, in search order."""
+    generic = tuple((f"{d}/{i}", f"{d}/{m}") for d in set_dirs for i in IMAGE_DIRS for m in MASK_DIRS)
+    return generic + pairs
+
+
+@dataclass(frozen=True)
+class BenchmarkSet:
+    """A registered data set: where it lives under the root, which files it takes, raw polarity."""
+    name: str
+    layouts: tuple[tuple[str, str], ...]
+    white_is_in_focus: bool
+    expected_pairs: int | None
+    selection: str = "all"              # all | split-test | split-train | ebd-shallow
+    split_names: tuple[str, ...] = ()   # split-list file names searched under the set and the root
+    stem_prefix: str = ""
+
+
+_DUT_AUTHORS = ("DUT/DUT-DBD_Dataset", "DUT-DBD_Dataset")
+REGISTRY: dict[str, BenchmarkSet] = {s.name: s for s in (
+    BenchmarkSet("CUHK-TR-1", _layouts(CUHK_DIRS), False, 604, "split-train",
+                 ("cuhk_te1.txt", "split.txt"), "out_of_focus"),
+    BenchmarkSet("CUHK-TE-1", _layouts(CUHK_DIRS), False, 100, "split-test",
+                 ("cuhk_te1.txt", "split.txt"), "out_of_focus"),
+    BenchmarkSet("CUHK-TR-2", _layouts(CUHK_DIRS), False, None, "split-train",
+                 ("cuhk_te2.txt",), "out_of_focus"),
+    BenchmarkSet("CUHK-TE-2", _layouts(CUHK_DIRS), False, None, "split-test",
+                 ("cuhk_te2.txt",), "out_of_focus"),
+    BenchmarkSet("DUT-TR", _layouts(("DUT-TR",), tuple(
+        (f"{d}/DUT600S_Training", f"{d}/DUT600GT_Training") for d in _DUT_AUTHORS)), True, 600),
+    BenchmarkSet("DUT-TE", _layouts(("DUT-TE",) + _DUT_AUTHORS, tuple(
+        (f"{d}/DUT500S-Images", f"{d}/DUT500GT-Images") for d in _DUT_AUTHORS)), True, 500),
+    BenchmarkSet("CTCUG", _layouts(("CTCUG",), (("CTCUG/CTCUG_images", "CTCUG/CTCUG_gt"),)),
+                 False, 150),
+    BenchmarkSet("EBD", _layouts(("EBD",)), True, 1605),
+    BenchmarkSet("EBD-1305", _layouts(("EBD",)), True, 1305, "ebd-shallow", ("ebd1305.txt",)),
+)}
+
+
+def dataset_names() -> list[str]:
+    """Registered set names; `folder:PATH[:white=...]` and `synthetic:PATH` are accepted too."""
+    return list(REGISTRY)
+
+
+def build_dataset(expr: str, split: str, root: str | Path = "data", img_size: int = 320,
+                  cache: bool = False, augment: bool | None = None,
+                  split_file: str | Path | None = None) -> Dataset:
+    """Data set for an expression such as 'CUHK-TR-1+DUT-TR' or 'folder:PATH:white=blurred'.
+
+    split 'train': augmented img_size^2 pairs, any problem is an error; 'test': mask at its original
+    size, unusable files are left out with a warning, size mismatches kept in `size_mismatch`.
+    `split_file` overrides the split list of the CUHK / EBD-1305 entry.
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    train = split == "train"
+    augment = train if augment is None else augment
+    terms = [t.strip() for t in expr.split("+")]
+    if not all(terms):
+        raise DatasetError(f"bad data-set expression {expr!r}: empty term")
+    if len(terms) > 1 and not train:
+        raise DatasetError(f"{expr}: '+' combines training sets; evaluate test sets one at a time")
+    listed = [t for t in terms if t in REGISTRY and REGISTRY[t].split_names]
+    if split_file is not None and len(listed) != 1:
+        raise DatasetError(f"{expr}: split_file applies to exactly one CUHK or EBD-1305 term, found "
+                           f"{len(listed)}")
+    parts = [_build_term(t, train, Path(root), img_size, cache, augment, split_file) for t in terms]
+    return parts[0] if len(parts) == 1 else CombinedDataset(expr, parts)
+
+
+def _build_term(term: str, train: bool, root: Path, img_size: int, cache: bool, augment: bool,
+                split_file: str | Path | None) -> PairDataset:
+    if term.startswith("folder:"):
+        path, white = _parse_folder(term)
+        image_dir, mask_dir = find_pair_dirs(path)
+        keys = None
+    elif term.startswith("synthetic:"):
+        path = Path(term[len("synthetic:"):])
+        image_dir, mask_dir = path / "image", path / "gt"
+        if not (image_dir.is_dir() and mask_dir.is_dir()):
+            raise DatasetError(f"{term}: {path} has no image/ and gt/ (write one with "
+                               "`python -m datasets.synthetic`)")
+        white = read_meta(path).get("mask_polarity", "white=in-focus").removeprefix("white=")
+        keys = None
+    elif term in REGISTRY:
+        spec = REGISTRY[term]
+        image_dir, mask_dir = _locate(spec, root)
+        white = "in-focus" if spec.white_is_in_focus else "blurred"
+        keys = _select_keys(spec, root, image_dir, split_file)
+    else:
+        raise DatasetError(f"unknown data set {term!r}; known: {', '.join(REGISTRY)}, "
+                           "folder:PATH[:white=blurred|white=in-focus], synthetic:PATH")
+    pairing = pair_folders(image_dir, mask_dir, keys)
+    _apply_rules(term, pairing, train, image_dir)
+    if white is None:
+        white = _estimated_polarity(term, pairing.pairs)
+    if term in REGISTRY and REGISTRY[term].expected_pairs not in (None, len(pairing.pairs)):
+        warn(f"{term}: {len(pairing.pairs)} pairs in {image_dir.parent}, the paper's set has "
+             f"{REGISTRY[term].expected_pairs}")
+    return PairDataset(term, pairing.pairs, white == "in-focus", train, img_size, augment, cache)
+
+
+def _parse_folder(term: str) -> tuple[Path, str | None]:
+    match = re.fullmatch(r"folder:(.+?)(?::white=(blurred|in-focus))?", term)
+    if match is None:
+        raise DatasetError(f"bad expression {term!r}: use folder:PATH or "
+                           "folder:PATH:white=blurred|white=in-focus")
+    return Path(match.group(1)), match.group(2)
+
+
+def find_pair_dirs(path: Path) -> tuple[Path, Path]:
+    """The image and mask folders inside `path` (image/ or images/ with gt/ or masks/)."""
+    if not path.is_dir():
+        raise DatasetError(f"{path}: no such folder")
+    for image_name in IMAGE_DIRS:
+        for mask_name in MASK_DIRS:
+            if (path / image_name).is_dir() and (path / mask_name).is_dir():
+                return path / image_name, path / mask_name
+    raise DatasetError(f"{path}: expected an image folder ({'/'.join(IMAGE_DIRS)}) and a mask "
+                       f"folder ({'/'.join(MASK_DIRS)}) inside")
+
+
+def _locate(spec: BenchmarkSet, root: Path) -> tuple[Path, Path]:
+    for image_rel, mask_rel in spec.layouts:
+        if (root / image_rel).is_dir() and (root / mask_rel).is_dir():
+            return root / image_rel, root / mask_rel
+    looked = format_names([f"{image_rel} + {mask_rel}" for image_rel, mask_rel in spec.layouts], 12)
+    raise DatasetError(f"{spec.name}: no data under {root}; looked for {looked} (see data/README.md)")
+
+
+def _split_list_path(spec: BenchmarkSet, root: Path, image_dir: Path,
+                     split_file: str | Path | None) -> Path | None:
+    if split_file is not None:
+        return Path(split_file)
+    set_dir = image_dir.parent
+    for folder in (set_dir / "splits", set_dir, root / "splits", root):
+        for name in spec.split_names:
+            if (folder / name).is_file():
+                return folder / name
+    return None
+
+
+def _select_keys(spec: BenchmarkSet, root: Path, image_dir: Path,
+                 split_file: str | Path | None) -> list[str]:
+    """Stems of the set's images, in the set's order."""
+    images = list_folder(image_dir).files
+    keys = sorted(images, key=natural_key)
+    if spec.stem_prefix:
+        others = [images[k].name for k in keys if not k.startswith(spec.stem_prefix)]
+        if others:
+            warn(f"{spec.name}: ignoring {len(others)} files of {image_dir} that are not "
+                 f"{spec.stem_prefix}* images: {format_names(others, 20)}")
+        keys = [k for k in keys if k.startswith(spec.stem_prefix)]
+    list_path = _split_list_path(spec, root, image_dir, split_file)
+    if spec.selection == "all":
+        return keys
+    if list_path is None and spec.selection == "ebd-shallow":
+        if len(keys) != EBD_WIDE_DOF + spec.expected_pairs:
+            raise DatasetError(
+                f"EBD-1305 by the documented order (the last {EBD_WIDE_DOF} of the sorted set are "
+                f"wide-DOF) needs all {EBD_WIDE_DOF + spec.expected_pairs} EBD images; {image_dir} has "
+                f"{len(keys)}. Put the 1305 names in {image_dir.parent}/ebd1305.txt or pass split_file")
+        return keys[:spec.expected_pairs]
+    if list_path is None:
+        places = [image_dir.parent / "splits", image_dir.parent, root / "splits", root]
+        raise DatasetError(
+            f"{spec.name} needs the split list {' or '.join(spec.split_names)} (one image name per "
+            f"line); looked in {format_names([str(p) for p in places])}. Put it there or pass "
+            "split_file (BTBNet's CUHK-TE-1 list is not part of the CUHK release; see data/README.md)")
+    names = read_split_list(list_path)
+    listed = [stem_key(n) for n in names]
+    if spec.selection == "split-train":
+        excluded = set(listed)
+        return [k for k in keys if k not in excluded]
+    missing = [n for n, k in zip(names, listed) if k not in images]
+    if missing:
+        raise DatasetError(f"{spec.name}: {len(missing)} of the {len(names)} images named in "
+                           f"{list_path} are missing from {image_dir}: {format_names(missing)}")
+    return listed
+
+
+def _apply_rules(term: str, pairing, train: bool, image_dir: Path) -> None:
+    """Training refuses any unusable or mismatched file; testing warns and says what was done."""
+    problems = pairing.problems()
+    mismatch = [f"{p.name} (image {p.image_size[0]}x{p.image_size[1]}, mask "
+                f"{p.mask_size[0]}x{p.mask_size[1]})" for p in pairing.size_mismatch]
+    if pairing.odd_files:
+        warn(f"{term}: ignoring files that are not images: {format_names(pairing.odd_files)}")
+    if train and (problems or mismatch):
+        details = problems + ([f"masks whose size differs from the image: {format_names(mismatch)}"]
+                              if mismatch else [])
+        raise DatasetError(f"{term} ({image_dir.parent}) cannot be used for training: "
+                           + "; ".join(details))
+    if problems:
+        warn(f"{term}: left out of the test set: " + "; ".join(problems))
+    if mismatch:
+        warn(f"{term}: masks whose size differs from the image are kept and listed in "
+             f"dataset.size_mismatch (the official protocol skips them): {format_names(mismatch)}")
+    if not pairing.pairs:
+        raise DatasetError(f"{term}: no image/mask pairs in {image_dir.parent}")
+
+
+def _estimated_polarity(term: str, pairs: list) -> str:
+    estimate = estimate_polarity(pairs, max_images=24)
+    if estimate.white == "unknown" or estimate.confidence < POLARITY_MIN_CONFIDENCE:
+        raise DatasetError(f"{term}: cannot tell the mask polarity from the images ({estimate.label}, "
+                           f"confidence {estimate.confidence:.2f}); write {term}:white=blurred or "
+                           f"{term}:white=in-focus")
+    warn(f"{term}: mask polarity not given; estimated {estimate.label} from image sharpness "
+         f"(confidence {estimate.confidence:.2f} over {estimate.images_used} images). "
+         f"Write {term}:{estimate.label} to state it")
+    return estimate.white

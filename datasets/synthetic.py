@@ -1,0 +1,519 @@
+"""Physically based synthetic defocus data: layered scenes rendered through a thin-lens camera.
+
+A scene is a stack of layers (an opaque backdrop, optionally a ground plane whose depth grows towards
+the horizon, and a few objects) with procedural textures: band-limited noise at random scales, 1/f
+noise, stripes, checkers, dots, and a share of nearly textureless ("homogeneous") surfaces. Each layer
+is blurred, in linear light, by a disc of its circle-of-confusion radius
+
+    r_px = coc_scale_px * |1/z - 1/focus_distance_m|,
+    coc_scale_px = A * f * focus_distance_m / (focus_distance_m - f) / (2 * pixel_pitch),  A = f / N,
+
+and composited back to front with its blurred alpha, then sensor noise is added. Depths are in
+metres, quantised to millimetres before anything else, so that the files agree exactly:
+the mask (white = in-focus) is `r_px(z) < coc_threshold_px` for the depth z of the front-most layer
+that covers the pixel, and depth/*.png stores that z in millimetres (uint16, z = value / 1000 m).
+Every image is drawn from its own generator seeded by (seed, index): the output does not depend on
+the number of worker processes.
+
+    python -m datasets.synthetic OUT --n N --seed S --size 320 [--wide-dof 0.1] [--workers 2]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from dataclasses import asdict, dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+
+import cv2
+import numpy as np
+from scipy import ndimage
+from tqdm import tqdm
+
+SENSOR_WIDTH_MM = 36.0
+COC_THRESHOLD_PX = 1.0
+FLAT_SHARE = 0.2
+MAX_DEPTH_M = 60.0
+MIN_F_NUMBER, COMFORTABLE_F_NUMBER, MAX_F_NUMBER = 0.95, 1.4, 64.0
+GAMMA = 2.2
+TEXTURES = ("noise", "fractal", "stripes", "checker", "dots", "flat")
+TEXTURE_WEIGHTS = (0.3, 0.2, 0.12, 0.09, 0.09, FLAT_SHARE)
+SHAPES = ("ellipse", "polygon", "box", "blob")
+
+
+@dataclass(frozen=True)
+class Camera:
+    """Thin-lens camera with a square sensor of `width_px` pixels across `sensor_width_mm`."""
+    focal_length_mm: float
+    f_number: float
+    focus_distance_m: float
+    width_px: int
+    sensor_width_mm: float = SENSOR_WIDTH_MM
+
+    @property
+    def pixel_pitch_mm(self) -> float:
+        return self.sensor_width_mm / self.width_px
+
+    @property
+    def focal_length_px(self) -> float:
+        return self.focal_length_mm / self.pixel_pitch_mm
+
+    @property
+    def coc_scale_px(self) -> float:
+        """k in r_px = k * |1/z - 1/z_focus| (z in metres)."""
+        f = self.focal_length_mm / 1000.0
+        aperture = f / self.f_number
+        pitch = self.pixel_pitch_mm / 1000.0
+        return aperture * f * self.focus_distance_m / (self.focus_distance_m - f) / (2.0 * pitch)
+
+    def signed_coc_px(self, depth_m: np.ndarray | float) -> np.ndarray:
+        """CoC radius in pixels, positive in front of the focal plane, negative behind it."""
+        return self.coc_scale_px * (1.0 / np.asarray(depth_m, dtype=np.float64)
+                                    - 1.0 / self.focus_distance_m)
+
+    def coc_radius_px(self, depth_m: np.ndarray | float) -> np.ndarray:
+        """CoC radius in pixels of points at `depth_m`."""
+        return np.abs(self.signed_coc_px(depth_m))
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "pixel_pitch_mm": self.pixel_pitch_mm,
+                "coc_scale_px": self.coc_scale_px}
+
+
+@dataclass
+class Layer:
+    """A surface: sRGB colour [H,W,3] in [0,1], coverage alpha [H,W], depth (scalar or [H,W]) in m."""
+    color: np.ndarray
+    alpha: np.ndarray
+    depth_m: float | np.ndarray
+    description: dict = field(default_factory=dict)
+
+
+@dataclass
+class Rendering:
+    """Rendered photo (uint8 RGB), exact in-focus mask, visible depth (m) and CoC radius (px)."""
+    image: np.ndarray
+    in_focus: np.ndarray
+    depth_m: np.ndarray
+    coc_px: np.ndarray
+
+
+def quantise_depth(depth_m: float | np.ndarray) -> float | np.ndarray:
+    """Depth rounded to whole millimetres (what depth/*.png can store)."""
+    if np.isscalar(depth_m):
+        return round(float(depth_m) * 1000.0) / 1000.0
+    return np.round(np.asarray(depth_m, dtype=np.float64) * 1000.0) / 1000.0
+
+
+def disc_kernel(radius: float) -> np.ndarray:
+    """Normalised disc of `radius` pixels with an anti-aliased rim."""
+    half = int(math.ceil(radius))
+    y, x = np.mgrid[-half:half + 1, -half:half + 1]
+    kernel = np.clip(radius + 0.5 - np.hypot(x, y), 0.0, 1.0).astype(np.float32)
+    return kernel / kernel.sum()
+
+
+def coc_bin_edges(max_radius: float, threshold: float) -> np.ndarray:
+    """Radius bin edges: [0, threshold) is one bin (in focus), then steps of max(0.5 px, 20 %)."""
+    edges = [threshold]
+    while edges[-1] <= max_radius:
+        edges.append(edges[-1] + max(0.5, 0.2 * edges[-1]))
+    return np.asarray(edges)
+
+
+def _blur_box(alpha: np.ndarray, radius: float) -> tuple[slice, slice]:
+    """Rows/cols covered by `alpha` grown by the blur radius, clipped to the image."""
+    rows, cols = np.nonzero(alpha)
+    margin = int(math.ceil(radius)) + 1
+    return (slice(max(rows.min() - margin, 0), min(rows.max() + margin + 1, alpha.shape[0])),
+            slice(max(cols.min() - margin, 0), min(cols.max() + margin + 1, alpha.shape[1])))
+
+
+def _blur_slanted(rgba: np.ndarray, alpha: np.ndarray, radius_map: np.ndarray,
+                  threshold: float) -> np.ndarray:
+    """Premultiplied RGBA of a layer whose depth varies: every pixel gathers the disc blur of the
+    layer at the CoC radius of the nearest layer pixel, quantised to `coc_bin_edges` bins."""
+    covered = alpha > 0
+    nearest = ndimage.distance_transform_edt(~covered, return_distances=False, return_indices=True)
+    bins = np.searchsorted(coc_bin_edges(float(radius_map[covered].max()), threshold), radius_map,
+                           side="right")
+    bins = bins[nearest[0], nearest[1]]
+    out = np.zeros_like(rgba)
+    for b in np.unique(bins):
+        take = bins == b
+        radius = float(radius_map[take & covered].mean())
+        if radius < 0.5:
+            out[take] = rgba[take]
+            continue
+        box = _blur_box(take, radius)
+        blurred = cv2.filter2D(rgba[box], -1, disc_kernel(radius), borderType=cv2.BORDER_REFLECT)
+        out[take] = blurred[take[box]]
+    return out
+
+
+def render(layers: list[Layer], camera: Camera, coc_threshold_px: float = COC_THRESHOLD_PX,
+           noise_std: float = 0.0, shot_noise: float = 0.0,
+           rng: np.random.Generator | None = None) -> Rendering:
+    """Thin-lens rendering; layers are composited far to near (by their farthest point, ties in list
+    order), the union of their alpha >= 0.5 must cover every pixel."""
+    height, width = layers[0].alpha.shape
+    depth = np.full((height, width), np.inf)
+    accumulated = np.zeros((height, width, 4), np.float32)
+    order = sorted(range(len(layers)), key=lambda i: (-float(np.max(layers[i].depth_m)), i))
+    for layer in (layers[i] for i in order):
+        z = quantise_depth(layer.depth_m)
+        alpha = layer.alpha.astype(np.float32)
+        depth = np.where((alpha >= 0.5) & (z < depth), z, depth)
+        if not alpha.any():
+            continue
+        radius = float(camera.coc_radius_px(z)) if np.isscalar(z) else camera.coc_radius_px(z)
+        box = _blur_box(alpha, float(np.max(radius)))
+        linear = np.power(np.clip(layer.color[box], 0.0, 1.0), GAMMA).astype(np.float32)
+        rgba = np.concatenate([linear * alpha[box][..., None], alpha[box][..., None]], axis=2)
+        if not np.isscalar(radius):
+            blurred = _blur_slanted(rgba, alpha[box], radius[box], coc_threshold_px)
+        elif radius >= 0.5:
+            blurred = cv2.filter2D(rgba, -1, disc_kernel(radius), borderType=cv2.BORDER_REFLECT)
+        else:
+            blurred = rgba
+        accumulated[box] = blurred + (1.0 - blurred[..., 3:]) * accumulated[box]
+    if np.isinf(depth).any():
+        raise ValueError("render: some pixels are covered by no layer (the backdrop must be opaque)")
+    linear = accumulated[..., :3] / np.maximum(accumulated[..., 3:], 1e-6)
+    srgb = np.power(np.clip(linear, 0.0, 1.0), 1.0 / GAMMA)
+    if rng is not None and (noise_std > 0 or shot_noise > 0):
+        sigma = np.sqrt(noise_std ** 2 + shot_noise * srgb)
+        srgb = srgb + sigma * rng.standard_normal(srgb.shape).astype(np.float32)
+    image = np.clip(np.round(srgb * 255.0), 0, 255).astype(np.uint8)
+    coc = camera.coc_radius_px(depth)
+    return Rendering(image, coc < coc_threshold_px, depth, coc.astype(np.float32))
+
+
+# ---- procedural content ------------------------------------------------------------------------
+
+def band_noise(rng: np.random.Generator, shape: tuple[int, int], scale_px: float) -> np.ndarray:
+    """Zero-mean, unit-variance noise with features of about `scale_px` pixels (bicubic upsampling)."""
+    height, width = shape
+    small = (max(2, int(height / scale_px) + 3), max(2, int(width / scale_px) + 3))
+    noise = rng.standard_normal(small).astype(np.float32)
+    big = cv2.resize(noise, (int(small[1] * scale_px) + 1, int(small[0] * scale_px) + 1),
+                     interpolation=cv2.INTER_CUBIC)
+    top = int(rng.integers(0, big.shape[0] - height + 1))
+    left = int(rng.integers(0, big.shape[1] - width + 1))
+    out = big[top:top + height, left:left + width]
+    return (out - out.mean()) / (out.std() + 1e-6)
+
+
+def _palette(rng: np.random.Generator, count: int) -> np.ndarray:
+    hsv = np.stack([rng.uniform(0, 180, count), rng.uniform(20, 255, count),
+                    rng.uniform(40, 255, count)], axis=1).astype(np.uint8)[None]
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0].astype(np.float32) / 255.0
+
+
+def _blend(rng: np.random.Generator, field_: np.ndarray) -> np.ndarray:
+    """Map a scalar field to colours between two random palette colours."""
+    low, high = _palette(rng, 2)
+    t = np.clip(field_, 0.0, 1.0)[..., None]
+    return low * (1 - t) + high * t
+
+
+def _rotated_coords(rng: np.random.Generator, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    y, x = np.mgrid[0:shape[0], 0:shape[1]].astype(np.float32)
+    angle = rng.uniform(0, np.pi)
+    return x * np.cos(angle) + y * np.sin(angle), -x * np.sin(angle) + y * np.cos(angle)
+
+
+def texture(rng: np.random.Generator, kind: str, shape: tuple[int, int]) -> np.ndarray:
+    """sRGB texture [H,W,3] in [0,1] of the given kind (see TEXTURES)."""
+    if kind == "flat":
+        shade = 0.015 * band_noise(rng, shape, rng.uniform(0.3, 1.0) * max(shape))
+        return np.clip(_palette(rng, 1)[0] + shade[..., None], 0, 1)
+    if kind == "noise":
+        value = 0.5 + rng.uniform(0.15, 0.35) * band_noise(rng, shape, np.exp(rng.uniform(0, np.log(24))))
+    elif kind == "fractal":
+        octaves = [band_noise(rng, shape, 2.0 ** k) * 2.0 ** (0.5 * k) for k in range(6)]
+        total = sum(octaves)
+        value = 0.5 + rng.uniform(0.15, 0.3) * total / total.std()
+    elif kind in ("stripes", "checker"):
+        u, v = _rotated_coords(rng, shape)
+        period = rng.uniform(4, 32)
+        wave = np.sin(2 * np.pi * u / period + rng.uniform(0, 2 * np.pi))
+        if kind == "checker":
+            wave = wave * np.sin(2 * np.pi * v / period)
+        value = 0.5 + 0.5 * np.tanh(rng.uniform(1, 6) * wave)
+    elif kind == "dots":
+        u, v = _rotated_coords(rng, shape)
+        period = rng.uniform(6, 28)
+        du, dv = (u % period) - period / 2, (v % period) - period / 2
+        value = (np.hypot(du, dv) < rng.uniform(0.2, 0.45) * period).astype(np.float32)
+    else:
+        raise ValueError(f"unknown texture {kind!r}; known: {', '.join(TEXTURES)}")
+    grain = 0.05 * band_noise(rng, shape, 1.0)
+    return np.clip(_blend(rng, value) + grain[..., None], 0.0, 1.0).astype(np.float32)
+
+
+def shape_alpha(rng: np.random.Generator, kind: str, size: int, center: tuple[float, float],
+                half_height: float, half_width: float) -> np.ndarray:
+    """Anti-aliased coverage [size,size] of an object outline centred at (row, col)."""
+    canvas = np.zeros((size, size), np.uint8)
+    cy, cx = center
+    shift = 4
+    if kind == "ellipse":
+        cv2.ellipse(canvas, (int(cx * 16), int(cy * 16)), (int(half_width * 16), int(half_height * 16)),
+                    rng.uniform(-20, 20), 0, 360, 255, -1, cv2.LINE_AA, shift)
+    elif kind in ("polygon", "box"):
+        count = 4 if kind == "box" else int(rng.integers(5, 12))
+        angles = np.sort(rng.uniform(0, 2 * np.pi, count)) if kind == "polygon" else \
+            np.array([0.25, 0.75, 1.25, 1.75]) * np.pi + rng.uniform(-0.2, 0.2)
+        radii = rng.uniform(0.6, 1.0, count) if kind == "polygon" else np.full(count, np.sqrt(2))
+        pts = np.stack([cx + radii * half_width * np.cos(angles),
+                        cy + radii * half_height * np.sin(angles)], axis=1)
+        if kind == "box":
+            pts = np.clip(pts, [cx - half_width, cy - half_height], [cx + half_width, cy + half_height])
+        cv2.fillPoly(canvas, [np.round(pts * 16).astype(np.int32)], 255, cv2.LINE_AA, shift)
+    elif kind == "blob":
+        y, x = np.mgrid[0:size, 0:size].astype(np.float32)
+        envelope = 1 - np.hypot((y - cy) / max(half_height, 1), (x - cx) / max(half_width, 1))
+        field_ = envelope + 0.25 * band_noise(rng, (size, size), max(half_width, half_height) / 2)
+        return np.clip(field_ * max(half_width, half_height) / 2 + 0.5, 0, 1).astype(np.float32)
+    else:
+        raise ValueError(f"unknown shape {kind!r}; known: {', '.join(SHAPES)}")
+    return canvas.astype(np.float32) / 255.0
+
+
+def _texture_in_box(rng: np.random.Generator, kind: str, alpha: np.ndarray) -> np.ndarray:
+    """Full-frame colour that is textured only where `alpha` covers (the rest stays black)."""
+    rows, cols = np.nonzero(alpha)
+    box = slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1)
+    color = np.zeros(alpha.shape + (3,), np.float32)
+    color[box] = texture(rng, kind, (box[0].stop - box[0].start, box[1].stop - box[1].start))
+    return color
+
+
+def _log_uniform(rng: np.random.Generator, low: float, high: float) -> float:
+    return float(np.exp(rng.uniform(np.log(low), np.log(high))))
+
+
+def _pick_texture(rng: np.random.Generator) -> str:
+    return str(rng.choice(TEXTURES, p=np.asarray(TEXTURE_WEIGHTS) / sum(TEXTURE_WEIGHTS)))
+
+
+def random_scene(rng: np.random.Generator, size: int, wide_dof: bool,
+                 coc_threshold_px: float = COC_THRESHOLD_PX) -> tuple[list[Layer], Camera, dict]:
+    """A random layered scene and a camera focused on one of its surfaces (all in focus if wide_dof)."""
+    focal_mm = _log_uniform(rng, 24, 105)
+    focal_px = focal_mm * size / SENSOR_WIDTH_MM
+    backdrop_depth = _log_uniform(rng, 2.0, MAX_DEPTH_M)
+    backdrop_kind = "flat" if rng.random() < 0.15 else _pick_texture(rng)
+    layers = [Layer(texture(rng, backdrop_kind, (size, size)), np.ones((size, size), np.float32),
+                    backdrop_depth, {"kind": "backdrop", "texture": backdrop_kind})]
+    ground = None
+    if rng.random() < 0.5:
+        horizon = rng.uniform(0.1, 0.55) * size
+        camera_height = rng.uniform(0.4, 1.8)
+        rows = np.arange(size, dtype=np.float64)[:, None] + 0.5
+        depth = camera_height * focal_px / np.maximum(rows - horizon, 1e-3)
+        depth = np.broadcast_to(np.minimum(depth, backdrop_depth), (size, size)).copy()
+        alpha = np.broadcast_to((rows > horizon).astype(np.float32), (size, size)).copy()
+        kind = _pick_texture(rng)
+        ground = (horizon, camera_height)
+        layers.append(Layer(texture(rng, kind, (size, size)), alpha, depth,
+                            {"kind": "ground", "texture": kind, "horizon_row": horizon,
+                             "camera_height_m": camera_height}))
+    for _ in range(int(rng.integers(1, 6))):
+        if ground is not None:
+            horizon, camera_height = ground
+            base_row = rng.uniform(horizon + 0.05 * size, 1.15 * size)
+            depth = min(camera_height * focal_px / (base_row - horizon), backdrop_depth * 0.95)
+            half_height = min(rng.uniform(0.3, 2.5) * focal_px / depth, 1.2 * size) / 2
+            center = (base_row - half_height, rng.uniform(0, size))
+        else:
+            depth = _log_uniform(rng, 0.5, 0.9 * backdrop_depth)
+            half_height = rng.uniform(0.08, 0.35) * size
+            center = (rng.uniform(0.1, 0.9) * size, rng.uniform(0.1, 0.9) * size)
+        half_width = half_height * rng.uniform(0.4, 1.3)
+        shape, kind = str(rng.choice(SHAPES)), _pick_texture(rng)
+        alpha = shape_alpha(rng, shape, size, center, half_height, half_width)
+        if alpha.max() < 0.5:
+            continue
+        layers.append(Layer(_texture_in_box(rng, kind, alpha), alpha, depth,
+                            {"kind": "object", "shape": shape, "texture": kind}))
+    objects = [la for la in layers if la.description["kind"] == "object"]
+    if objects and rng.random() < 0.7:
+        areas = np.array([la.alpha.sum() for la in objects])
+        focus_layer = objects[int(rng.choice(len(objects), p=areas / areas.sum()))]
+    else:
+        focus_layer = layers[int(rng.integers(min(len(layers), 2)))]
+    if np.isscalar(focus_layer.depth_m):
+        focus = float(focus_layer.depth_m)
+    else:
+        focus = float(rng.choice(focus_layer.depth_m[focus_layer.alpha > 0.5]))
+    target = rng.uniform(0.3, 0.9) * coc_threshold_px if wide_dof else _log_uniform(rng, 2.5, 12.0) * size / 320
+    scale = _miniature_scale(layers, focus, focal_mm, size, target)
+    for layer in layers:
+        layer.depth_m = quantise_depth(layer.depth_m * scale if np.isscalar(layer.depth_m)
+                                       else np.asarray(layer.depth_m) * scale)
+        if "camera_height_m" in layer.description:
+            layer.description["camera_height_m"] *= scale
+    focus = quantise_depth(focus * scale)
+    camera = Camera(focal_mm, _f_number(layers, focus, focal_mm, size, target), focus, size)
+    info = {"focus_on": focus_layer.description["kind"], "target_max_coc_px": target,
+            "scene_scale": scale}
+    return layers, camera, info
+
+
+def _defocus_spread(layers: list[Layer], focus: float) -> float:
+    """max |1/z - 1/z_focus| over all layer depths."""
+    return max(float(np.max(np.abs(1.0 / np.asarray(la.depth_m) - 1.0 / focus))) for la in layers)
+
+
+def _f_number(layers: list[Layer], focus: float, focal_mm: float, size: int, target: float) -> float:
+    """Aperture giving the most defocused surface a CoC of `target` px, within [MIN, MAX]_F_NUMBER."""
+    spread = _defocus_spread(layers, focus)
+    if spread == 0:
+        return MAX_F_NUMBER
+    unit = Camera(focal_mm, 1.0, focus, size).coc_scale_px
+    return float(np.clip(unit * spread / target, MIN_F_NUMBER, MAX_F_NUMBER))
+
+
+def _miniature_scale(layers: list[Layer], focus: float, focal_mm: float, size: int,
+                     target: float) -> float:
+    """Factor (<= 1) shrinking all depths when even f/1.4 would not blur enough: a closer, smaller
+    scene looks the same to the camera and defocuses more. Keeps every surface beyond 3 focal lengths."""
+    spread = _defocus_spread(layers, focus)
+    needed = Camera(focal_mm, 1.0, focus, size).coc_scale_px * spread / target
+    if needed >= COMFORTABLE_F_NUMBER:
+        return 1.0
+    nearest = min(float(np.min(la.depth_m)) for la in layers)
+    return max(needed / COMFORTABLE_F_NUMBER, 3 * focal_mm / 1000.0 / nearest)
+
+
+def generate_image(seed: int, index: int, size: int = 320, wide_dof: bool = False,
+                   coc_threshold_px: float = COC_THRESHOLD_PX) -> tuple[Rendering, dict]:
+    """Image `index` of the set with `seed`: its rendering and its meta record."""
+    rng = np.random.default_rng([seed, index])
+    layers, camera, info = random_scene(rng, size, wide_dof, coc_threshold_px)
+    noise_std, shot = rng.uniform(0.002, 0.01), rng.uniform(0.0, 4e-4)
+    rendering = render(layers, camera, coc_threshold_px, noise_std, shot, rng)
+    meta = {"camera": camera.as_dict(), "wide_dof": wide_dof, **info,
+            "noise_std": noise_std, "shot_noise": shot,
+            "in_focus_share": float(rendering.in_focus.mean()),
+            "layers": [{**la.description, "depth_m": [float(np.min(la.depth_m)), float(np.max(la.depth_m))],
+                        "coc_radius_px": [float(np.min(camera.coc_radius_px(la.depth_m))),
+                                          float(np.max(camera.coc_radius_px(la.depth_m)))]}
+                       for la in layers]}
+    return rendering, meta
+
+
+def is_wide_dof(index: int, share: float) -> bool:
+    """Exactly floor(n * share) of the first n images are wide-DOF, spread evenly."""
+    return math.floor((index + 1) * share) > math.floor(index * share)
+
+
+@dataclass(frozen=True)
+class _Job:
+    out: Path
+    seed: int
+    size: int
+    wide_dof_share: float
+    image_format: str
+    coc_threshold_px: float
+
+
+def _write_one(job: _Job, index: int) -> dict:
+    rendering, meta = generate_image(job.seed, index, job.size, is_wide_dof(index, job.wide_dof_share),
+                                     job.coc_threshold_px)
+    name = f"{index:05d}"
+    bgr = cv2.cvtColor(rendering.image, cv2.COLOR_RGB2BGR)
+    image_file = job.out / "image" / f"{name}.{job.image_format}"
+    params = [cv2.IMWRITE_JPEG_QUALITY, 95] if job.image_format == "jpg" else [cv2.IMWRITE_PNG_COMPRESSION, 3]
+    depth_mm = np.round(rendering.depth_m * 1000.0).astype(np.uint16)
+    for path, data, extra in ((image_file, bgr, params),
+                              (job.out / "gt" / f"{name}.png", rendering.in_focus.astype(np.uint8) * 255, []),
+                              (job.out / "depth" / f"{name}.png", depth_mm, [])):
+        if not cv2.imwrite(str(path), data, extra):
+            raise OSError(f"cannot write {path}")
+    return {"name": image_file.name, **meta}
+
+
+def _worker_context():
+    """Processes started from a clean server, never forked from the caller: a child forked after the
+    caller's OpenCV thread pool has run deadlocks (e.g. a second generate_dataset call in one process)."""
+    if sys.platform.startswith("linux"):
+        context = get_context("forkserver")
+        context.set_forkserver_preload([__name__])
+        return context
+    return get_context("spawn")
+
+
+def _worker_init() -> None:
+    cv2.setNumThreads(1)
+
+
+def _write_indexed(args: tuple[_Job, int]) -> dict:
+    return _write_one(*args)
+
+
+def generate_dataset(out: str | Path, n: int, seed: int = 0, size: int = 320,
+                     wide_dof: float = 0.1, workers: int = 1, image_format: str = "png",
+                     coc_threshold_px: float = COC_THRESHOLD_PX, overwrite: bool = False) -> Path:
+    """Write n images to out/image, out/gt (white = in-focus), out/depth (uint16 mm), out/meta.json."""
+    out = Path(out)
+    if image_format not in ("png", "jpg"):
+        raise ValueError(f"image_format must be 'png' or 'jpg', got {image_format!r}")
+    if not 0.0 <= wide_dof <= 1.0:
+        raise ValueError(f"wide_dof is a share in [0, 1], got {wide_dof}")
+    if n < 1 or size < 16:
+        raise ValueError(f"need n >= 1 and size >= 16, got n={n}, size={size}")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out} is not empty (pass overwrite=True / --overwrite to replace)")
+    for sub in ("image", "gt", "depth"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+        for old in (out / sub).iterdir():
+            old.unlink()
+    job = _Job(out, seed, size, wide_dof, image_format, coc_threshold_px)
+    tasks = [(job, i) for i in range(n)]
+    progress = dict(total=n, desc=f"synthetic -> {out}", leave=False)
+    if workers > 1:
+        with _worker_context().Pool(workers, initializer=_worker_init) as pool:
+            records = list(tqdm(pool.imap(_write_indexed, tasks, chunksize=4), **progress))
+    else:
+        records = [_write_indexed(t) for t in tqdm(tasks, **progress)]
+    meta = {"generator": "datasets.synthetic", "seed": seed, "size": size, "count": n,
+            "wide_dof_share": wide_dof, "coc_threshold_px": coc_threshold_px,
+            "mask_polarity": "white=in-focus",
+            "depth_encoding": "uint16 PNG, depth in millimetres: z_m = value / 1000",
+            "coc_formula": "r_px = coc_scale_px * |1/z_m - 1/focus_distance_m|; in-focus where "
+                           "r_px < coc_threshold_px",
+            "images": records}
+    (out / "meta.json").write_text(json.dumps(meta, indent=1))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m datasets.synthetic", description=__doc__.split("\n")[0])
+    parser.add_argument("out", help="output folder (image/, gt/, depth/, meta.json)")
+    parser.add_argument("--n", type=int, default=200, help="number of images")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--size", type=int, default=320, help="image side in pixels")
+    parser.add_argument("--wide-dof", type=float, default=0.1, help="share of almost all-in-focus images")
+    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--format", choices=("png", "jpg"), default="png", dest="image_format")
+    parser.add_argument("--coc-threshold", type=float, default=COC_THRESHOLD_PX,
+                        help="CoC radius (px) below which a pixel counts as in focus")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing set in OUT")
+    args = parser.parse_args(argv)
+    try:
+        generate_dataset(args.out, args.n, args.seed, args.size, args.wide_dof, args.workers,
+                         args.image_format, args.coc_threshold, args.overwrite)
+    except (ValueError, FileExistsError, OSError) as exc:
+        parser.exit(2, f"error: {exc}\n")
+    print(f"wrote {args.n} images to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

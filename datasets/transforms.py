@@ -1,0 +1,40 @@
+"""The authors' preprocessing: PIL bilinear / nearest resize, flip, colour jitter, ImageNet normalisation."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torchvision.transforms as T
+import torchvision.transforms.functional as TF
+from PIL import Image
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+COLOR_JITTER = T.ColorJitter(brightness=0.1, contrast=0.1, saturation=0.1)
+
+
+def resize_image(image: Image.Image, size: int) -> Image.Image:
+    """size x size, PIL bilinear (with PIL's antialiasing), as torchvision's resize does on PIL images."""
+    return image.resize((size, size), Image.Resampling.BILINEAR)
+
+
+def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
+    """size x size nearest-neighbour resize of a uint8 mask, PIL's sampling."""
+    return np.asarray(Image.fromarray(mask).resize((size, size), Image.Resampling.NEAREST))
+
+
+def normalise(image: Image.Image) -> torch.Tensor:
+    """float[3,H,W]: ToTensor then ImageNet Normalize."""
+    return TF.normalize(TF.to_tensor(image), IMAGENET_MEAN, IMAGENET_STD)
+
+
+def mask_tensor(mask: np.ndarray) -> torch.Tensor:
+    """float[1,H,W] in {0,1} from a uint8 {0,1} mask."""
+    return torch.from_numpy(mask.astype(np.float32))[None]
+
+
+def augment_pair(image: Image.Image, mask: np.ndarray) -> tuple[Image.Image, np.ndarray]:
+    """Horizontal flip of both with p = 0.5, then colour jitter 0.1/0.1/0.1 of the image (torch RNG)."""
+    if torch.rand(()) < 0.5:
+        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        mask = mask[:, ::-1]
+    return COLOR_JITTER(image), mask

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# The whole D-DFFNet method, offline, on the embedded synthetic defocus data (CPU, about 12 minutes on 2 cores):
+#   1. generate a synthetic train / test set (thin-lens defocus, exact masks, depth maps)
+#   2. a depth teacher: MiDaS v2.1 architecture with a small encoder trained on the synthetic depth
+#      (or the real depth_pretrained/midas_v21-f6b98070.pt when it is present)
+#   3. stage 1, train_single.py: DFFNet
+#   4. stage 2, train_kd.py: D-DFFNet distilled from DFFNet and the depth teacher
+#   5. test.sh on the synthetic test set, with two trivial baselines; PR curves and a qualitative grid
+# Every step runs the same scripts and flags a user runs on the real data; only the sizes are small.
+# Sizes can be changed through the DEMO_* variables below (the tests run a tiny version).
+set -euo pipefail
+cd "$(dirname "$0")"
+
+PY=${PYTHON:-.venv/bin/python}
+OUT=${DEMO_OUT:-results/demo}
+TRAIN_N=${DEMO_TRAIN_N:-256}        # training images
+TEST_N=${DEMO_TEST_N:-64}           # test images
+IMG=${DEMO_IMG_SIZE:-128}           # generated and network resolution
+BACKBONE=${DEMO_BACKBONE:-resnest14d}
+BATCH=${DEMO_BATCH:-8}
+LR=${DEMO_LR:-1e-4}                 # the paper's learning rate
+EPOCHS=${DEMO_EPOCHS:-6}            # per stage
+DEPTH_EPOCHS=${DEMO_DEPTH_EPOCHS:-4}
+WORKERS=${DEMO_WORKERS:-2}
+MINUTES=${DEMO_MINUTES:-12}
+
+DATA=$OUT/data
+CKPT=$OUT/checkpoints
+LOGS=$OUT/logs
+REAL_MIDAS=depth_pretrained/midas_v21-f6b98070.pt
+stamp() { printf '\n[%s] == %s\n' "$(date +%H:%M:%S)" "$*"; }
+
+echo "D-DFFNet demo: synthetic data, $BACKBONE at ${IMG}px, $EPOCHS epochs per stage, on $($PY -c 'import torch; print("CUDA" if torch.cuda.is_available() else "the CPU")')."
+echo "This takes about $MINUTES minutes on a 2-core CPU. Results go to $OUT/."
+mkdir -p "$CKPT" "$LOGS"
+
+stamp "1/5 synthetic defocus data: $TRAIN_N training and $TEST_N test images"
+$PY -m datasets.synthetic "$DATA/train" --n "$TRAIN_N" --seed 1 --size "$IMG" --workers "$WORKERS" --overwrite
+$PY -m datasets.synthetic "$DATA/test" --n "$TEST_N" --seed 2 --size "$IMG" --workers "$WORKERS" --overwrite
+
+PRETRAINED=$($PY -c 'import sys, models; print("imagenet" if models.pretrained_available(sys.argv[1]) else "none")' "$BACKBONE")
+echo "backbone initialisation: $PRETRAINED (ImageNet weights are used when they are in the local cache)"
+
+if [[ -f $REAL_MIDAS ]]; then
+  stamp "2/5 depth teacher: $REAL_MIDAS (the released MiDaS v2.1)"
+  DEPTH_TEACHER=$REAL_MIDAS
+else
+  stamp "2/5 depth teacher: $REAL_MIDAS is absent; training MiDaS v2.1 / resnet18 on the synthetic depth maps"
+  DEPTH_TEACHER=$CKPT/midas_small.pth
+  $PY train_depth.py --data "$DATA/train" --val-data "$DATA/test" --encoder resnet18 --features 64 \
+      --img-size "$IMG" --epochs "$DEPTH_EPOCHS" --batch-size "$BATCH" --workers "$WORKERS" \
+      --save "$DEPTH_TEACHER" --log-dir "$LOGS/depth_teacher"
+fi
+
+stamp "3/5 stage 1: DFFNet (train_single.py)"
+$PY train_single.py --train-set "synthetic:$DATA/train" --backbone "$BACKBONE" --pretrained "$PRETRAINED" \
+    --img-size "$IMG" --batch-size "$BATCH" --lr "$LR" --epochs "$EPOCHS" --workers "$WORKERS" \
+    --save "$CKPT/DFFNet.pth" --log-dir "$LOGS/DFFNet"
+
+stamp "4/5 stage 2: D-DFFNet (train_kd.py)"
+$PY train_kd.py --train-set "synthetic:$DATA/train" --backbone "$BACKBONE" --pretrained "$PRETRAINED" \
+    --img-size "$IMG" --batch-size "$BATCH" --lr "$LR" --epochs "$EPOCHS" --workers "$WORKERS" \
+    --teacher "$CKPT/DFFNet.pth" --depth-teacher "$DEPTH_TEACHER" \
+    --save "$CKPT/D-DFFNet.pth" --log-dir "$LOGS/D-DFFNet"
+
+stamp "5/5 evaluation (test.sh) with two trivial baselines"
+for baseline in all-in-focus prior; do
+  $PY -m engine.baselines "$baseline" --train-set "synthetic:$DATA/train" --test-set "synthetic:$DATA/test" \
+      --img-size "$IMG" --out "$OUT/baselines/$baseline"
+done
+BASELINES="all-in-focus=$OUT/baselines/all-in-focus prior=$OUT/baselines/prior" \
+  TEST_SETS="synthetic:$DATA/test" IMG_SIZE="$IMG" PYTHON="$PY" OUT="$OUT/eval" \
+  bash test.sh "$CKPT/DFFNet.pth" "$CKPT/D-DFFNet.pth" | tee "$OUT/table.md"
+$PY -m engine.figures --dataset "synthetic:$DATA/test" --img-size "$IMG" --count 6 \
+    --checkpoint "DFFNet=$CKPT/DFFNet.pth" "D-DFFNet=$CKPT/D-DFFNet.pth" \
+    --depth-teacher "$DEPTH_TEACHER" --out "$OUT/qualitative.png"
+
+stamp "done"
+echo "table:             $OUT/table.md"
+echo "PR curves:         $OUT/eval/pr_curves.png"
+echo "qualitative grid:  $OUT/qualitative.png"
+echo "checkpoints, logs: $CKPT/, $LOGS/"

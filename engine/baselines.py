@@ -1,0 +1,71 @@
+"""Trivial defocus maps to put a trained detector's numbers in context.
+
+`all-in-focus` predicts 1 (sharp) everywhere. `prior` predicts, at every pixel, the share of training
+masks that are in focus there (the training set's mean mask at the training resolution, resized to each
+test image). Maps are written as 8-bit PNGs, white = in-focus, one per test image (file stem = image
+stem), for `test.py --pred-dir DIR --pred-polarity white=in-focus`.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from datasets import DatasetError, build_dataset
+
+BASELINES = ("all-in-focus", "prior")
+
+
+def mean_training_mask(train_set: str, root: str, img_size: int) -> np.ndarray:
+    """Per-pixel mean of the training masks (1 = in-focus) at img_size x img_size, without augmentation."""
+    dataset = build_dataset(train_set, "train", root=root, img_size=img_size, augment=False)
+    total = torch.zeros(1, img_size, img_size, dtype=torch.float64)
+    for item in tqdm(dataset, desc=f"prior of {train_set}", leave=False):
+        total += item["mask"].double()
+    return (total / len(dataset))[0].numpy()
+
+
+def write_baseline_maps(name: str, test_set: str, out: str | Path, root: str = "data",
+                        train_set: str | None = None, img_size: int = 320) -> Path:
+    """Write the `name` baseline's maps for every image of `test_set` into out/; returns out."""
+    if name not in BASELINES:
+        raise ValueError(f"unknown baseline {name!r}; choose from {', '.join(BASELINES)}")
+    if name == "prior" and not train_set:
+        raise ValueError("the prior baseline needs the training set (--train-set)")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    prior = Image.fromarray(mean_training_mask(train_set, root, img_size).astype(np.float32)) if name == "prior" else None
+    dataset = build_dataset(test_set, "test", root=root, img_size=img_size)
+    for item in tqdm(dataset, desc=f"{name} maps", leave=False):
+        height, width = item["image_size"]
+        if prior is None:
+            grey = np.full((height, width), 255, dtype=np.uint8)
+        else:
+            resized = np.asarray(prior.resize((width, height), Image.Resampling.BILINEAR))
+            grey = np.clip(np.rint(resized * 255.0), 0, 255).astype(np.uint8)
+        Image.fromarray(grey).save(out / f"{Path(item['name']).stem}.png")
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m engine.baselines", description=__doc__.split("\n")[0])
+    parser.add_argument("name", choices=BASELINES)
+    parser.add_argument("--test-set", required=True, help="dataset expression of the test set")
+    parser.add_argument("--train-set", default=None, help="dataset expression of the training set (prior)")
+    parser.add_argument("--data-root", default="data")
+    parser.add_argument("--img-size", type=int, default=320)
+    parser.add_argument("--out", required=True, help="folder for the maps")
+    args = parser.parse_args(argv)
+    try:
+        out = write_baseline_maps(args.name, args.test_set, args.out, args.data_root, args.train_set, args.img_size)
+    except (DatasetError, ValueError) as e:
+        raise SystemExit(f"engine.baselines: {e}") from None
+    print(f"wrote {args.name} maps to {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""The data-set checker: counts, problem files by name, polarity from sharpness."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from datasets.check import check_folder, main
+
+
+def test_cuhk_polarity_is_white_blurred(shared_data: Path) -> None:
+    report = check_folder(shared_data / "CUHK", max_images=30)
+    assert report["pairs"] == 604 and report["unpaired"] == [] and report["size_mismatch"] == []
+    assert report["mask_modes"] == {"L": 591, "RGBA": 13}
+    assert report["polarity"]["label"] == "white=blurred" and report["polarity"]["confidence"] >= 0.9
+
+
+def test_dut_sample_polarity_is_white_in_focus(shared_data: Path, capsys) -> None:
+    assert main([str(shared_data / "DUT-sample")]) == 0
+    text = capsys.readouterr().out
+    assert "pairs:            5" in text and "white=in-focus (confidence 1.00" in text
+
+
+def test_json_names_unpaired_and_mismatched_files(shared_data: Path, tmp_path: Path, capsys) -> None:
+    copy = Path(shutil.copytree(shared_data / "DUT-sample", tmp_path / "dut"))
+    shutil.copy(copy / "image" / "1.jpg", copy / "image" / "no_mask.jpg")
+    Image.open(copy / "gt" / "4.bmp").resize((160, 160)).save(copy / "gt" / "4.bmp")
+    (copy / "gt" / "notes.txt").write_text("not an image")
+    (copy / "image" / "broken.png").write_bytes(b"not a png")
+    shutil.copy(copy / "gt" / "1.bmp", copy / "gt" / "broken.bmp")
+    assert main([str(copy), "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["pairs"] == 5
+    assert report["unpaired"] == ["image/no_mask.jpg"]
+    assert report["size_mismatch"] == ["4.jpg"]
+    assert report["size_mismatch_detail"] == [{"name": "4.jpg", "image_size": [320, 320],
+                                               "mask_size": [160, 160]}]
+    assert report["unreadable"] == ["broken.png"] and report["other_files"] == ["gt/notes.txt"]
+    assert report["polarity"]["label"] == "white=in-focus"
+
+
+def test_inverted_masks_flip_the_estimate(shared_data: Path, tmp_path: Path) -> None:
+    copy = Path(shutil.copytree(shared_data / "DUT-sample", tmp_path / "dut"))
+    for path in (copy / "gt").iterdir():
+        Image.fromarray(255 - np.asarray(Image.open(path))).save(path)
+    assert check_folder(copy)["polarity"]["label"] == "white=blurred"
+
+
+def test_not_a_data_set(tmp_path: Path, capsys) -> None:
+    assert main([str(tmp_path)]) == 2
+    assert "expected an image folder" in capsys.readouterr().err

@@ -1,0 +1,73 @@
+"""Scale-and-shift-invariant depth loss and the depth-teacher trainer."""
+from __future__ import annotations
+
+import torch
+
+from losses.depth import align_scale_shift, gradient_matching_loss, scale_shift_invariant_loss
+
+
+def test_alignment_recovers_scale_and_shift():
+    g = torch.Generator().manual_seed(0)
+    target = torch.rand(3, 1, 16, 16, generator=g)
+    pred = (target - 0.7) / 2.5
+    valid = torch.ones_like(target, dtype=torch.bool)
+    assert torch.allclose(align_scale_shift(pred, target, valid), target, atol=1e-5)
+    assert scale_shift_invariant_loss(pred, target).item() < 1e-6
+
+
+def test_loss_value_on_known_residual():
+    target = torch.zeros(1, 1, 4, 4)
+    target[..., :, 2:] = 1.0
+    pred = torch.zeros(1, 1, 4, 4)  # constant prediction: best alignment is the mean, 0.5
+    ssi = scale_shift_invariant_loss(pred, target, grad_weight=0.0)
+    assert abs(ssi.item() - 0.5 * 0.25) < 1e-6  # residual is +-0.5 everywhere
+    grad = gradient_matching_loss(torch.full((1, 1, 4, 4), 0.5) - target, torch.ones(1, 1, 4, 4, dtype=torch.bool), 1)
+    assert abs(grad.item() - 4 / 16) < 1e-6  # one vertical edge of height 4, |step| = 1
+
+
+def test_invalid_pixels_are_ignored():
+    target = torch.rand(2, 1, 8, 8)
+    pred = 3 * target + 1
+    pred[..., 0, 0] = 100.0
+    valid = torch.ones_like(target, dtype=torch.bool)
+    valid[..., 0, 0] = False
+    assert scale_shift_invariant_loss(pred, target, valid).item() < 1e-6
+    assert scale_shift_invariant_loss(pred, target).item() > 1e-3
+
+
+def test_train_depth_writes_a_teacher_that_loads(tmp_path):
+    from datasets.synthetic import generate_dataset
+    from models import load_midas
+    from train_depth import main
+
+    data = generate_dataset(tmp_path / "syn", n=4, seed=3, size=64)
+    save = tmp_path / "midas_small.pth"
+    main(["--data", str(data), "--val-data", str(data), "--img-size", "64", "--epochs", "1", "--batch-size", "2",
+          "--features", "16", "--workers", "0", "--device", "cpu", "--save", str(save),
+          "--log-dir", str(tmp_path / "log")])
+    teacher = load_midas(save)
+    assert teacher.config == {"name": "midas", "encoder": "resnet18", "features": 16}
+    features = teacher.features(torch.zeros(1, 3, 64, 64))
+    assert [f.shape[1] for f in features] == teacher.feature_channels == [512, 256, 128, 64]
+    assert (tmp_path / "log" / "epochs.csv").read_text().count("\n") == 2
+
+
+def test_train_depth_names_a_folder_without_depth(tmp_path):
+    import pytest
+
+    from train_depth import main
+
+    (tmp_path / "image").mkdir()
+    with pytest.raises(SystemExit, match="--data: .*missing folder depth"):
+        main(["--data", str(tmp_path), "--device", "cpu", "--save", str(tmp_path / "x.pth")])
+
+
+def test_a_fresh_midas_starts_with_a_nonzero_depth_map_and_gradients():
+    from models import build_midas
+
+    torch.manual_seed(0)
+    midas = build_midas("resnet18", features=16)
+    depth = midas(torch.randn(2, 3, 64, 64)).depth
+    assert (depth > 0).float().mean() > 0.5
+    scale_shift_invariant_loss(depth, torch.rand(2, 1, 64, 64)).backward()
+    assert midas.pretrained.layer1[0].weight.grad.abs().sum() > 0

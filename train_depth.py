@@ -1,0 +1,20 @@
+"""Train a MiDaS-v2.1-architecture depth teacher on images with depth maps (scale-and-shift-invariant loss).
+
+Used by the offline demo in place of midas_v21-f6b98070.pt, and by anyone who needs a depth teacher with
+another encoder. The result loads with `train_kd.py --depth-teacher PATH` like the released file.
+"""
+from __future__ import annotations
+
+import argparse
+
+from engine.depth import add_arguments, train_depth_teacher
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    train_depth_teacher(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
