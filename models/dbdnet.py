@@ -9,9 +9,8 @@ from torch import nn
 
 from .decoder import DFFNetDecoder
 from .encoders import TimmEncoder
-from .layers import RFB, upsample
+from .layers import RFB, check_input_size, upsample
 
-INPUT_MULTIPLE = 32
 DECODER_CHANNELS = 32
 
 
@@ -80,10 +79,7 @@ class DBDNet(nn.Module):
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Encoder stage outputs, coarse -> fine (the distillation targets of a DFFNet teacher)."""
-        height, width = x.shape[-2:]
-        if height % INPUT_MULTIPLE or width % INPUT_MULTIPLE:
-            raise ValueError(f"{self.config['name']}: input height and width must be divisible by "
-                             f"{INPUT_MULTIPLE}, got {height}x{width}")
+        check_input_size(x, self.config["name"])
         return self.encoder(x)
 
     def forward(self, x: torch.Tensor) -> DBDOutput:

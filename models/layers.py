@@ -44,3 +44,14 @@ class RFB(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         fused = self.fuse(torch.cat([branch(x) for branch in self.branches], dim=1))
         return F.relu(fused + self.shortcut(x))
+
+
+INPUT_MULTIPLE = 32
+
+
+def check_input_size(x: torch.Tensor, name: str) -> None:
+    """Raise a clear error unless the input's height and width are multiples of the coarsest stride (32)."""
+    height, width = x.shape[-2:]
+    if height % INPUT_MULTIPLE or width % INPUT_MULTIPLE:
+        raise ValueError(f"{name}: input height and width must be divisible by {INPUT_MULTIPLE}, "
+                         f"got {height}x{width}")

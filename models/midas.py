@@ -11,9 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .encoders import create_timm_model
-from .layers import upsample
+from .layers import check_input_size, upsample
 
-INPUT_MULTIPLE = 32
 RESNET_STEM = ("conv1", "bn1", "act1", "maxpool")
 
 
@@ -121,10 +120,7 @@ class MidasNet(nn.Module):
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Encoder stage outputs, coarse -> fine (the distillation targets)."""
-        height, width = x.shape[-2:]
-        if height % INPUT_MULTIPLE or width % INPUT_MULTIPLE:
-            raise ValueError(f"midas: input height and width must be divisible by {INPUT_MULTIPLE}, "
-                             f"got {height}x{width}")
+        check_input_size(x, "midas")
         return self.pretrained(x)
 
     def forward(self, x: torch.Tensor) -> MidasOutput:
