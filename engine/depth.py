@@ -2,7 +2,8 @@
 
 Stands in for `midas_v21-f6b98070.pt` where that file is absent (the offline demo), and serves anyone who
 needs a depth teacher with another encoder. The loss is MiDaS's scale-and-shift-invariant loss on inverse
-depth (losses.depth); the saved file loads with models.load_midas like the released one.
+depth (losses.depth) plus a weak mean-matching anchor that keeps a network trained from scratch out of
+its final ReLU's dead zone; the saved file loads with models.load_midas like the released one.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from datasets import DatasetError, DepthDataset
-from losses.depth import scale_shift_invariant_loss
+from losses.depth import mean_anchor_loss, scale_shift_invariant_loss
 from models import build_midas
 from engine.train import CHECKPOINT_FORMAT, pretrained_argument
 from utils.checkpoint import save_checkpoint
@@ -37,6 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=3e-4, help="Adam base learning rate, poly decay per epoch")
     parser.add_argument("--grad-weight", type=float, default=0.5, help="weight of MiDaS's gradient-matching term")
+    parser.add_argument("--anchor-weight", type=float, default=0.1,
+                        help="weight of the mean-matching term that keeps the non-negative output alive "
+                             "(losses.depth.mean_anchor_loss); 0 = the invariant loss alone")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--device", default="auto")
@@ -101,7 +105,9 @@ def train_depth_teacher(args: argparse.Namespace) -> Path:
             for step, batch in enumerate(bar, start=1):
                 with autocast(device, args.amp):
                     depth = model(batch["image"].to(device, non_blocking=True)).depth
-                loss = scale_shift_invariant_loss(depth, batch["depth"].to(device), grad_weight=args.grad_weight)
+                target = batch["depth"].to(device)
+                loss = (scale_shift_invariant_loss(depth, target, grad_weight=args.grad_weight)
+                        + args.anchor_weight * mean_anchor_loss(depth, target))
                 if not math.isfinite(loss.item()):
                     raise SystemExit(f"non-finite depth loss at epoch {epoch}, step {step}; stopping "
                                      f"(last good checkpoint: {args.save} if an epoch completed)")

@@ -57,3 +57,15 @@ def scale_shift_invariant_loss(
     if grad_weight == 0:
         return ssi
     return ssi + grad_weight * gradient_matching_loss(residual, valid, scales)
+
+
+def mean_anchor_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Squared difference of the per-image means of `pred` and `target` (B x 1 x H x W), averaged.
+
+    The invariant loss gives no gradient to the output's offset, so a network trained from scratch can
+    drift below zero and die in MiDaS's final ReLU (an all-zero map); a small weight on this term keeps
+    the output in the target's range without changing what the invariant loss measures.
+    """
+    if pred.shape[-2:] != target.shape[-2:]:
+        pred = F.interpolate(pred, size=target.shape[-2:], mode="bilinear", align_corners=False)
+    return ((pred.float().mean((1, 2, 3)) - target.float().mean((1, 2, 3))) ** 2).mean()

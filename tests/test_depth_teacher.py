@@ -71,3 +71,15 @@ def test_a_fresh_midas_starts_with_a_nonzero_depth_map_and_gradients():
     assert (depth > 0).float().mean() > 0.5
     scale_shift_invariant_loss(depth, torch.rand(2, 1, 64, 64)).backward()
     assert midas.pretrained.layer1[0].weight.grad.abs().sum() > 0
+
+
+def test_mean_anchor_loss_value_and_gradient_to_the_offset():
+    from losses.depth import mean_anchor_loss
+
+    target = torch.stack([torch.full((1, 4, 4), 2.0), torch.full((1, 4, 4), 1.0)])
+    pred = torch.zeros(2, 1, 4, 4, requires_grad=True)
+    loss = mean_anchor_loss(pred, target)
+    assert abs(loss.item() - (4 + 1) / 2) < 1e-6
+    loss.backward()
+    assert (pred.grad < 0).all()  # pushes a collapsed (zero) map back up; the invariant loss alone cannot
+    assert scale_shift_invariant_loss(pred, target).item() == 0.0
