@@ -1,15 +1,16 @@
 """Training speed: seconds per optimiser step and images/s of stage 1 and stage 2 (D-DFFNet).
 
-    python bench/train_speed.py [--quick] [--device auto] [--steps 3]
+    python bench/train_speed.py [--quick] [--device auto] [--steps 5] [--warmup 3]
 
 Times `engine.train.train_step`, the exact step of train_single.py / train_kd.py (forward, loss,
 backward, element-wise clamp, Adam; stage 2 adds the frozen teachers under inference mode, MiDaS
 encoder only, and the projectors), on random 320x320 batches: stage 1 at batch 6, stage 2 at batch 2,
 resnest101e student / teacher and MiDaS ResNeXt-101-32x8d (random weights: speed does not depend on
 them). Each stage runs in fp32 and in bf16 autocast + channels_last, on the CPU and, when present,
-on CUDA. Reported: s/step, images/s, peak memory (CPU: peak RSS from /proc, reset per row; CUDA:
-max_memory_allocated), the step's FLOPs (torch.utils.flop_counter) and the share of this machine's
-matmul peak (a large fp32 / bf16 matmul measured in the same run) that the step achieves.
+on CUDA. Reported: the median s/step of `--steps` steps after `--warmup` untimed ones, images/s,
+peak memory (CPU: peak RSS from /proc, reset per row; CUDA: max_memory_allocated), the step's FLOPs
+(torch.utils.flop_counter) and the share of this machine's matmul peak (a large fp32 / bf16 matmul
+measured in the same run) that the step achieves.
 
 Baseline: the authors' code measured on this machine (stage-1 step at batch 6 = 9.4 s fp32; stage-2
 step at batch 2 = 7.25 s, of which MiDaS's full forward 2.0 s and the DFFNet teacher 0.96 s).
@@ -25,6 +26,7 @@ import json
 import os
 import platform
 import resource
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -138,12 +140,14 @@ def measure(stage_name: str, precision: str, cfg: argparse.Namespace, device: to
     stage.network.train()
     for _ in range(cfg.warmup):
         train_step(stage, batches, 1, args, ctx, scaler)
-    synchronise(device)
-    start = time.perf_counter()
+    step_seconds = []
     for _ in range(cfg.steps):
+        synchronise(device)
+        start = time.perf_counter()
         train_step(stage, batches, 1, args, ctx, scaler)
-    synchronise(device)
-    seconds = (time.perf_counter() - start) / cfg.steps
+        synchronise(device)
+        step_seconds.append(time.perf_counter() - start)
+    seconds = statistics.median(step_seconds)
     memory = peak_memory_gb(device)
     with FlopCounterMode(display=False) as counter:
         train_step(stage, batches, 1, args, ctx, scaler)
@@ -151,7 +155,8 @@ def measure(stage_name: str, precision: str, cfg: argparse.Namespace, device: to
     peak = matmul_peak["bf16" if amp == "bf16" else "fp32"]
     target = TARGET_SECONDS[(stage_name, precision)] if cfg.full else None
     return {"stage": stage_name, "precision": precision, "device": str(device), "batch": batch,
-            "img_size": cfg.img_size, "seconds_per_step": seconds, "images_per_second": batch / seconds,
+            "img_size": cfg.img_size, "seconds_per_step": seconds, "step_seconds": step_seconds,
+            "images_per_second": batch / seconds,
             "peak_memory_gb": memory, "step_tflop": flops / 1e12, "achieved_tflops": flops / seconds / 1e12,
             "share_of_matmul_peak": flops / seconds / 1e12 / peak,
             "authors_seconds": AUTHORS_SECONDS[stage_name] if cfg.full else None,
@@ -162,15 +167,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small networks and images: a smoke run only")
     parser.add_argument("--device", default="auto", help="auto (CPU, and CUDA when present) | cpu | cuda")
-    parser.add_argument("--steps", type=int, default=3, help="timed steps per row")
-    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per row (the median is reported)")
+    parser.add_argument("--warmup", type=int, default=3,
+                        help="untimed steps first: on the CPU the allocator takes about three steps to settle")
     parser.add_argument("--out", default=None, help="JSON path (default bench/results/train_speed[_quick].json)")
     cfg = parser.parse_args()
     cfg.full = not cfg.quick
     cfg.backbone, cfg.midas_encoder, cfg.midas_features, cfg.img_size = (
         ("resnest14d", "resnet18", 64, 128) if cfg.quick else ("resnest101e", "resnext101_32x8d", 256, 320))
     if cfg.quick:
-        cfg.steps = 1
+        cfg.steps, cfg.warmup = 1, 1
     devices = [torch.device("cpu")]
     if cfg.device == "auto" and torch.cuda.is_available():
         devices.append(select_device("cuda"))

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from datasets import DatasetError, DepthDataset
 from losses.depth import mean_anchor_loss, scale_shift_invariant_loss
 from models import build_midas
-from engine.train import CHECKPOINT_FORMAT, pretrained_argument
+from engine.train import CHECKPOINT_FORMAT, adam, pretrained_argument
 from utils.checkpoint import save_checkpoint
 from utils.log import TrainingLogger
 from utils.runtime import autocast, configure_backends, seed_everything, select_device
@@ -90,7 +90,7 @@ def train_depth_teacher(args: argparse.Namespace) -> Path:
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         raise SystemExit(f"--encoder / --pretrained: {e}") from None
     model = model.to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    optimizer = adam(model.parameters(), lr=args.lr)
     logger = TrainingLogger(Path(args.log_dir) if args.log_dir else Path("runs") / Path(args.save).stem)
     logger.info(f"depth teacher: MiDaS v2.1 / {args.encoder} (width {args.features}), {len(train_set)} images, "
                 f"batch {args.batch_size}, {len(loader)} steps/epoch, {args.epochs} epochs, device {device}")

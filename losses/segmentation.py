@@ -10,23 +10,22 @@ import torch.nn.functional as F
 Reduction = Literal["sum", "mean"]
 
 
-def _edge_kernel(like: torch.Tensor) -> torch.Tensor:
-    """The authors' fixed 3x3 filter: ones with -8 at the centre (8-neighbour Laplacian)."""
-    kernel = torch.ones(1, 1, 3, 3, dtype=like.dtype, device=like.device)
-    kernel[..., 1, 1] = -8.0
-    return kernel
+def neighbour_response(x: torch.Tensor) -> torch.Tensor:
+    """The authors' fixed 3x3 filter (ones with -8 at the centre, zero padding) applied to
+    B x 1 x H x W maps: the 3x3 box sum minus 9x, the same values as their conv2d at a tenth of
+    its CPU cost (exact for integer-valued maps such as labels)."""
+    return F.avg_pool2d(x, kernel_size=3, stride=1, padding=1, divisor_override=1) - 9.0 * x
 
 
 def label_edges(mask: torch.Tensor) -> torch.Tensor:
     """1 where a 3x3 neighbour (zero padding) differs from the pixel: a 2 px band around every
     boundary, plus every image-border pixel whose label is 1. `mask` is B x 1 x H x W in {0, 1}."""
-    response = F.conv2d(mask, _edge_kernel(mask), padding=1)
-    return 1.0 - (response == 0).to(mask.dtype)
+    return 1.0 - (neighbour_response(mask) == 0).to(mask.dtype)
 
 
 def prediction_edges(logits: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
     """Soft edges of sigmoid(logits): e^2 / (e^2 + alpha) with e the same 3x3 filter response."""
-    response = F.conv2d(torch.sigmoid(logits), _edge_kernel(logits), padding=1)
+    response = neighbour_response(torch.sigmoid(logits))
     return response.pow(2) / (response.pow(2) + alpha)
 
 

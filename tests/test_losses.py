@@ -9,10 +9,21 @@ import torch.nn.functional as F
 
 from losses import (Projectors, bce_dof_edge_loss, dof_edge_loss, feature_distillation_loss, label_edges,
                     prediction_edges, segmentation_loss)
+from losses.segmentation import neighbour_response
 
 
 def as_map(rows: list[list[int]]) -> torch.Tensor:
     return torch.tensor(rows, dtype=torch.float32)[None, None]
+
+
+def test_neighbour_response_is_the_authors_conv2d_filter():
+    kernel = torch.ones(1, 1, 3, 3)
+    kernel[..., 1, 1] = -8.0
+    generator = torch.Generator().manual_seed(0)
+    soft = torch.rand(3, 1, 17, 23, generator=generator)
+    binary = (torch.rand(3, 1, 17, 23, generator=generator) > 0.5).float()
+    torch.testing.assert_close(neighbour_response(soft), F.conv2d(soft, kernel, padding=1), atol=1e-5, rtol=0)
+    assert torch.equal(neighbour_response(binary), F.conv2d(binary, kernel, padding=1))
 
 
 def test_label_edges_are_a_two_pixel_band_plus_the_border_of_ones():
