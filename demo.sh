@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole D-DFFNet method, offline, on the embedded synthetic defocus data (CPU, about 14 minutes on 2 cores):
+# The whole D-DFFNet method, offline, on the embedded synthetic defocus data (CPU, 8 to 14 minutes on 2 cores):
 #   1. generate a synthetic train / test set (thin-lens defocus, exact masks, depth maps)
 #   2. a depth teacher: MiDaS v2.1 architecture with a small encoder trained on the synthetic depth
 #      (or the real depth_pretrained/midas_v21-f6b98070.pt when it is present)
@@ -22,7 +22,7 @@ LR=${DEMO_LR:-1e-4}                 # the paper's learning rate
 EPOCHS=${DEMO_EPOCHS:-6}            # per stage
 DEPTH_EPOCHS=${DEMO_DEPTH_EPOCHS:-4}
 WORKERS=${DEMO_WORKERS:-2}
-MINUTES=${DEMO_MINUTES:-14}
+MINUTES=${DEMO_MINUTES:-8-14}
 
 DATA=$OUT/data
 CKPT=$OUT/checkpoints
