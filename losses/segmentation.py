@@ -29,16 +29,14 @@ def prediction_edges(logits: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
     return response.pow(2) / (response.pow(2) + alpha)
 
 
-def dof_edge_loss(logits: torch.Tensor, mask: torch.Tensor, reduction: Reduction = "sum",
-                  mask_edges: torch.Tensor | None = None) -> torch.Tensor:
+def dof_edge_loss(logits: torch.Tensor, mask: torch.Tensor, reduction: Reduction = "sum") -> torch.Tensor:
     """Dice loss (smooth 1, power 2) between prediction and label edge maps, per sample, then summed
-    over the batch as the authors do (`reduction='sum'`) or averaged (`'mean'`). `mask_edges` is
-    `label_edges(mask)` when the caller already has it."""
+    over the batch as the authors do (`reduction='sum'`) or averaged (`'mean'`)."""
     if logits.shape != mask.shape:
         raise ValueError(f"dof_edge_loss: logits {tuple(logits.shape)} and mask {tuple(mask.shape)} differ")
     logits, mask = logits.float(), mask.float()
     pred_edge = prediction_edges(logits).flatten(1)
-    true_edge = (label_edges(mask) if mask_edges is None else mask_edges.float()).flatten(1)
+    true_edge = label_edges(mask).flatten(1)
     numerator = 2.0 * (pred_edge * true_edge).sum(1) + 1.0
     denominator = pred_edge.pow(2).sum(1) + true_edge.pow(2).sum(1) + 1.0
     per_sample = 1.0 - numerator / denominator
@@ -55,7 +53,6 @@ def bce_dof_edge_loss(
     edge_weight: float = 0.5,
     reduction: Reduction = "sum",
     edge_sum_scale: float = 1.0,
-    mask_edges: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The authors' ECELoss: mean BCE-with-logits + edge_weight x DOF-edge loss.
 
@@ -63,7 +60,7 @@ def bce_dof_edge_loss(
     steps so that a split batch reproduces the loss of the whole batch (see engine.train).
     """
     bce = F.binary_cross_entropy_with_logits(logits.float(), mask.float())
-    edge = dof_edge_loss(logits, mask, reduction, mask_edges)
+    edge = dof_edge_loss(logits, mask, reduction)
     if reduction == "sum":
         edge = edge * edge_sum_scale
     return bce + edge_weight * edge
@@ -84,11 +81,8 @@ def segmentation_loss(
         def term(x: torch.Tensor) -> torch.Tensor:
             return F.binary_cross_entropy_with_logits(x.float(), mask.float())
     elif loss == "bce+edge":
-        mask_edges = label_edges(mask.float())
-
         def term(x: torch.Tensor) -> torch.Tensor:
-            return bce_dof_edge_loss(x, mask, reduction=reduction, edge_sum_scale=edge_sum_scale,
-                                     mask_edges=mask_edges)
+            return bce_dof_edge_loss(x, mask, reduction=reduction, edge_sum_scale=edge_sum_scale)
     else:
         raise ValueError(f"loss must be 'bce' or 'bce+edge', got {loss!r}")
     size = mask.shape[-2:]
