@@ -21,7 +21,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -474,7 +474,7 @@ def build_student(args: argparse.Namespace, depth_heads: bool = False) -> nn.Mod
                            depth_heads=depth_heads)
 
 
-def adam(params: Iterator[nn.Parameter] | list[nn.Parameter], lr: float, weight_decay: float = 0.0) -> torch.optim.Adam:
+def adam(params: Iterable[nn.Parameter], lr: float, weight_decay: float = 0.0) -> torch.optim.Adam:
     """torch.optim.Adam with the fused kernel (CPU and CUDA): the same update, one pass over the weights."""
     return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=True)
 
