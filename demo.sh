@@ -35,8 +35,8 @@ echo "This takes about $MINUTES minutes on a 2-core CPU. Results go to $OUT/."
 mkdir -p "$CKPT" "$LOGS"
 
 stamp "1/5 synthetic defocus data: $TRAIN_N training and $TEST_N test images"
-$PY -m datasets.synthetic "$DATA/train" --n "$TRAIN_N" --seed 1 --size "$IMG" --workers "$WORKERS" --overwrite
-$PY -m datasets.synthetic "$DATA/test" --n "$TEST_N" --seed 2 --size "$IMG" --workers "$WORKERS" --overwrite
+$PY tools/make_synthetic.py "$DATA/train" --n "$TRAIN_N" --seed 1 --size "$IMG" --workers "$WORKERS" --overwrite
+$PY tools/make_synthetic.py "$DATA/test" --n "$TEST_N" --seed 2 --size "$IMG" --workers "$WORKERS" --overwrite
 
 PRETRAINED=$($PY -c 'import sys, models; print("imagenet" if models.pretrained_available(sys.argv[1]) else "none")' "$BACKBONE")
 echo "backbone initialisation: $PRETRAINED (ImageNet weights are used when they are in the local cache)"
@@ -65,13 +65,13 @@ $PY train_kd.py --train-set "synthetic:$DATA/train" --backbone "$BACKBONE" --pre
 
 stamp "5/5 evaluation (test.sh) with two trivial baselines"
 for baseline in all-in-focus prior; do
-  $PY -m engine.baselines "$baseline" --train-set "synthetic:$DATA/train" --test-set "synthetic:$DATA/test" \
+  $PY tools/baselines.py "$baseline" --train-set "synthetic:$DATA/train" --test-set "synthetic:$DATA/test" \
       --img-size "$IMG" --out "$OUT/baselines/$baseline"
 done
 BASELINES="all-in-focus=$OUT/baselines/all-in-focus prior=$OUT/baselines/prior" \
   TEST_SETS="synthetic:$DATA/test" IMG_SIZE="$IMG" PYTHON="$PY" OUT="$OUT/eval" \
   bash test.sh "$CKPT/DFFNet.pth" "$CKPT/D-DFFNet.pth" | tee "$OUT/table.md"
-$PY -m engine.figures --dataset "synthetic:$DATA/test" --img-size "$IMG" --count 6 \
+$PY tools/figures.py --dataset "synthetic:$DATA/test" --img-size "$IMG" --count 6 \
     --checkpoint "DFFNet=$CKPT/DFFNet.pth" "D-DFFNet=$CKPT/D-DFFNet.pth" \
     --depth-teacher "$DEPTH_TEACHER" --out "$OUT/qualitative.png"
 

@@ -2,6 +2,7 @@
 
   python test.py --checkpoint checkpoint/D-DFFNet.pth --dataset CUHK-TE-1 DUT-TE --protocol official
   python test.py --pred-dir maps/DD --dataset CUHK-TE-1 --pred-polarity white=blurred
+  python test.py --checkpoint checkpoint/D-DFFNet.pth --baseline DD=maps/DD IS2CNet=maps/IS2CNet
   python test.py --checkpoint checkpoint/D-DFFNet.pth --images photos/ --out results/photos
 
 Writes OUT/results.json, OUT/<model>/<set>/per_image.csv (and maps/, grid.png), OUT/pr_curves.png, and prints
@@ -10,7 +11,6 @@ the paper's table with the paper's rows. Saved maps: 8-bit PNG, white = in-focus
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 import time
@@ -19,13 +19,15 @@ from pathlib import Path
 import torch
 
 from datasets import DatasetError
-from engine.evaluate import (POLARITIES, EvalSettings, evaluate_model, evaluate_saved_maps, markdown_table,
-                             paper_set_order, pr_figure, predict_photos, set_label, write_results)
-from models import load_model
+from datasets.polarity import STATED_POLARITIES, MaskPolarity
+from engine.evaluate import (EvalSettings, evaluate_model, evaluate_saved_maps, load_detector, predict_photos,
+                             set_label)
+from models.layers import INPUT_MULTIPLE
 from utils.checkpoint import CheckpointError
-from utils.metrics import PROTOCOLS
+from utils.metrics import PROTOCOLS, get_protocol
 from utils.paper_results import PAPER_SETS, TABLES
-from utils.runtime import AMP_DTYPES, select_device
+from utils.report import markdown_table, paper_set_order, pr_figure, read_results, summary_line, write_results
+from utils.runtime import AMP_DTYPES, check_amp, select_device
 
 DEFAULT_CHECKPOINT = "checkpoint/D-DFFNet.pth"
 
@@ -37,9 +39,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     source.add_argument("--checkpoint", nargs="+", default=None,
                         help=f"checkpoint files (ours or the authors'); default {DEFAULT_CHECKPOINT}")
     source.add_argument("--pred-dir", help="folder of another method's saved maps, <image stem>.<ext>")
-    source.add_argument("--pred-polarity", choices=POLARITIES, default="white=in-focus",
-                        help="what white means in the --pred-dir maps")
+    source.add_argument("--pred-polarity", choices=[p.label for p in STATED_POLARITIES],
+                        default=MaskPolarity.WHITE_IN_FOCUS.label,
+                        help="what white means in the --pred-dir and --baseline maps")
     source.add_argument("--label", help="name of the --pred-dir method in the results (default: folder name)")
+    source.add_argument("--baseline", nargs="+", action="extend", default=[], metavar="LABEL=DIR",
+                        help="other methods' saved maps (as --pred-polarity), evaluated on every --dataset and "
+                             "added to the results as LABEL; DIR/<set name>/ is used when it exists, else DIR")
     source.add_argument("--images", nargs="+", help="photos or folders without GT: write maps and overlays")
     source.add_argument("--dataset", nargs="+", default=list(PAPER_SETS),
                         help="test sets: registry names, folder:PATH[:white=...], synthetic:PATH "
@@ -47,7 +53,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     source.add_argument("--model", help="network of bare state_dicts (default: as the keys say)")
     source.add_argument("--backbone", help="backbone of bare state_dicts")
     run = parser.add_argument_group("how")
-    run.add_argument("--protocol", choices=PROTOCOLS, default="official")
+    run.add_argument("--protocol", choices=list(PROTOCOLS), default="official")
     run.add_argument("--data-root", default="data")
     run.add_argument("--out", default="results")
     run.add_argument("--save-maps", action="store_true", help="write 8-bit maps (white = in-focus)")
@@ -77,14 +83,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--pred-dir evaluates saved maps: drop --checkpoint")
     if args.pred_dir is not None and len(args.dataset) != 1:
         parser.error("--pred-dir needs exactly one --dataset (the set the maps belong to)")
-    if args.batch_size < 1 or args.workers < 0 or args.img_size % 32:
-        parser.error("need --batch-size >= 1, --workers >= 0 and --img-size divisible by 32")
-    for pair in args.paper_row:
-        if "=" not in pair:
-            parser.error(f"--paper-row takes LABEL=METHOD, got {pair!r}")
+    if args.batch_size < 1 or args.workers < 0 or args.img_size % INPUT_MULTIPLE:
+        parser.error(f"need --batch-size >= 1, --workers >= 0 and --img-size divisible by {INPUT_MULTIPLE}")
+    for flag, pairs, form in (("--paper-row", args.paper_row, "LABEL=METHOD"),
+                              ("--baseline", args.baseline, "LABEL=DIR")):
+        for pair in pairs:
+            if "=" not in pair:
+                parser.error(f"{flag} takes {form}, got {pair!r}")
     args.checkpoint = args.checkpoint or ([] if args.pred_dir else [DEFAULT_CHECKPOINT])
-    if args.images is not None and len(args.checkpoint) != 1:
-        parser.error("--images runs one checkpoint")
+    if args.images is not None and (len(args.checkpoint) != 1 or args.baseline):
+        parser.error("--images runs one checkpoint (no --baseline)")
+    labels = checkpoint_labels(args.checkpoint) + [pair.split("=", 1)[0] for pair in args.baseline]
+    if len(set(labels)) < len(labels):
+        parser.error(f"two sources share a label: {', '.join(labels)}")
     return args
 
 
@@ -94,32 +105,29 @@ def checkpoint_labels(paths: list[str]) -> list[str]:
     return [f"{Path(p).parent.name}-{s}" if stems.count(s) > 1 else s for p, s in zip(paths, stems)]
 
 
-def load(path: str, args: argparse.Namespace, device: torch.device) -> torch.nn.Module:
-    model = load_model(path, name=args.model, backbone=args.backbone, map_location=device).eval()
-    if args.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    return torch.compile(model) if args.compile else model
-
-
-def line(entry: dict) -> str:
-    excluded = len(entry["excluded"])
-    return (f"{entry['model']} on {entry['dataset']} ({entry['protocol']}): MAE {entry['mae']:.4f}  "
-            f"F-beta {entry['fbeta']:.4f}  IoU {entry['iou']:.4f}  ({entry['n_images']} images"
-            + (f", {excluded} excluded: size mismatch)" if excluded else ")"))
+def baseline_maps(folder: str, dataset_expr: str) -> str:
+    """A --baseline's maps for one test set: DIR/<set name> when that folder exists, else DIR."""
+    per_set = Path(folder) / set_label(dataset_expr)
+    return str(per_set) if per_set.is_dir() else folder
 
 
 def run_evaluation(args: argparse.Namespace, settings: EvalSettings, out: Path) -> int:
-    entries, missing = [], []
-    jobs = ([(None, args.label, args.pred_dir)] if args.pred_dir
-            else list(zip(args.checkpoint, checkpoint_labels(args.checkpoint), args.checkpoint)))
-    for checkpoint, label, source in jobs:
-        model = load(checkpoint, args, settings.device) if checkpoint else None
+    """Evaluate every source on every test set, write results.json, print the paper's table."""
+    entries, missing, failed = [], [], []
+    labels = checkpoint_labels(args.checkpoint)
+    jobs = ([(None, args.label, args.pred_dir, False)] if args.pred_dir
+            else [(path, label, path, False) for path, label in zip(args.checkpoint, labels)])
+    jobs += [(None, *pair.split("=", 1), True) for pair in args.baseline]
+    polarity = MaskPolarity.parse(args.pred_polarity)
+    for checkpoint, label, source, is_baseline in jobs:
+        model = load_detector(checkpoint, settings, args.model, args.backbone, args.compile) if checkpoint else None
         for expr in args.dataset:
             try:
-                if model is None:
-                    entry = evaluate_saved_maps(source, args.pred_polarity, expr, settings, out, label)
-                else:
+                if model is not None:
                     entry = evaluate_model(model, label, checkpoint, expr, settings, out)
+                else:
+                    maps = baseline_maps(source, expr) if is_baseline else source
+                    entry = evaluate_saved_maps(maps, polarity, expr, settings, out, label)
             except DatasetError as exc:
                 if not args.skip_missing:
                     raise
@@ -129,8 +137,14 @@ def run_evaluation(args: argparse.Namespace, settings: EvalSettings, out: Path) 
                     missing.append({"dataset_expr": expr, "reason": message})
                     print(f"missing {expr}: {message}", flush=True)
                 continue
+            except (FileNotFoundError, ValueError) as exc:
+                if not is_baseline:
+                    raise
+                print(f"test.py: error: --baseline {label}: {exc}", file=sys.stderr, flush=True)
+                failed.append(f"{label} on {expr}")
+                continue
             entries.append(entry)
-            print(line(entry), flush=True)
+            print(summary_line(entry), flush=True)
     run = {"protocol": args.protocol, "device": str(settings.device), "amp": args.amp, "img_size": args.img_size,
            "data_root": args.data_root, "command": sys.argv, "torch": torch.__version__,
            "time": time.strftime("%Y-%m-%d %H:%M:%S"), "missing": missing}
@@ -145,27 +159,24 @@ def run_evaluation(args: argparse.Namespace, settings: EvalSettings, out: Path) 
     print()
     print(markdown_table(shown, sets, args.paper_table, paper_rows, args.paper_methods))
     print(f"\nwrote {out / 'results.json'}, {out / 'pr_curves.png'} and per-image CSVs under {out}/")
+    if failed:
+        print(f"test.py: these baseline evaluations failed (errors above): {', '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
-
-
-def read_results(path: str) -> list[dict]:
-    """Entries of an earlier results.json (for --extra-results)."""
-    try:
-        return json.loads(Path(path).read_text())["results"]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise ValueError(f"{path}: not a results.json written by test.py ({exc})") from None
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     device = select_device(args.device)
-    settings = EvalSettings(protocol=args.protocol, device=device, amp=args.amp, batch_size=args.batch_size,
-                            workers=args.workers, channels_last=args.channels_last, img_size=args.img_size,
-                            data_root=args.data_root, save_maps=args.save_maps, grid=args.grid)
+    check_amp(args.amp, device)
+    settings = EvalSettings(protocol=get_protocol(args.protocol), device=device, amp=args.amp,
+                            batch_size=args.batch_size, workers=args.workers, channels_last=args.channels_last,
+                            img_size=args.img_size, data_root=args.data_root, save_maps=args.save_maps,
+                            grid=args.grid)
     out = Path(args.out)
     try:
         if args.images is not None:
-            model = load(args.checkpoint[0], args, device)
+            model = load_detector(args.checkpoint[0], settings, args.model, args.backbone, args.compile)
             written = predict_photos(model, args.images, settings, out)
             print(f"wrote {len(written) // 2} maps to {out / 'maps'} and overlays to {out / 'overlays'}")
             return 0

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import argparse
 
-from engine.depth import add_arguments, train_depth_teacher
+from engine.depth import train_depth_teacher
+from engine.options import add_depth_teacher_arguments
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
+    add_depth_teacher_arguments(parser)
     train_depth_teacher(parser.parse_args(argv))
 
 

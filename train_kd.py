@@ -16,31 +16,19 @@ from __future__ import annotations
 
 import argparse
 
-from engine.train import NonFiniteLossError, add_common_arguments, train_distill
+from engine.options import add_common_arguments, add_distillation_arguments
+from engine.stages import train_distill
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_arguments(parser, save="checkpoint/D-DFFNet.pth")
-    parser.add_argument("--distill", choices=["feature", "response"], default="feature")
-    parser.add_argument("--teacher", default="checkpoint/DFFNet.pth",
-                        help="stage-1 checkpoint (ours or the authors' DFFNet.pth)")
-    parser.add_argument("--depth-teacher", default="depth_pretrained/midas_v21-f6b98070.pt",
-                        help="MiDaS weights (the authors' midas_v21-f6b98070.pt or our checkpoint)")
-    parser.add_argument("--teacher-bn", choices=["eval", "batch"], default="eval",
-                        help="teacher BatchNorm: running statistics (eval) or batch statistics (the authors')")
-    parser.add_argument("--final-weight", type=float, default=1.1, help="weight of the final map's loss")
-    parser.add_argument("--projector-lr", type=float, default=0.1)
-    parser.add_argument("--projector-wd", type=float, default=5e-4)
+    add_distillation_arguments(parser)
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    try:
-        train_distill(args)
-    except NonFiniteLossError as e:
-        raise SystemExit(str(e)) from None
+    train_distill(parse_args(argv))
 
 
 if __name__ == "__main__":

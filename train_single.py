@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import argparse
 
-from engine.train import NonFiniteLossError, add_common_arguments, train_stage1
+from engine.options import add_common_arguments
+from engine.stages import train_stage1
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -18,11 +19,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    try:
-        train_stage1(args)
-    except NonFiniteLossError as e:
-        raise SystemExit(str(e)) from None
+    train_stage1(parse_args(argv))
 
 
 if __name__ == "__main__":

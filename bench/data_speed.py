@@ -37,6 +37,7 @@ class AuthorsStyleDataset(Dataset):
 
     def __init__(self, pairs: PairDataset) -> None:
         self.pairs = pairs.pairs
+        self.polarity = pairs.polarity
         self.img_size = pairs.img_size
 
     def __len__(self) -> int:
@@ -45,7 +46,7 @@ class AuthorsStyleDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         names = [str(p.image).split("/")[-1] for p in self.pairs]
         pair = self.pairs[index]
-        image, mask = load_rgb(pair.image), load_mask(pair.mask, False)
+        image, mask = load_rgb(pair.image), load_mask(pair.mask, self.polarity)
         if torch.rand(()) < 0.5:
             image, mask = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT), mask[:, ::-1].copy()
         image = COLOR_JITTER(resize_image(image, self.img_size))

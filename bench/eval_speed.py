@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 from datasets.synthetic import generate_dataset  # noqa: E402
 from engine.evaluate import EvalSettings, evaluate_model  # noqa: E402
 from models import build_model  # noqa: E402
-from utils.metrics import OfficialMetrics, StandardMetrics  # noqa: E402
+from utils.metrics import PROTOCOLS, OfficialMetrics, StandardMetrics  # noqa: E402
 
 SIZES = {"CUHK 640x427": (427, 640), "EBD 1600x1024": (1024, 1600)}
 
@@ -92,7 +92,7 @@ def end_to_end(n: int, workers: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         generate_dataset(Path(tmp) / "syn", n=n, seed=0, size=320, workers=workers)
         model = build_model("dffnet", backbone="resnest14d").eval()
-        settings = EvalSettings(protocol="official", batch_size=8, workers=workers, grid=0)
+        settings = EvalSettings(protocol=PROTOCOLS["official"], batch_size=8, workers=workers, grid=0)
         evaluate_model(model, "warmup", "-", f"synthetic:{tmp}/syn", settings, Path(tmp) / "out")
         start = time.perf_counter()
         evaluate_model(model, "bench", "-", f"synthetic:{tmp}/syn", settings, Path(tmp) / "out")

@@ -4,10 +4,11 @@
                                 [--repeats 5] [--quick]
 
 Rows: fp32 (NCHW) and bf16 autocast + channels_last (utils.runtime.autocast), each as inference forward
-(eval, no_grad) and as a training step's forward+backward (train mode). The baseline is the authors'
-DFFNet measured on this machine (forward, batch 6, 320x320): 2.97 s fp32, 1.30 s bf16 + channels_last;
-it applies to dffnet / resnest101e / batch 6 / 320 only. Prints a table and writes JSON under
-bench/results/ naming the machine. --quick uses resnest14d, batch 2, 128x128, 2 repeats.
+(eval, no_grad) and as a training step's forward+backward (train mode). The reference figures are fixed
+numbers from another run, not measured here: the authors' DFFNet timed on another machine (forward,
+batch 6, 320x320): 2.97 s fp32, 1.30 s bf16 + channels_last; they apply to dffnet / resnest101e /
+batch 6 / 320 only. Prints a table and writes JSON under bench/results/ naming the machine. --quick uses
+resnest14d, batch 2, 128x128, 2 repeats.
 """
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ sys.path.insert(0, str(ROOT))
 from models import build_model, list_models  # noqa: E402
 from utils.runtime import autocast  # noqa: E402
 
-AUTHORS_FORWARD_SECONDS = {"fp32": 2.97, "bf16+channels_last": 1.30}
+# reference figures from another run (the authors' code on another machine), not measured here
+REFERENCE_FORWARD_SECONDS = {"fp32": 2.97, "bf16+channels_last": 1.30}
 BASELINE_SETTING = {"model": "dffnet", "backbone": "resnest101e", "batch_size": 6, "img_size": 320}
 FULL_DEFAULTS = {"backbone": None, "batch_size": 6, "img_size": 320, "repeats": 5}
 QUICK_DEFAULTS = {"backbone": "resnest14d", "batch_size": 2, "img_size": 128, "repeats": 2}
@@ -120,19 +122,21 @@ def main() -> None:
     rows = {}
     for precision in PRECISIONS:
         rows[precision] = measure(model, images, precision, args.repeats)
-        rows[precision]["authors_forward_s"] = AUTHORS_FORWARD_SECONDS[precision] if baseline_applies else None
+        rows[precision]["reference_forward_s"] = REFERENCE_FORWARD_SECONDS[precision] if baseline_applies else None
 
-    header = f"{'precision':<20} {'forward s':>10} {'authors fwd s':>14} {'speed-up':>9} {'fwd+bwd s':>10}"
+    header = f"{'precision':<20} {'forward s':>10} {'reference fwd s':>15} {'speed-up':>9} {'fwd+bwd s':>10}"
     print(header)
     print("-" * len(header))
     for precision, row in rows.items():
-        authors = row["authors_forward_s"]
-        authors_text = f"{authors:.2f}" if authors else "n/a"
-        speedup = f"{authors / row['forward_s']:.2f}x" if authors else "n/a"
-        print(f"{precision:<20} {row['forward_s']:>10.3f} {authors_text:>14} {speedup:>9} "
+        reference = row["reference_forward_s"]
+        reference_text = f"{reference:.2f}" if reference else "n/a"
+        speedup = f"{reference / row['forward_s']:.2f}x" if reference else "n/a"
+        print(f"{precision:<20} {row['forward_s']:>10.3f} {reference_text:>15} {speedup:>9} "
               f"{row['forward_backward_s']:>10.3f}")
+    print("reference: fixed figures from another run (the authors' code measured on another machine), "
+          "not a measurement on this one")
     if not baseline_applies:
-        print(f"(the authors' baseline was measured at {BASELINE_SETTING}; not comparable here)")
+        print(f"(the reference figures are for {BASELINE_SETTING}; not comparable here)")
 
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps({"machine": info, "setting": setting, "repeats": args.repeats,

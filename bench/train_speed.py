@@ -12,11 +12,12 @@ peak memory (CPU: peak RSS from /proc, reset per row; CUDA: max_memory_allocated
 (torch.utils.flop_counter) and the share of this machine's matmul peak (a large fp32 / bf16 matmul
 measured in the same run) that the step achieves.
 
-Baseline: the authors' code measured on this machine (stage-1 step at batch 6 = 9.4 s fp32; stage-2
-step at batch 2 = 7.25 s, of which MiDaS's full forward 2.0 s and the DFFNet teacher 0.96 s).
+Reference figures, fixed numbers from another run and not measured here: the authors' code timed on
+another machine (stage-1 step at batch 6 = 9.4 s fp32; stage-2 step at batch 2 = 7.25 s, of which
+MiDaS's full forward 2.0 s and the DFFNet teacher 0.96 s).
 Targets: stage 1 <= 9.4 s fp32 and <= 4.7 s bf16; stage 2 <= 5.4 s fp32 and <= 2.9 s bf16.
 `--quick` (resnest14d, MiDaS resnet18, 128x128, 1 timed step) only checks that the script works; its
-numbers are not comparable with the baseline. Writes bench/results/train_speed.json
+numbers are not comparable with the reference figures. Writes bench/results/train_speed.json
 (train_speed_quick.json with --quick).
 """
 from __future__ import annotations
@@ -40,13 +41,14 @@ sys.path.insert(0, str(ROOT))
 
 import train_kd  # noqa: E402
 import train_single  # noqa: E402
-from engine.train import (Stage, build_feature_distill_stage, build_stage1, prepare_teacher,  # noqa: E402
-                          train_step)
+from engine.stages import build_feature_distill_stage, build_stage1, prepare_teacher  # noqa: E402
+from engine.train import Stage, train_step  # noqa: E402
 from models import build_midas, build_model  # noqa: E402
 from utils.distributed import DistributedContext  # noqa: E402
 from utils.runtime import configure_backends, select_device  # noqa: E402
 
-AUTHORS_SECONDS = {"stage 1": 9.4, "stage 2": 7.25}
+# reference figures from another run (the authors' code on another machine), not measured here
+REFERENCE_SECONDS = {"stage 1": 9.4, "stage 2": 7.25}
 TARGET_SECONDS = {("stage 1", "fp32"): 9.4, ("stage 1", "bf16+cl"): 4.7,
                   ("stage 2", "fp32"): 5.4, ("stage 2", "bf16+cl"): 2.9}
 PRECISIONS = {"fp32": ("off", False), "bf16+cl": ("bf16", True)}
@@ -159,7 +161,7 @@ def measure(stage_name: str, precision: str, cfg: argparse.Namespace, device: to
             "images_per_second": batch / seconds,
             "peak_memory_gb": memory, "step_tflop": flops / 1e12, "achieved_tflops": flops / seconds / 1e12,
             "share_of_matmul_peak": flops / seconds / 1e12 / peak,
-            "authors_seconds": AUTHORS_SECONDS[stage_name] if cfg.full else None,
+            "reference_seconds": REFERENCE_SECONDS[stage_name] if cfg.full else None,
             "target_seconds": target, "meets_target": (seconds <= target) if target is not None else None}
 
 
@@ -199,25 +201,27 @@ def main() -> None:
 
     print(f"\nmachine: {machines[0]['cpu']}, {machines[0]['cpu_count']} cores, torch {torch.__version__} "
           f"with {torch.get_num_threads()} threads"
-          + ("" if cfg.full else "   (--quick: resnest14d / MiDaS resnet18 at 128x128, NOT comparable with the baseline)"))
+          + ("" if cfg.full else "   (--quick: resnest14d / MiDaS resnet18 at 128x128, NOT comparable with the reference figures)"))
     header = f"{'stage':8} {'precision':9} {'device':6} {'batch':>5} {'s/step':>8} {'img/s':>7} {'peak GB':>8} " \
-             f"{'TFLOP/step':>10} {'% matmul peak':>13} {'authors s':>9} {'target s':>8}"
+             f"{'TFLOP/step':>10} {'% matmul peak':>13} {'ref s':>9} {'target s':>8}"
     print(header)
     print("-" * len(header))
     for r in rows:
-        authors = f"{r['authors_seconds']:.2f}" if r["authors_seconds"] else "-"
+        reference = f"{r['reference_seconds']:.2f}" if r["reference_seconds"] else "-"
         target = f"{r['target_seconds']:.2f}" + (" ok" if r["meets_target"] else " MISS") if r["target_seconds"] else "-"
         print(f"{r['stage']:8} {r['precision']:9} {r['device'][:6]:6} {r['batch']:>5} {r['seconds_per_step']:>8.3f} "
               f"{r['images_per_second']:>7.2f} {r['peak_memory_gb']:>8.2f} {r['step_tflop']:>10.3f} "
-              f"{100 * r['share_of_matmul_peak']:>12.1f}% {authors:>9} {target:>8}")
-    print("baseline (authors' code on this machine): stage 1 batch 6 = 9.4 s/step fp32; stage 2 batch 2 = "
+              f"{100 * r['share_of_matmul_peak']:>12.1f}% {reference:>9} {target:>8}")
+    print("ref s: fixed figures from another run (the authors' code measured on another machine, not on this "
+          "one): stage 1 batch 6 = 9.4 s/step fp32; stage 2 batch 2 = "
           "7.25 s/step (MiDaS full forward 2.0 s, DFFNet teacher 0.96 s)")
 
     out = Path(cfg.out) if cfg.out else ROOT / "bench" / "results" / ("train_speed_quick.json" if cfg.quick else "train_speed.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"quick": cfg.quick, "machines": machines, "rows": rows,
-                               "baseline": {"source": "authors' code measured on this machine",
-                                            "seconds_per_step": AUTHORS_SECONDS},
+                               "reference": {"source": "fixed figures from another run: the authors' code "
+                                                       "measured on another machine, not in this run",
+                                             "seconds_per_step": REFERENCE_SECONDS},
                                "targets": {f"{s} {p}": t for (s, p), t in TARGET_SECONDS.items()}}, indent=2))
     print(f"wrote {out}")
 

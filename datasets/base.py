@@ -13,23 +13,24 @@ from tqdm import tqdm
 
 from .files import (IMAGE_EXTENSIONS, DatasetError, Pair, list_folder, load_mask, load_rgb,
                     natural_key)
+from .polarity import MaskPolarity
 from .transforms import augment_pair, mask_tensor, normalise, resize_image, resize_mask
 
 
 class PairDataset(Dataset):
-    """Image/mask pairs of one data set; masks converted to 1 = in-focus.
+    """Image/mask pairs of one data set; masks stored in `polarity` are converted to 1 = in-focus.
 
     train: {"image": float[3,S,S], "mask": float[1,S,S], "name"}; test: the mask at its original size
     and "image_size" (H, W) of the original image. `cache` decodes and resizes everything once, up front.
     """
 
-    def __init__(self, name: str, pairs: list[Pair], white_is_in_focus: bool, train: bool,
+    def __init__(self, name: str, pairs: list[Pair], polarity: MaskPolarity, train: bool,
                  img_size: int = 320, augment: bool = False, cache: bool = False) -> None:
         if augment and not train:
             raise ValueError(f"{name}: test items are never augmented (augment=True with split 'test')")
         self.name = name
         self.pairs = pairs
-        self.white_is_in_focus = white_is_in_focus
+        self.polarity = polarity
         self.train = train
         self.img_size = img_size
         self.augment = augment
@@ -45,7 +46,7 @@ class PairDataset(Dataset):
         """Resized RGB image and the mask (resized for training, original size for testing)."""
         pair = self.pairs[index]
         image = np.asarray(resize_image(load_rgb(pair.image), self.img_size))
-        mask = load_mask(pair.mask, self.white_is_in_focus)
+        mask = load_mask(pair.mask, self.polarity)
         if self.train:
             mask = resize_mask(mask, self.img_size)
         return image, mask
@@ -120,7 +121,7 @@ class DepthDataset(Dataset):
         for folder in (image_dir, depth_dir):
             if not folder.is_dir():
                 raise DatasetError(f"{self.root}: missing folder {folder.name}/ (expected a set written "
-                                   "by `python -m datasets.synthetic`)")
+                                   "by tools/make_synthetic.py)")
         images, depths = list_folder(image_dir).files, list_folder(depth_dir).files
         unmatched = sorted(set(images) ^ set(depths))
         if unmatched:

@@ -1,21 +1,16 @@
 """Check a defocus data set folder: pairs, unpaired and mismatched files, formats, mask polarity.
 
-    python -m datasets.check PATH [--json] [--max-images 100]
-
-PATH holds an image folder (image/ or images/) and a mask folder (gt/ or masks/). Exit status 1 when
-files are unpaired, unreadable, ambiguous or of mismatched size, 2 when PATH is not a data set.
+The folder holds an image folder (image/ or images/) and a mask folder (gt/ or masks/); the command
+line is tools/check_dataset.py.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 from collections import Counter
 from pathlib import Path
 
 from PIL import Image
 
-from .files import DatasetError, pair_folders
+from .files import pair_folders
 from .polarity import estimate_polarity
 from .registry import find_pair_dirs
 
@@ -75,22 +70,3 @@ def format_report(report: dict) -> str:
                  f"{polarity['median_log_ratio']:+.2f})")
     return "\n".join(lines)
 
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m datasets.check", description=__doc__.split("\n")[0])
-    parser.add_argument("path", help="folder with image/ and gt/")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--max-images", type=int, default=100,
-                        help="pairs (spread over the set) used to estimate the polarity")
-    args = parser.parse_args(argv)
-    try:
-        report = check_folder(args.path, args.max_images)
-    except DatasetError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(report) if args.json else format_report(report))
-    return 1 if has_problems(report) else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -5,9 +5,13 @@ import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+if TYPE_CHECKING:
+    from .polarity import MaskPolarity
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 MAX_LISTED = 200
@@ -80,8 +84,9 @@ def load_rgb(path: Path) -> Image.Image:
         raise DatasetError(f"{path}: cannot decode image ({exc})") from None
 
 
-def load_mask(path: Path, white_is_in_focus: bool) -> np.ndarray:
-    """Decode a mask to uint8 {0,1} with 1 = in-focus: grey (RGB/RGBA via luma), binarised at 0.5."""
+def load_mask(path: Path, polarity: MaskPolarity) -> np.ndarray:
+    """Decode a mask stored in `polarity` to uint8 {0,1} with 1 = in-focus: grey (RGB/RGBA via luma),
+    binarised at 0.5."""
     try:
         with Image.open(path) as img:
             if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
@@ -92,7 +97,7 @@ def load_mask(path: Path, white_is_in_focus: bool) -> np.ndarray:
                 white = np.asarray(img.convert("L")) >= 128
     except (OSError, UnidentifiedImageError) as exc:
         raise DatasetError(f"{path}: cannot decode mask ({exc})") from None
-    return (white if white_is_in_focus else ~white).astype(np.uint8)
+    return polarity.to_in_focus(white).astype(np.uint8)
 
 
 def read_split_list(path: Path) -> list[str]:

@@ -1,7 +1,6 @@
 """The paper's data sets (folders, splits, raw mask polarity) and `build_dataset` over expressions."""
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,13 +9,14 @@ from torch.utils.data import Dataset
 from .base import CombinedDataset, PairDataset, read_meta
 from .files import (DatasetError, format_names, list_folder, natural_key, pair_folders,
                     read_split_list, stem_key, warn)
-from .polarity import estimate_polarity
+from .polarity import STATED_POLARITIES, MaskPolarity, estimate_polarity, split_polarity
 
 IMAGE_DIRS = ("image", "images", "img")
 MASK_DIRS = ("gt", "GT", "mask", "masks")
 CUHK_DIRS = ("CUHK", "shidatatset", "shidataset")
 EBD_WIDE_DOF = 300
 POLARITY_MIN_CONFIDENCE = 0.75
+STATED_FORMS = "|".join(p.label for p in STATED_POLARITIES)
 
 
 def _layouts(set_dirs: tuple[str, ...], pairs: tuple[tuple[str, str], ...] = ()) -> tuple:
@@ -30,7 +30,7 @@ class BenchmarkSet:
     """A registered data set: where it lives under the root, which files it takes, raw polarity."""
     name: str
     layouts: tuple[tuple[str, str], ...]
-    white_is_in_focus: bool
+    polarity: MaskPolarity
     expected_pairs: int | None
     selection: str = "all"              # all | split-test | split-train | ebd-shallow
     split_names: tuple[str, ...] = ()   # split-list file names searched under the set and the root
@@ -38,23 +38,24 @@ class BenchmarkSet:
 
 
 _DUT_AUTHORS = ("DUT/DUT-DBD_Dataset", "DUT-DBD_Dataset")
+_BLURRED, _IN_FOCUS = MaskPolarity.WHITE_BLURRED, MaskPolarity.WHITE_IN_FOCUS
 REGISTRY: dict[str, BenchmarkSet] = {s.name: s for s in (
-    BenchmarkSet("CUHK-TR-1", _layouts(CUHK_DIRS), False, 604, "split-train",
+    BenchmarkSet("CUHK-TR-1", _layouts(CUHK_DIRS), _BLURRED, 604, "split-train",
                  ("cuhk_te1.txt", "split.txt"), "out_of_focus"),
-    BenchmarkSet("CUHK-TE-1", _layouts(CUHK_DIRS), False, 100, "split-test",
+    BenchmarkSet("CUHK-TE-1", _layouts(CUHK_DIRS), _BLURRED, 100, "split-test",
                  ("cuhk_te1.txt", "split.txt"), "out_of_focus"),
-    BenchmarkSet("CUHK-TR-2", _layouts(CUHK_DIRS), False, None, "split-train",
+    BenchmarkSet("CUHK-TR-2", _layouts(CUHK_DIRS), _BLURRED, None, "split-train",
                  ("cuhk_te2.txt",), "out_of_focus"),
-    BenchmarkSet("CUHK-TE-2", _layouts(CUHK_DIRS), False, None, "split-test",
+    BenchmarkSet("CUHK-TE-2", _layouts(CUHK_DIRS), _BLURRED, None, "split-test",
                  ("cuhk_te2.txt",), "out_of_focus"),
     BenchmarkSet("DUT-TR", _layouts(("DUT-TR",), tuple(
-        (f"{d}/DUT600S_Training", f"{d}/DUT600GT_Training") for d in _DUT_AUTHORS)), True, 600),
+        (f"{d}/DUT600S_Training", f"{d}/DUT600GT_Training") for d in _DUT_AUTHORS)), _IN_FOCUS, 600),
     BenchmarkSet("DUT-TE", _layouts(("DUT-TE",) + _DUT_AUTHORS, tuple(
-        (f"{d}/DUT500S-Images", f"{d}/DUT500GT-Images") for d in _DUT_AUTHORS)), True, 500),
+        (f"{d}/DUT500S-Images", f"{d}/DUT500GT-Images") for d in _DUT_AUTHORS)), _IN_FOCUS, 500),
     BenchmarkSet("CTCUG", _layouts(("CTCUG",), (("CTCUG/CTCUG_images", "CTCUG/CTCUG_gt"),)),
-                 False, 150),
-    BenchmarkSet("EBD", _layouts(("EBD",)), True, 1605),
-    BenchmarkSet("EBD-1305", _layouts(("EBD",)), True, 1305, "ebd-shallow", ("ebd1305.txt",)),
+                 _BLURRED, 150),
+    BenchmarkSet("EBD", _layouts(("EBD",)), _IN_FOCUS, 1605),
+    BenchmarkSet("EBD-1305", _layouts(("EBD",)), _IN_FOCUS, 1305, "ebd-shallow", ("ebd1305.txt",)),
 )}
 
 
@@ -92,7 +93,7 @@ def build_dataset(expr: str, split: str, root: str | Path = "data", img_size: in
 def _build_term(term: str, train: bool, root: Path, img_size: int, cache: bool, augment: bool,
                 split_file: str | Path | None) -> PairDataset:
     if term.startswith("folder:"):
-        path, white = _parse_folder(term)
+        path, polarity = _parse_folder(term)
         image_dir, mask_dir = find_pair_dirs(path)
         keys = None
     elif term.startswith("synthetic:"):
@@ -100,33 +101,42 @@ def _build_term(term: str, train: bool, root: Path, img_size: int, cache: bool, 
         image_dir, mask_dir = path / "image", path / "gt"
         if not (image_dir.is_dir() and mask_dir.is_dir()):
             raise DatasetError(f"{term}: {path} has no image/ and gt/ (write one with "
-                               "`python -m datasets.synthetic`)")
-        white = read_meta(path).get("mask_polarity", "white=in-focus").removeprefix("white=")
+                               "tools/make_synthetic.py)")
+        polarity = _synthetic_polarity(path)
         keys = None
     elif term in REGISTRY:
         spec = REGISTRY[term]
         image_dir, mask_dir = _locate(spec, root)
-        white = "in-focus" if spec.white_is_in_focus else "blurred"
+        polarity = spec.polarity
         keys = _select_keys(spec, root, image_dir, split_file)
     else:
         raise DatasetError(f"unknown data set {term!r}; known: {', '.join(REGISTRY)}, "
-                           "folder:PATH[:white=blurred|white=in-focus], synthetic:PATH")
+                           f"folder:PATH[:{STATED_FORMS}], synthetic:PATH")
     pairing = pair_folders(image_dir, mask_dir, keys)
     _apply_rules(term, pairing, train, image_dir)
-    if white is None:
-        white = _estimated_polarity(term, pairing.pairs)
+    if polarity is None:
+        polarity = _estimated_polarity(term, pairing.pairs)
     if term in REGISTRY and REGISTRY[term].expected_pairs not in (None, len(pairing.pairs)):
         warn(f"{term}: {len(pairing.pairs)} pairs in {image_dir.parent}, the paper's set has "
              f"{REGISTRY[term].expected_pairs}")
-    return PairDataset(term, pairing.pairs, white == "in-focus", train, img_size, augment, cache)
+    return PairDataset(term, pairing.pairs, polarity, train, img_size, augment, cache)
 
 
-def _parse_folder(term: str) -> tuple[Path, str | None]:
-    match = re.fullmatch(r"folder:(.+?)(?::white=(blurred|in-focus))?", term)
-    if match is None:
-        raise DatasetError(f"bad expression {term!r}: use folder:PATH or "
-                           "folder:PATH:white=blurred|white=in-focus")
-    return Path(match.group(1)), match.group(2)
+def _parse_folder(term: str) -> tuple[Path, MaskPolarity | None]:
+    """folder:PATH[:white=...] -> (PATH, the stated polarity or None)."""
+    path, polarity = split_polarity(term[len("folder:"):])
+    if not path:
+        raise DatasetError(f"bad expression {term!r}: use folder:PATH or folder:PATH:{STATED_FORMS}")
+    return Path(path), polarity
+
+
+def _synthetic_polarity(path: Path) -> MaskPolarity:
+    """The polarity a synthetic set's meta.json states (white=in-focus when absent)."""
+    stated = read_meta(path).get("mask_polarity", MaskPolarity.WHITE_IN_FOCUS.label)
+    try:
+        return MaskPolarity.parse(stated)
+    except ValueError as exc:
+        raise DatasetError(f"{path / 'meta.json'}: {exc}") from None
 
 
 def find_pair_dirs(path: Path) -> tuple[Path, Path]:
@@ -221,13 +231,13 @@ def _apply_rules(term: str, pairing, train: bool, image_dir: Path) -> None:
         raise DatasetError(f"{term}: no image/mask pairs in {image_dir.parent}")
 
 
-def _estimated_polarity(term: str, pairs: list) -> str:
+def _estimated_polarity(term: str, pairs: list) -> MaskPolarity:
     estimate = estimate_polarity(pairs, max_images=24)
-    if estimate.white == "unknown" or estimate.confidence < POLARITY_MIN_CONFIDENCE:
+    if estimate.polarity is MaskPolarity.UNKNOWN or estimate.confidence < POLARITY_MIN_CONFIDENCE:
         raise DatasetError(f"{term}: cannot tell the mask polarity from the images ({estimate.label}, "
-                           f"confidence {estimate.confidence:.2f}); write {term}:white=blurred or "
-                           f"{term}:white=in-focus")
+                           f"confidence {estimate.confidence:.2f}); write "
+                           + " or ".join(f"{term}:{p.label}" for p in STATED_POLARITIES))
     warn(f"{term}: mask polarity not given; estimated {estimate.label} from image sharpness "
          f"(confidence {estimate.confidence:.2f} over {estimate.images_used} images). "
          f"Write {term}:{estimate.label} to state it")
-    return estimate.white
+    return estimate.polarity

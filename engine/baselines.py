@@ -3,11 +3,10 @@
 `all-in-focus` predicts 1 (sharp) everywhere. `prior` predicts, at every pixel, the share of training
 masks that are in focus there (the training set's mean mask at the training resolution, resized to each
 test image). Maps are written as 8-bit PNGs, white = in-focus, one per test image (file stem = image
-stem), for `test.py --pred-dir DIR --pred-polarity white=in-focus`.
+stem), for `test.py --pred-dir DIR --pred-polarity white=in-focus`. Command line: tools/baselines.py.
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from datasets import DatasetError, build_dataset
+from datasets import build_dataset
 
 BASELINES = ("all-in-focus", "prior")
 
@@ -50,22 +49,3 @@ def write_baseline_maps(name: str, test_set: str, out: str | Path, root: str = "
         Image.fromarray(grey).save(out / f"{Path(item['name']).stem}.png")
     return out
 
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m engine.baselines", description=__doc__.split("\n")[0])
-    parser.add_argument("name", choices=BASELINES)
-    parser.add_argument("--test-set", required=True, help="dataset expression of the test set")
-    parser.add_argument("--train-set", default=None, help="dataset expression of the training set (prior)")
-    parser.add_argument("--data-root", default="data")
-    parser.add_argument("--img-size", type=int, default=320)
-    parser.add_argument("--out", required=True, help="folder for the maps")
-    args = parser.parse_args(argv)
-    try:
-        out = write_baseline_maps(args.name, args.test_set, args.out, args.data_root, args.train_set, args.img_size)
-    except (DatasetError, ValueError) as e:
-        raise SystemExit(f"engine.baselines: {e}") from None
-    print(f"wrote {args.name} maps to {out}")
-
-
-if __name__ == "__main__":
-    main()

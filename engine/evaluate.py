@@ -1,15 +1,13 @@
-"""Evaluation engine: batched inference, per-data-set metrics, results.json, per-image CSVs, saved maps.
+"""Evaluation engine: batched inference, scoring under a protocol (utils.metrics.Protocol), per-image CSVs,
+saved maps; the same predict-and-score path serves test.py and validation during training.
 
 Saved maps are 8-bit grey PNGs at the original image resolution, white = in-focus
 (grey level = round(255 * P(in-focus)), the model's output polarity and the DUT / EBD mask convention).
 """
 from __future__ import annotations
 
-import csv
-import json
-import os
+import dataclasses
 import re
-import tempfile
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,31 +16,29 @@ from typing import Iterator
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from datasets import PhotoDataset, build_dataset, collate_test
+from datasets.files import IMAGE_EXTENSIONS
+from datasets.polarity import STATED_POLARITIES, MaskPolarity, split_polarity
 from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
-from utils.metrics import build_metrics
-from utils.paper_results import PAPER_SETS, TABLE_TITLES, paper_row
-from utils.plots import blur_overlay, labelled_grid, plot_pr_curves
+from models import load_model
+from utils.metrics import PROTOCOLS, Protocol
+from utils.plots import blur_overlay, labelled_grid
+from utils.report import write_per_image_csv
 from utils.runtime import autocast
 
-MAP_POLARITY = "white=in-focus"
-POLARITIES = ("white=in-focus", "white=blurred")
-UPSAMPLING = {"official": "nearest", "standard": "bilinear"}
-MAP_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+MAP_POLARITY = MaskPolarity.WHITE_IN_FOCUS
 GRID_HEIGHT = 160
-SUMMARY_KEYS = ("mae", "fbeta", "iou")
 GRID_COLUMNS = ("image", "ground truth (white = in-focus)", "prediction (white = in-focus)")
 
 
 @dataclass
 class EvalSettings:
     """How to run an evaluation (device, batching, protocol) and what to write."""
-    protocol: str = "official"
+    protocol: Protocol = PROTOCOLS["official"]
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     amp: str = "off"
     batch_size: int = 8
@@ -53,17 +49,22 @@ class EvalSettings:
     save_maps: bool = False
     grid: int = 6
 
-    def __post_init__(self) -> None:
-        if self.protocol not in UPSAMPLING:
-            raise ValueError(f"unknown protocol {self.protocol!r}; choose one of {', '.join(UPSAMPLING)}")
-
 
 def set_label(expr: str) -> str:
     """Short, file-name-safe name of a data-set expression: 'folder:a/DUT-sample:white=...' -> 'DUT-sample'."""
     if expr.startswith(("folder:", "synthetic:")):
-        path = re.sub(r":white=(blurred|in-focus)$", "", expr.split(":", 1)[1])
+        path = split_polarity(expr.split(":", 1)[1])[0]
         expr = Path(path.rstrip("/")).name or path
     return re.sub(r"[^A-Za-z0-9._-]+", "_", expr)
+
+
+def load_detector(path: str, settings: EvalSettings, name: str | None = None, backbone: str | None = None,
+                  compile_model: bool = False) -> torch.nn.Module:
+    """A checkpoint's network on the settings' device, in eval mode (channels_last, torch.compile on request)."""
+    model = load_model(path, name=name, backbone=backbone, map_location=settings.device).eval()
+    if settings.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return torch.compile(model) if compile_model else model
 
 
 def _loader(dataset: Dataset, settings: EvalSettings) -> DataLoader:
@@ -71,15 +72,9 @@ def _loader(dataset: Dataset, settings: EvalSettings) -> DataLoader:
                       collate_fn=collate_test, pin_memory=settings.device.type == "cuda")
 
 
-def _upsample(prob: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
-    """[1, 1, h, w] -> [H, W] map at `size` (nearest as the authors, or bilinear)."""
-    extra = {} if mode == "nearest" else {"align_corners": False}
-    return F.interpolate(prob, size=tuple(size), mode=mode, **extra)[0, 0]
-
-
-def predict(model: torch.nn.Module, dataset: Dataset, settings: EvalSettings, desc: str,
-            upsampling: str) -> Iterator[tuple[dict, torch.Tensor]]:
-    """(item fields except the image tensor, P(in-focus) at the original image size on the device) per image."""
+def predict(model: torch.nn.Module, dataset: Dataset, settings: EvalSettings,
+            desc: str) -> Iterator[tuple[dict, torch.Tensor]]:
+    """(item fields, P(in-focus) resized to the original image size by the protocol, on the device) per image."""
     model.eval()
     progress = tqdm(total=len(dataset), desc=desc, unit="img", leave=False)
     with torch.inference_mode():
@@ -92,7 +87,7 @@ def predict(model: torch.nn.Module, dataset: Dataset, settings: EvalSettings, de
             probs = torch.sigmoid(logits.float())
             for i in range(len(batch["name"])):
                 item = {key: value[i] for key, value in batch.items()}
-                yield item, _upsample(probs[i:i + 1], item["image_size"], upsampling)
+                yield item, settings.protocol.upsample(probs[i:i + 1], item["image_size"])
             progress.update(len(batch["name"]))
     progress.close()
 
@@ -134,22 +129,24 @@ def _imwrite(path: Path, image: np.ndarray) -> None:
 
 
 def _score(pairs: Iterator[tuple[dict, torch.Tensor]], dataset_name: str, settings: EvalSettings,
-           out_dir: Path) -> tuple[dict, list[dict]]:
-    """Run the protocol's metrics over (item, prediction) pairs; write maps and a grid as asked."""
-    metrics = build_metrics(settings.protocol, dataset_name)
+           out_dir: Path | None) -> tuple[dict, list[dict]]:
+    """Run the protocol's metrics over (item, prediction) pairs; write maps and a grid into out_dir as asked
+    (nothing without an out_dir)."""
+    metrics = settings.protocol.metrics(dataset_name)
     rows, grid_rows = [], []
-    maps_dir = out_dir / "maps"
-    writer = _FileWriter() if settings.save_maps else None
+    grid = settings.grid if out_dir is not None else 0
+    writer = _FileWriter() if settings.save_maps and out_dir is not None else None
     if writer is not None:
+        maps_dir = out_dir / "maps"
         maps_dir.mkdir(parents=True, exist_ok=True)
     try:
         for item, prob in pairs:
             rows.append(metrics.update(prob, item["mask"].to(prob.device), item["name"]))
-            if writer is not None or len(grid_rows) < settings.grid:
+            if writer is not None or len(grid_rows) < grid:
                 grey = to_8bit(prob)
                 if writer is not None:
                     writer.write(maps_dir / f"{Path(item['name']).stem}.png", grey)
-                if len(grid_rows) < settings.grid and "image" in item:
+                if len(grid_rows) < grid and "image" in item:
                     grid_rows.append([_display_image(item["image"], item["image_size"]),
                                       item["mask"][0].numpy(), grey])
     finally:
@@ -160,23 +157,21 @@ def _score(pairs: Iterator[tuple[dict, torch.Tensor]], dataset_name: str, settin
     return metrics.summary(), rows
 
 
-def _write_csv(rows: list[dict], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) else ("" if v is None else v))
-                             for k, v in row.items()})
+def score_model(model: torch.nn.Module, dataset: Dataset, dataset_name: str, settings: EvalSettings,
+                out_dir: Path | None = None, desc: str = "validation") -> tuple[dict, list[dict]]:
+    """Predict every image of a test set and score the maps under the settings' protocol: (the set's
+    summary, per-image rows). Maps and a grid go to out_dir when given and the settings ask for them."""
+    pairs = predict(model, dataset, settings, desc)
+    return _score(pairs, dataset_name, settings, out_dir)
 
 
 def _entry(summary: dict, rows: list[dict], label: str, source: str, dataset_expr: str, out_dir: Path,
            settings: EvalSettings, upsampling: str) -> dict:
     csv_path = out_dir / "per_image.csv"
-    _write_csv(rows, csv_path)
+    write_per_image_csv(rows, csv_path)
     return {"model": label, "source": source, "dataset": set_label(dataset_expr), "dataset_expr": dataset_expr,
             **summary, "upsampling": upsampling, "per_image_csv": str(csv_path),
-            "maps": str(out_dir / "maps") if settings.save_maps else None, "map_polarity": MAP_POLARITY}
+            "maps": str(out_dir / "maps") if settings.save_maps else None, "map_polarity": MAP_POLARITY.label}
 
 
 def evaluate_model(model: torch.nn.Module, label: str, checkpoint: str, dataset_expr: str,
@@ -185,24 +180,23 @@ def evaluate_model(model: torch.nn.Module, label: str, checkpoint: str, dataset_
     dataset = build_dataset(dataset_expr, "test", settings.data_root, settings.img_size)
     name = set_label(dataset_expr)
     out_dir = out / label / name
-    upsampling = UPSAMPLING[settings.protocol]
-    pairs = predict(model, dataset, settings, f"{label} on {name}", upsampling)
-    summary, rows = _score(pairs, name, settings, out_dir)
-    return _entry(summary, rows, label, checkpoint, dataset_expr, out_dir, settings, upsampling)
+    summary, rows = score_model(model, dataset, name, settings, out_dir, desc=f"{label} on {name}")
+    return _entry(summary, rows, label, checkpoint, dataset_expr, out_dir, settings, settings.protocol.upsampling)
 
 
 class SavedMapDataset(Dataset):
     """Test items of a data set with another method's saved map ("pred", P(in-focus)) found by file stem."""
 
-    def __init__(self, dataset: Dataset, pred_dir: str | Path, polarity: str) -> None:
-        if polarity not in POLARITIES:
-            raise ValueError(f"--pred-polarity must be one of {', '.join(POLARITIES)}, got {polarity!r}")
-        self.dataset, self.pred_dir, self.white_is_blurred = dataset, Path(pred_dir), polarity == "white=blurred"
+    def __init__(self, dataset: Dataset, pred_dir: str | Path, polarity: MaskPolarity) -> None:
+        if polarity not in STATED_POLARITIES:
+            choices = ", ".join(p.label for p in STATED_POLARITIES)
+            raise ValueError(f"--pred-polarity must be one of {choices}, got {polarity.label!r}")
+        self.dataset, self.pred_dir, self.polarity = dataset, Path(pred_dir), polarity
         if not self.pred_dir.is_dir():
             raise FileNotFoundError(f"{self.pred_dir}: no such folder of prediction maps")
         by_stem: dict[str, list[Path]] = {}
         for path in sorted(self.pred_dir.iterdir()):
-            if path.suffix.lower() in MAP_EXTENSIONS:
+            if path.suffix.lower() in IMAGE_EXTENSIONS:
                 by_stem.setdefault(path.stem, []).append(path)
         duplicates = sorted(p.name for paths in by_stem.values() if len(paths) > 1 for p in paths)
         if duplicates:
@@ -220,7 +214,7 @@ class SavedMapDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         item = self.dataset[index]
-        item["pred"] = read_map(self.maps[Path(item["name"]).stem], self.white_is_blurred)
+        item["pred"] = read_map(self.maps[Path(item["name"]).stem], self.polarity)
         return item
 
 
@@ -232,8 +226,9 @@ def _item_names(dataset: Dataset) -> list[str]:
     return [dataset[i]["name"] for i in range(len(dataset))]
 
 
-def read_map(path: Path, white_is_blurred: bool = False) -> torch.Tensor:
-    """P(in-focus) float[H, W] from a saved grey map (8- or 16-bit; colour maps are read as luma)."""
+def read_map(path: Path, polarity: MaskPolarity = MaskPolarity.WHITE_IN_FOCUS) -> torch.Tensor:
+    """P(in-focus) float[H, W] from a saved grey map stored in `polarity` (8- or 16-bit; colour maps are
+    read as luma)."""
     try:
         with Image.open(path) as img:
             if img.mode.startswith("I"):
@@ -243,10 +238,10 @@ def read_map(path: Path, white_is_blurred: bool = False) -> torch.Tensor:
     except OSError as exc:
         raise ValueError(f"{path}: cannot read the prediction map ({exc})") from None
     prob = torch.from_numpy(np.ascontiguousarray(grey))
-    return 1 - prob if white_is_blurred else prob
+    return polarity.to_in_focus(prob)
 
 
-def evaluate_saved_maps(pred_dir: str | Path, polarity: str, dataset_expr: str, settings: EvalSettings,
+def evaluate_saved_maps(pred_dir: str | Path, polarity: MaskPolarity, dataset_expr: str, settings: EvalSettings,
                         out: Path, label: str | None = None) -> dict:
     """Evaluate another method's saved maps on one test set; returns its results.json entry."""
     dataset = SavedMapDataset(build_dataset(dataset_expr, "test", settings.data_root, settings.img_size),
@@ -264,19 +259,21 @@ def evaluate_saved_maps(pred_dir: str | Path, polarity: str, dataset_expr: str, 
 
     summary, rows = _score(pairs(), name, settings, out_dir)
     entry = _entry(summary, rows, label, str(pred_dir), dataset_expr, out_dir, settings, "none (saved maps)")
-    entry["pred_polarity"] = polarity
+    entry["pred_polarity"] = polarity.label
     return entry
 
 
 def predict_photos(model: torch.nn.Module, paths: list[str], settings: EvalSettings, out: Path) -> list[Path]:
-    """Maps (8-bit, white = in-focus, bilinear to the photo size) and blur overlays for photos without GT."""
+    """Maps (8-bit, white = in-focus) and blur overlays for photos without GT. Nothing is scored, so the
+    maps are resized to the photo size smoothly, as under the standard protocol (bilinear)."""
     dataset = PhotoDataset(paths, settings.img_size)
+    settings = dataclasses.replace(settings, protocol=PROTOCOLS["standard"])
     maps_dir, overlay_dir = out / "maps", out / "overlays"
     maps_dir.mkdir(parents=True, exist_ok=True)
     overlay_dir.mkdir(parents=True, exist_ok=True)
     writer, written = _FileWriter(), []
     try:
-        for item, prob in predict(model, dataset, settings, "photos", "bilinear"):
+        for item, prob in predict(model, dataset, settings, "photos"):
             stem = Path(item["name"]).stem
             grey = to_8bit(prob)
             with Image.open(item["path"]) as img:
@@ -289,69 +286,3 @@ def predict_photos(model: torch.nn.Module, paths: list[str], settings: EvalSetti
     finally:
         writer.close()
     return written
-
-
-def write_results(entries: list[dict], path: Path, run: dict) -> Path:
-    """Atomically write results.json: the run description and one entry per (model, data set)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".results.", suffix=".json", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump({"run": run, "results": entries}, f, indent=1)
-    os.replace(tmp, path)
-    return path
-
-
-def pr_figure(entries: list[dict], path: Path, title: str = "") -> Path:
-    """PR curves of all entries: one panel per data set, one line per model."""
-    curves: dict[str, dict[str, dict]] = {}
-    for entry in entries:
-        curves.setdefault(entry["dataset"], {})[entry["model"]] = entry["pr_curve"]
-    return plot_pr_curves(curves, path, title)
-
-
-def _cell(scores: tuple[float | None, ...] | None) -> str:
-    if scores is None:
-        return "-"
-    return " / ".join("-" if s is None else f"{s:.3f}".replace("0.", ".", 1) for s in scores)
-
-
-def _difference(ours: tuple[float, ...], paper: tuple[float, ...] | None) -> str:
-    if paper is None:
-        return "-"
-    return " / ".join(f"{o - p:+.3f}".replace("0.", ".", 1) for o, p in zip(ours, paper))
-
-
-def markdown_table(entries: list[dict], sets: list[str], table: str = "I",
-                   paper_rows: dict[str, str] | None = None, extra_paper_methods: list[str] = ()) -> str:
-    """The paper's layout: MAE / F-beta / IoU per set, each model's paper row and the difference below it.
-
-    paper_rows maps a model label to its method name in the paper (default: the label itself). A paper row
-    is shown only when the paper reports at least one of `sets`.
-    """
-    paper_rows = paper_rows or {}
-    header = "| model | " + " | ".join(f"{s} MAE / Fβ / IoU" for s in sets) + " |"
-    lines = [header, "|" + "---|" * (len(sets) + 1)]
-    models = list(dict.fromkeys(e["model"] for e in entries))
-    for model in models:
-        ours = {e["dataset"]: tuple(e[k] for k in SUMMARY_KEYS) for e in entries if e["model"] == model}
-        protocol = next(e["protocol"] for e in entries if e["model"] == model)
-        lines.append(f"| {model} (measured, {protocol}) | " + " | ".join(_cell(ours.get(s)) for s in sets) + " |")
-        method = paper_rows.get(model, model)
-        paper = paper_row(method, table)
-        if paper is not None and any(s in paper for s in sets):
-            lines.append(f"| {method} (paper, {TABLE_TITLES[table]}) | "
-                         + " | ".join(_cell(paper.get(s)) for s in sets) + " |")
-            lines.append("| difference (ours - paper) | " + " | ".join(
-                _difference(ours[s], paper.get(s)) if s in ours else "-" for s in sets) + " |")
-    for method in extra_paper_methods:
-        paper = paper_row(method, table)
-        if paper is None:
-            raise ValueError(f"{method!r} is not a method of {TABLE_TITLES[table]}")
-        lines.append(f"| {method} (paper) | " + " | ".join(_cell(paper.get(s)) for s in sets) + " |")
-    return "\n".join(lines)
-
-
-def paper_set_order(names: list[str]) -> list[str]:
-    """Data-set labels with the paper's sets first, in the paper's order."""
-    known = [s for s in PAPER_SETS if s in names]
-    return known + [n for n in names if n not in known]

@@ -1,32 +1,30 @@
 """Qualitative comparison figure: image, ground truth, each detector's map and the depth teacher's depth.
 
-  python -m engine.figures --dataset synthetic:data/demo/test --checkpoint DFFNet=a.pth D-DFFNet=b.pth \
-      --depth-teacher depth_pretrained/midas_v21-f6b98070.pt --out results/qualitative.png
+Command line: tools/figures.py.
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from datasets import DatasetError, build_dataset
+from datasets import build_dataset
 from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
 from models import load_midas, load_model
-from utils.checkpoint import CheckpointError
 from utils.plots import labelled_grid
 from utils.runtime import select_device
 
 
-def _rgb(image: torch.Tensor) -> np.ndarray:
+def _displayed_image(image: torch.Tensor) -> np.ndarray:
+    """uint8 H x W x 3 picture of a normalised image tensor (the ImageNet normalisation undone)."""
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
     return ((image * std + mean).clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
 
 
-def _normalised(depth: torch.Tensor) -> np.ndarray:
+def _displayed_depth(depth: torch.Tensor) -> np.ndarray:
     """Inverse depth scaled to [0, 1] per image (near = bright), for display only."""
     d = depth.float()
     return ((d - d.min()) / (d.max() - d.min()).clamp_min(1e-6)).numpy()
@@ -41,7 +39,7 @@ def comparison_figure(dataset_expr: str, checkpoints: dict[str, str], out: str |
     picks = np.linspace(0, len(dataset) - 1, num=min(count, len(dataset))).round().astype(int)
     items = [dataset[int(i)] for i in picks]
     images = torch.stack([item["image"] for item in items]).to(dev)
-    columns = {"image": [_rgb(item["image"]) for item in items],
+    columns = {"image": [_displayed_image(item["image"]) for item in items],
                "ground truth (white = in-focus)": [item["mask"][0].numpy() for item in items]}
     for label, path in checkpoints.items():
         model = load_model(path, map_location=dev).eval()
@@ -51,32 +49,7 @@ def comparison_figure(dataset_expr: str, checkpoints: dict[str, str], out: str |
             for p, item in zip(probs, items)]
     if depth_teacher:
         depth = load_midas(depth_teacher, map_location=dev).eval()(images).depth.cpu()
-        columns["depth teacher (near = bright)"] = [_normalised(d[0]) for d in depth]
+        columns["depth teacher (near = bright)"] = [_displayed_depth(d[0]) for d in depth]
     rows = [[column[r] for column in columns.values()] for r in range(len(items))]
     return labelled_grid(rows, list(columns), out)
 
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m engine.figures", description=__doc__.split("\n")[0])
-    parser.add_argument("--dataset", required=True, help="test-set expression")
-    parser.add_argument("--checkpoint", nargs="+", required=True, metavar="LABEL=PATH")
-    parser.add_argument("--depth-teacher", default=None, help="MiDaS file whose depth maps form the last column")
-    parser.add_argument("--count", type=int, default=6, help="rows (test images)")
-    parser.add_argument("--data-root", default="data")
-    parser.add_argument("--img-size", type=int, default=320)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--out", required=True, help="PNG file")
-    args = parser.parse_args(argv)
-    if any("=" not in pair for pair in args.checkpoint):
-        parser.error("--checkpoint takes LABEL=PATH pairs")
-    checkpoints = dict(pair.split("=", 1) for pair in args.checkpoint)
-    try:
-        path = comparison_figure(args.dataset, checkpoints, args.out, args.depth_teacher, args.count,
-                                 args.data_root, args.img_size, args.device)
-    except (DatasetError, CheckpointError, ValueError) as e:
-        raise SystemExit(f"engine.figures: {e}") from None
-    print(f"wrote {path}")
-
-
-if __name__ == "__main__":
-    main()

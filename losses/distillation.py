@@ -1,4 +1,8 @@
-"""Feature distillation (PROTOCOL.md section 3): 1x1 projectors and the normalised L2 distance."""
+"""Feature (D-DFFNet) and response (R-DFFNet) distillation losses (docs/REPRODUCTION.md, section 5).
+
+Feature: 1x1 projectors and the normalised L2 distance; response: the scale-and-shift-invariant depth
+loss on the student's depth heads against the teacher's normalised depth.
+"""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -6,6 +10,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from losses.depth import scale_shift_invariant_loss
 
 
 def l2_normalise(features: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -54,3 +60,25 @@ class Projectors(nn.Module):
     def forward(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Project each student level to its teacher's channel count."""
         return [conv(f) for conv, f in zip(self.convs, features, strict=True)]
+
+
+def normalised_depth(depth: torch.Tensor) -> torch.Tensor:
+    """Per-image (d - median) / mean|d - median|: MiDaS's relative inverse depth on a fixed scale."""
+    flat = depth.float().flatten(1)
+    median = flat.median(dim=1, keepdim=True).values
+    spread = (flat - median).abs().mean(dim=1, keepdim=True).clamp_min(1e-6)
+    return ((flat - median) / spread).view_as(depth)
+
+
+def response_distillation_loss(heads: Sequence[torch.Tensor],
+                               depth: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """R-DFFNet's depth loss: sum over the depth heads of the scale-and-shift-invariant MSE (no gradient
+    term) against the teacher's depth map, resized bilinearly to the head's resolution and normalised per
+    image (`normalised_depth`). MiDaS's inverse depth is defined only up to a per-image scale and shift,
+    so the heads are judged on relative depth alone. Returns (total, per-head terms)."""
+    terms = []
+    for head in heads:
+        target = normalised_depth(F.interpolate(depth.float(), size=head.shape[-2:], mode="bilinear",
+                                                align_corners=False))
+        terms.append(scale_shift_invariant_loss(head, target, grad_weight=0.0))
+    return torch.stack(terms).sum(), terms

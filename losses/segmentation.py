@@ -1,13 +1,15 @@
-"""BCE + DOF-edge loss (PROTOCOL.md section 4) and the deep-supervision segmentation loss."""
+"""BCE + DOF-edge loss (docs/REPRODUCTION.md, section 6) and the deep-supervision segmentation loss."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
 Reduction = Literal["sum", "mean"]
+LossName = Literal["bce", "bce+edge"]
 
 
 def neighbour_response(x: torch.Tensor) -> torch.Tensor:
@@ -70,7 +72,7 @@ def segmentation_loss(
     logits: torch.Tensor,
     sides: Sequence[torch.Tensor],
     mask: torch.Tensor,
-    loss: Literal["bce", "bce+edge"] = "bce+edge",
+    loss: LossName = "bce+edge",
     final_weight: float = 1.0,
     reduction: Reduction = "sum",
     edge_sum_scale: float = 1.0,
@@ -92,3 +94,18 @@ def segmentation_loss(
         terms[f"side{k}"] = term(F.interpolate(side, size=size, mode="bilinear", align_corners=False))
     total = final_weight * terms["final"] + sum(v for key, v in terms.items() if key != "final")
     return total, terms
+
+
+@dataclass(frozen=True)
+class SegmentationCriterion:
+    """`segmentation_loss` with a stage's fixed settings, called on a batch's final and side maps."""
+
+    loss: LossName = "bce+edge"
+    final_weight: float = 1.0
+    reduction: Reduction = "sum"
+    edge_sum_scale: float = 1.0
+
+    def __call__(self, logits: torch.Tensor, sides: Sequence[torch.Tensor],
+                 mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return segmentation_loss(logits, sides, mask, self.loss, final_weight=self.final_weight,
+                                 reduction=self.reduction, edge_sum_scale=self.edge_sum_scale)

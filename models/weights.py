@@ -10,12 +10,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from utils.checkpoint import CheckpointError, read_checkpoint
+from utils.checkpoint import CHECKPOINT_FORMAT, CheckpointError, is_model_checkpoint, read_checkpoint
 
 from .dbdnet import DBDNet, build_model
 from .midas import MidasNet, build_midas
 
-CHECKPOINT_FORMAT = "ddffnet-checkpoint-v1"
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 AUTHORS_TOP_LEVEL = ("resnest.", "vgg.", "rfb", "agg1.")
 MAX_LISTED = 12
@@ -94,7 +93,7 @@ def unpack_checkpoint(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], di
     """(state_dict without wrapper prefixes, metadata) from a loaded file: our format or a bare state_dict."""
     if _is_state_dict(obj):
         state, metadata = obj, {}
-    elif isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
+    elif is_model_checkpoint(obj):
         state = obj.get("model")
         if not _is_state_dict(state):
             raise _error(path, f"'{CHECKPOINT_FORMAT}' checkpoint without a state_dict under 'model'")

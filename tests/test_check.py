@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from datasets.check import check_folder, main
+from datasets.check import check_folder
+from tools.check_dataset import main
 
 
 def test_cuhk_polarity_is_white_blurred(shared_data: Path) -> None:

@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from models import build_model, list_models, load_checkpoint, load_model
-from models.weights import CHECKPOINT_FORMAT, authors_key, authors_variant
-from utils.checkpoint import CheckpointError, save_checkpoint
+from models.weights import authors_key, authors_variant
+from utils.checkpoint import CHECKPOINT_FORMAT, CheckpointError, save_checkpoint
 
 SMALL_BACKBONE = {name: "resnest14d" for name in list_models()} | {"dffnet_vgg16": "vgg16"}
 DEAD = {

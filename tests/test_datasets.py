@@ -11,8 +11,8 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 
 import datasets.base
-from datasets import (DatasetError, DatasetWarning, PhotoDataset, build_dataset, collate_test,
-                      dataset_names)
+from datasets import (DatasetError, DatasetWarning, MaskPolarity, PhotoDataset, build_dataset,
+                      collate_test, dataset_names)
 from datasets.files import load_mask
 from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD, resize_image
 
@@ -85,7 +85,7 @@ def test_rgba_masks_load_as_grey(shared_data: Path) -> None:
     assert len(rgba) == 13
     for path in rgba[:3]:
         grey = np.asarray(Image.open(path).convert("L"))
-        mask = load_mask(path, white_is_in_focus=False)
+        mask = load_mask(path, MaskPolarity.WHITE_BLURRED)
         assert mask.shape == grey.shape and np.array_equal(mask, (grey < 128).astype(np.uint8))
 
 
@@ -102,14 +102,14 @@ def test_dut_grey_masks_are_binarised_at_half(shared_data: Path) -> None:
 def test_binarisation_threshold_is_the_authors_round(tmp_path: Path) -> None:
     path = tmp_path / "m.png"
     Image.fromarray(np.array([[0, 127, 128, 255]], np.uint8)).save(path)
-    assert load_mask(path, white_is_in_focus=True).tolist() == [[0, 0, 1, 1]]
-    assert load_mask(path, white_is_in_focus=False).tolist() == [[1, 1, 0, 0]]
+    assert load_mask(path, MaskPolarity.WHITE_IN_FOCUS).tolist() == [[0, 0, 1, 1]]
+    assert load_mask(path, MaskPolarity.WHITE_BLURRED).tolist() == [[1, 1, 0, 0]]
 
 
 def test_folder_without_polarity_is_estimated_with_a_warning(shared_data: Path) -> None:
     with pytest.warns(DatasetWarning, match="estimated white=in-focus"):
         ds = build_dataset("folder:" + str(shared_data / "DUT-sample"), "test")
-    assert ds.white_is_in_focus
+    assert ds.polarity is MaskPolarity.WHITE_IN_FOCUS
 
 
 def test_unpaired_image_is_an_error_for_training_and_a_warning_for_testing(dut_copy: Path) -> None:

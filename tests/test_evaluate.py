@@ -16,9 +16,10 @@ import torch
 from PIL import Image
 
 from datasets.synthetic import generate_dataset
-from engine.evaluate import markdown_table, read_map, set_label
+from engine.evaluate import read_map, set_label
 from models import build_model
 from utils.checkpoint import save_checkpoint
+from utils.report import markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("test_script", ROOT / "test.py")

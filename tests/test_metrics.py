@@ -6,7 +6,7 @@ import pytest
 import torch
 from py_sod_metrics import Emeasure, Smeasure
 
-from utils.metrics import (OfficialMetrics, StandardMetrics, build_metrics, class_histogram, fbeta,
+from utils.metrics import (OfficialMetrics, StandardMetrics, class_histogram, fbeta, get_protocol,
                            official_iou_size)
 
 EPS = 1e-9
@@ -125,12 +125,12 @@ def test_pooled_iou_differs_from_per_image_mean_on_two_sizes():
 
 def test_ebd_iou_at_320_by_nearest_resize():
     assert official_iou_size("EBD") == (320, 320) and official_iou_size("EBD-1305") == (320, 320)
-    assert official_iou_size("CUHK-TE-1") is None and build_metrics("official", "DUT-TE").iou_size is None
+    assert official_iou_size("CUHK-TE-1") is None and get_protocol("official").metrics("DUT-TE").iou_size is None
     gt = torch.zeros(640, 640)  # all blurred
     pred = torch.ones(640, 640)
     pred[:, 1::2] = 0  # odd columns predicted blurred; nearest 640 -> 320 keeps the even ones
-    _, full = score(build_metrics("official", "CUHK-TE-1"), [(pred, gt)])
-    _, ebd = score(build_metrics("official", "EBD"), [(pred, gt)])
+    _, full = score(get_protocol("official").metrics("CUHK-TE-1"), [(pred, gt)])
+    _, ebd = score(get_protocol("official").metrics("EBD"), [(pred, gt)])
     assert full["iou"] == 0.5 and ebd["iou"] == 0.0 and ebd["iou_resolution"] == "320x320"
     for summary in (full, ebd):  # MAE and F stay at the original resolution
         assert summary["mae"] == pytest.approx(0.5)
@@ -239,6 +239,6 @@ def test_standard_structure_measures_come_from_py_sod_metrics_with_blur_foregrou
 def test_fbeta_formula_and_bad_inputs():
     assert fbeta(0.0, 0.0) == 0.0 and fbeta(1.0, 1.0) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="unknown protocol"):
-        build_metrics("paper", "CUHK-TE-1")
+        get_protocol("paper").metrics("CUHK-TE-1")
     with pytest.raises(ValueError, match="bad.png: prediction must have shape"):
         OfficialMetrics().update(torch.zeros(2, 2, 2), torch.zeros(2, 2), "bad.png")

@@ -12,8 +12,7 @@ import torch
 from torch import nn
 
 from models import MidasNet, build_midas, load_checkpoint, load_midas, load_model, make_frozen_teacher
-from models.weights import CHECKPOINT_FORMAT
-from utils.checkpoint import CheckpointError, save_checkpoint
+from utils.checkpoint import CHECKPOINT_FORMAT, CheckpointError, save_checkpoint
 
 
 def synthetic_state(entries: dict[str, dict], seed: int = 0) -> dict[str, torch.Tensor]:

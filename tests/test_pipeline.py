@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +10,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from models import build_midas, build_model, load_checkpoint
+
 ROOT = Path(__file__).resolve().parents[1]
+MEASURED_ROW = re.compile(r"^\| (?P<model>.+) \(measured, official\) \| (?P<cells>.+) \|$")
 
 
 def test_demo_pipeline_runs_end_to_end(tmp_path):
@@ -20,13 +24,43 @@ def test_demo_pipeline_runs_end_to_end(tmp_path):
     run = subprocess.run(["bash", str(ROOT / "demo.sh")], env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "This takes about" in run.stdout and f"{out}/qualitative.png" in run.stdout
-    table = (out / "table.md").read_text()
-    for row in ("DFFNet", "D-DFFNet", "all-in-focus", "prior"):
-        assert f"| {row} " in table, table
+    check_table((out / "table.md").read_text(), out / "data" / "test" / "gt")
+    check_checkpoints(out)
     for figure in (out / "eval" / "pr_curves.png", out / "qualitative.png"):
-        assert Image.open(figure).size[0] > 200
-    for checkpoint in ("DFFNet.pth", "D-DFFNet.pth", "midas_small.pth"):
-        assert (out / "checkpoints" / checkpoint).stat().st_size > 0
+        with Image.open(figure) as image:
+            assert image.format == "PNG" and 300 <= image.width <= 3000 and 300 <= image.height <= 3000, figure
+            image.load()  # decodes every chunk: a truncated or corrupt file fails here
+            assert np.asarray(image).std() > 0, f"{figure} is blank"
+
+
+def check_table(table: str, test_masks: Path) -> None:
+    """One measured row per model and baseline, MAE / F-beta / IoU in [0, 1]; the all-in-focus baseline's
+    MAE is the test set's blurred share (its map is 1 everywhere) and its IoU of the blurred class 0."""
+    rows = {m["model"]: m["cells"] for m in map(MEASURED_ROW.match, table.splitlines()) if m}
+    assert set(rows) == {"DFFNet", "D-DFFNet", "all-in-focus", "prior"}, table
+    scores = {model: [float(s) for s in cells.split(" / ")] for model, cells in rows.items()}
+    assert all(len(s) == 3 and all(0 <= v <= 1 for v in s) for s in scores.values()), table
+    blurred = np.mean([np.mean(np.asarray(Image.open(p).convert("L")) < 128) for p in sorted(test_masks.iterdir())])
+    assert abs(scores["all-in-focus"][0] - blurred) <= 0.0005 + 1e-9, (table, blurred)
+    assert scores["all-in-focus"][2] == 0
+
+
+def check_checkpoints(out: Path) -> None:
+    """Each checkpoint loads into the network it should hold and keeps the settings of the demo's run."""
+    checkpoints = out / "checkpoints"
+    shared = {"epochs": 1, "img_size": 64, "batch_size": 4}
+    dffnet = build_model("dffnet", "resnest14d")
+    expected = {
+        "DFFNet.pth": (dffnet, {**shared, "backbone": "resnest14d", "train_set": f"synthetic:{out}/data/train"}),
+        "D-DFFNet.pth": (dffnet, {**shared, "backbone": "resnest14d", "train_set": f"synthetic:{out}/data/train",
+                                  "distill": "feature", "teacher": str(checkpoints / "DFFNet.pth"),
+                                  "depth_teacher": str(checkpoints / "midas_small.pth")}),
+        "midas_small.pth": (build_midas(encoder="resnet18", features=64), {**shared, "encoder": "resnet18"}),
+    }
+    for name, (model, settings) in expected.items():
+        metadata = load_checkpoint(model, checkpoints / name)
+        assert metadata["epoch"] == 1, name
+        assert {key: metadata["config"].get(key) for key in settings} == settings, name
 
 
 def test_baseline_maps(tmp_path):

@@ -1,4 +1,4 @@
-"""The learning-rate and alpha tables of PROTOCOL.md, reproduced exactly."""
+"""The learning-rate and alpha values of docs/REPRODUCTION.md (sections 4-5), reproduced exactly."""
 from __future__ import annotations
 
 import pytest

@@ -10,8 +10,9 @@ import pytest
 from PIL import Image
 
 from datasets import DepthDataset, build_dataset
-from datasets.synthetic import (Camera, Layer, disc_kernel, generate_dataset, is_wide_dof, main,
-                                render, texture)
+from datasets.optics import Camera, Layer, disc_kernel, render
+from datasets.synthetic import generate_dataset, is_wide_dof, texture
+from tools.make_synthetic import main
 
 SIZE = 96
 

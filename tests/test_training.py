@@ -14,7 +14,9 @@ import pytest
 import torch
 from PIL import Image
 
+import engine.stages
 import engine.train
+import losses.segmentation
 import train_kd
 import train_single
 from models import build_midas, load_model
@@ -98,6 +100,8 @@ def test_stage1_writes_a_complete_checkpoint_and_logs(two_epoch_run: Path):
     assert checkpoint["config"]["batch_size"] == 2 and checkpoint["config"]["loss"] == "bce+edge"
     assert set(checkpoint["optimizers"]) == {"model"} and checkpoint["sampler"] == {"seed": 42, "epoch": 2}
     assert checkpoint["schedule"]["lr"] == pytest.approx(1e-4 * (1 - 2 / 80) ** 0.9)
+    # the rate the optimiser actually used in epoch 2: poly 1e-4 * (1 - 2 / 80) ** 0.9 = 9.7747e-05
+    assert checkpoint["optimizers"]["model"]["param_groups"][0]["lr"] == pytest.approx(9.7747e-05, rel=1e-4)
     assert {"python", "numpy", "torch", "cuda"} <= set(checkpoint["rng"][0])
     model = load_model(two_epoch_run / "model.pth").eval()
     assert model(torch.zeros(1, 3, 64, 64)).logits.shape == (1, 1, 64, 64)
@@ -130,7 +134,7 @@ def test_loss_falls_when_overfitting_one_batch(tmp_path: Path):
     args = train_single.parse_args(common_args(tmp_path, tmp_path) + ["--lr", "1e-3"])
     ctx = DistributedContext(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
     torch.manual_seed(0)
-    stage = engine.train.build_stage1(args, ctx)
+    stage = engine.stages.build_stage1(args, ctx)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     losses = [engine.train.train_step(stage, iter([batch]), 1, args, ctx, scaler)["loss"] for _ in range(12)]
     assert losses[-1] < 0.7 * losses[0] and losses[-1] == min(losses), losses
@@ -168,7 +172,7 @@ def test_response_distillation_epoch(data: Path, depth_teacher: Path, tmp_path: 
 
 def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(data: Path, tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch):
-    real_loss = engine.train.segmentation_loss
+    real_loss = losses.segmentation.segmentation_loss
     calls = []
 
     def loss_turning_nan(*args, **kwargs):
@@ -176,7 +180,7 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(data: Path, tmp
         calls.append(1)
         return (loss * float("nan"), terms) if len(calls) == 6 else (loss, terms)
 
-    monkeypatch.setattr(engine.train, "segmentation_loss", loss_turning_nan)
+    monkeypatch.setattr(losses.segmentation, "segmentation_loss", loss_turning_nan)
     with pytest.raises(SystemExit, match=r"non-finite loss at epoch 2, step 2/4.*model.pth \(epoch 1\)"):
         train_single.main(common_args(data, tmp_path) + ["--epochs", "2"])
     assert read_checkpoint(tmp_path / "model.pth")["epoch"] == 1
@@ -197,7 +201,10 @@ def test_bad_input_gives_a_clear_message(data: Path, depth_teacher: Path, tmp_pa
 def test_sigkill_mid_epoch_resumes_from_the_last_complete_checkpoint(data: Path, two_epoch_run: Path,
                                                                      tmp_path: Path):
     argv = [sys.executable, "train_single.py", *common_args(data, tmp_path)]
-    process = subprocess.Popen(argv + ["--epochs", "3"], cwd=ROOT, stdout=subprocess.DEVNULL,
+    # the child runs with this process's thread count, so its float reductions match two_epoch_run's
+    threads = str(torch.get_num_threads())
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+    process = subprocess.Popen(argv + ["--epochs", "3"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     steps = tmp_path / "log" / "steps.csv"
     deadline = time.time() + 120
@@ -209,7 +216,7 @@ def test_sigkill_mid_epoch_resumes_from_the_last_complete_checkpoint(data: Path,
         os.kill(process.pid, signal.SIGKILL)
         process.wait()
     assert read_checkpoint(tmp_path / "model.pth")["epoch"] == 1  # killed in epoch 2: epoch 1 is intact
-    done = subprocess.run(argv + ["--epochs", "2", "--resume"], cwd=ROOT, capture_output=True, text=True)
+    done = subprocess.run(argv + ["--epochs", "2", "--resume"], cwd=ROOT, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert_same_state(read_checkpoint(tmp_path / "model.pth")["model"],
                       read_checkpoint(two_epoch_run / "model.pth")["model"])

@@ -1,4 +1,9 @@
-"""Atomic checkpoint writing and safe reading of untrusted checkpoint files."""
+"""Our checkpoint format (what a file holds), atomic writing and safe reading of untrusted checkpoint files.
+
+A checkpoint of this code is a dict tagged `"format": CHECKPOINT_FORMAT` with the network's state_dict
+("model"), the arguments that rebuild it ("model_config"), the run's flags ("config") and the last
+completed "epoch"; training adds what `--resume` needs (optimiser states, sampler, RNG states, ...).
+"""
 from __future__ import annotations
 
 import os
@@ -9,6 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
+
+CHECKPOINT_FORMAT = "ddffnet-checkpoint-v1"
 
 
 class CheckpointError(RuntimeError):
@@ -57,3 +65,22 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(
             f"{path}: not a readable PyTorch checkpoint (truncated, corrupt, or not a weights file): {first_line}"
         ) from None
+
+
+def model_checkpoint(model: nn.Module, config: dict[str, Any], epoch: int, **state: Any) -> dict[str, Any]:
+    """Our checkpoint of `model` (which has a `config`) after `epoch`, plus any `state` kept for resuming."""
+    return {"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "model_config": model.config,
+            "config": config, "epoch": epoch, **state}
+
+
+def is_model_checkpoint(obj: Any) -> bool:
+    """True for a loaded checkpoint of our format (as opposed to a bare state_dict)."""
+    return isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT
+
+
+def read_training_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """A checkpoint written by training, with the optimiser states that resuming needs."""
+    state = read_checkpoint(path, map_location="cpu")
+    if not is_model_checkpoint(state) or "optimizers" not in state:
+        raise CheckpointError(f"{path}: not a training checkpoint of this code (no optimiser state)")
+    return state

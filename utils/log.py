@@ -80,21 +80,23 @@ class TrainingLogger:
         if not self.enabled:
             return
         self.steps.write(row)
-        if self.tensorboard is not None:
-            for key, value in row.items():
-                if key not in ("epoch", "step", "global_step"):
-                    self.tensorboard.add_scalar(f"step/{key}", value, row["global_step"])
+        self._to_tensorboard("step", row, ("epoch", "step", "global_step"))
 
     def epoch(self, row: dict[str, Any]) -> None:
         """Log one epoch summary (a dict with 'epoch') to epochs.csv, TensorBoard and the console."""
         if not self.enabled:
             return
         self.epochs.write(row)
-        if self.tensorboard is not None:
-            for key, value in row.items():
-                if key != "epoch" and isinstance(value, (int, float)):
-                    self.tensorboard.add_scalar(f"epoch/{key}", value, row["epoch"])
+        self._to_tensorboard("epoch", row, ("epoch",))
         self.info("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
+
+    def _to_tensorboard(self, group: str, row: dict[str, Any], index: tuple[str, ...]) -> None:
+        """Each numeric value of `row` outside its `index` columns as scalar 'group/key', at x = row[index[-1]]."""
+        if self.tensorboard is None:
+            return
+        for key, value in row.items():
+            if key not in index and isinstance(value, (int, float)):
+                self.tensorboard.add_scalar(f"{group}/{key}", value, row[index[-1]])
 
     def close(self) -> None:
         if self.enabled:

@@ -20,16 +20,19 @@ maps score identically:
     F curve over the 256 thresholds k/255, IoU pooled over the set, S-measure and E-measure
     (py_sod_metrics), and the PR curve pooled over the set.
 Both protocols keep a pooled 256-level histogram per GT class, which gives the set's PR curve without
-storing any pixels.
+storing any pixels. A `Protocol` (PROTOCOLS) is one whole evaluation protocol: how the network's map is
+resized to the image size (`official`: nearest, as the authors; `standard`: bilinear) and its metrics.
 """
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from py_sod_metrics import Emeasure, Smeasure
 
-PROTOCOLS = ("official", "standard")
 BETA2 = 0.3
 LEVELS = 256
 EBD_IOU_SIZE = (320, 320)
@@ -280,11 +283,33 @@ class StandardMetrics:
         }
 
 
-def build_metrics(protocol: str, dataset_name: str) -> OfficialMetrics | StandardMetrics:
-    """The accumulator of `protocol` for the data set called `dataset_name`."""
-    if protocol == "official":
-        return OfficialMetrics(iou_size=official_iou_size(dataset_name))
-    if protocol == "standard":
-        return StandardMetrics()
-    raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+Metrics = OfficialMetrics | StandardMetrics
 
+
+@dataclass(frozen=True)
+class Protocol:
+    """An evaluation protocol: how a network's map is resized to the image size, and what is scored.
+
+    `metrics(dataset_name)` returns a fresh accumulator for the data set called `dataset_name`."""
+
+    name: str
+    upsampling: str
+    metrics: Callable[[str], Metrics]
+
+    def upsample(self, prob: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """[1, 1, h, w] map -> [H, W] map at `size` (the image size)."""
+        extra = {} if self.upsampling == "nearest" else {"align_corners": False}
+        return F.interpolate(prob, size=tuple(size), mode=self.upsampling, **extra)[0, 0]
+
+
+PROTOCOLS = {
+    "official": Protocol("official", "nearest", lambda name: OfficialMetrics(iou_size=official_iou_size(name))),
+    "standard": Protocol("standard", "bilinear", lambda name: StandardMetrics()),
+}
+
+
+def get_protocol(name: str) -> Protocol:
+    """The protocol called `name` (official | standard)."""
+    if name not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {name!r}; choose one of {', '.join(PROTOCOLS)}")
+    return PROTOCOLS[name]

@@ -1,6 +1,6 @@
 """Numbers reported in the D-DFFNet paper (ICME 2023), as (MAE, F-beta, IoU) per test set.
 
-Copied from the paper's tables (see ../shared/spec/PAPER.md); None where the paper has no entry.
+Copied from the paper's tables (see docs/REPRODUCTION.md, section 10); None where the paper has no entry.
 Set names are the data registry's: EBD-1305 is the paper's "EBD(1305)".
 """
 from __future__ import annotations

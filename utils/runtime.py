@@ -28,12 +28,17 @@ def autocast(device: torch.device, amp: str = "off") -> contextlib.AbstractConte
     """Mixed-precision context for `--amp off|bf16|fp16` (fp16 is CUDA-only)."""
     if amp not in AMP_DTYPES:
         raise ValueError(f"--amp must be one of {sorted(AMP_DTYPES)}, got {amp!r}")
+    check_amp(amp, device)
     dtype = AMP_DTYPES[amp]
     if dtype is None:
         return contextlib.nullcontext()
-    if dtype is torch.float16 and device.type != "cuda":
-        raise SystemExit("--amp fp16 needs a CUDA device; use --amp bf16 on the CPU")
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def check_amp(amp: str, device: torch.device) -> None:
+    """Exit with a one-line message naming --amp when `amp` cannot run on `device` (fp16 is CUDA-only)."""
+    if AMP_DTYPES[amp] is torch.float16 and device.type != "cuda":
+        raise SystemExit("--amp fp16 needs a CUDA device; use --amp bf16 on the CPU")
 
 
 def seed_everything(seed: int) -> None:

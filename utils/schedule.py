@@ -1,4 +1,4 @@
-"""The authors' per-epoch schedules (PROTOCOL.md sections 2-3).
+"""The authors' per-epoch schedules (docs/REPRODUCTION.md, sections 4-5 and quirks 1 and 4).
 
 Epochs are numbered 1, 2, ... as in the authors' loop `for epoch in range(1, opt.epoch)`. Their
 `--epoch 75` therefore runs 74 epochs while both schedules keep 75 as `max_epochs`: the poly

@@ -1,0 +1,152 @@
+"""Command-line flags of the training scripts and their checks (train_single.py, train_kd.py, train_depth.py).
+
+Defaults are the authors' effective run. Every check exits with one line naming the flag, before any
+work starts.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from datasets import DatasetError
+from models.layers import INPUT_MULTIPLE
+from utils.checkpoint import CheckpointError
+from utils.distributed import DistributedContext
+from utils.runtime import AMP_DTYPES, check_amp
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, save: str) -> None:
+    """Flags shared by train_single.py and train_kd.py; defaults are the authors' effective run."""
+    parser.add_argument("--model", default="dffnet", help="registry name (models.list_models())")
+    parser.add_argument("--backbone", default="resnest101e", help="timm backbone of the model")
+    parser.add_argument("--pretrained", default="imagenet",
+                        help="backbone initialisation: imagenet | none | PATH to an ImageNet weight file")
+    parser.add_argument("--train-set", default="CUHK-TR-1", help="dataset expression, e.g. CUHK-TR-1+DUT-TR")
+    parser.add_argument("--data-root", default="data")
+    parser.add_argument("--img-size", type=int, default=320)
+    parser.add_argument("--no-augment", action="store_true", help="no flip / colour jitter (tests, ablations)")
+    parser.add_argument("--epochs", type=int, default=74,
+                        help="epochs actually run, numbered 1..N (the authors' `--epoch 75` ran 74)")
+    parser.add_argument("--schedule-epochs", type=int, default=75,
+                        help="the authors' --epoch value used by the schedules: poly denominator = this + 5 (80), "
+                             "alpha ramp denominator = this - 15 (60)")
+    parser.add_argument("--batch-size", type=int, default=6,
+                        help="GLOBAL batch, split over torchrun processes and --accumulate steps")
+    parser.add_argument("--accumulate", type=int, default=1, help="micro-batches per optimiser step")
+    parser.add_argument("--lr", type=float, default=1e-4, help="Adam base learning rate (poly per epoch)")
+    parser.add_argument("--lr-power", type=float, default=0.9, help="poly power")
+    parser.add_argument("--clip", type=float, default=0.5, help="element-wise gradient clamp of the model")
+    parser.add_argument("--loss", choices=["bce", "bce+edge"], default="bce+edge")
+    parser.add_argument("--edge-reduction", choices=["sum", "mean"], default="sum",
+                        help="DOF-edge dice over the batch: sum (the authors') or mean")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--amp", choices=list(AMP_DTYPES), default="off")
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the trained network")
+    parser.add_argument("--save", default=save, help="checkpoint written every epoch (atomically)")
+    parser.add_argument("--resume", nargs="?", const="", default=None, metavar="PATH",
+                        help="continue from PATH (default: the --save file)")
+    parser.add_argument("--val-set", default=None,
+                        help="optional test set scored (MAE, F-beta) during training; the best MAE is kept "
+                             "as <save>_best.pth, e.g. CUHK-TE-1")
+    parser.add_argument("--val-every", type=int, default=1, help="validate every N epochs (with --val-set)")
+    parser.add_argument("--log-dir", default=None, help="CSV / TensorBoard folder (default runs/<save name>)")
+
+
+def add_distillation_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of train_kd.py beyond the common ones: which distillation, its teachers and weights."""
+    parser.add_argument("--distill", choices=["feature", "response"], default="feature")
+    parser.add_argument("--teacher", default="checkpoint/DFFNet.pth",
+                        help="stage-1 checkpoint (ours or the authors' DFFNet.pth)")
+    parser.add_argument("--depth-teacher", default="depth_pretrained/midas_v21-f6b98070.pt",
+                        help="MiDaS weights (the authors' midas_v21-f6b98070.pt or our checkpoint)")
+    parser.add_argument("--teacher-bn", choices=["eval", "batch"], default="eval",
+                        help="teacher BatchNorm: running statistics (eval) or batch statistics (the authors')")
+    parser.add_argument("--final-weight", type=float, default=1.1, help="weight of the final map's loss")
+    parser.add_argument("--projector-lr", type=float, default=0.1)
+    parser.add_argument("--projector-wd", type=float, default=5e-4)
+
+
+def add_depth_teacher_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of train_depth.py."""
+    parser.add_argument("--data", required=True, help="folder with image/ and depth/ (tools/make_synthetic.py)")
+    parser.add_argument("--val-data", default=None, help="held-out folder of the same layout, evaluated every epoch")
+    parser.add_argument("--encoder", default="resnet18", help="timm ResNet-family encoder")
+    parser.add_argument("--features", type=int, default=64, help="decoder width (MiDaS v2.1: 256)")
+    parser.add_argument("--pretrained", default="none", help="encoder initialisation: imagenet | none | PATH")
+    parser.add_argument("--img-size", type=int, default=320)
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=3e-4, help="Adam base learning rate, poly decay per epoch")
+    parser.add_argument("--grad-weight", type=float, default=0.5, help="weight of MiDaS's gradient-matching term")
+    parser.add_argument("--anchor-weight", type=float, default=0.1,
+                        help="weight of the mean-matching term that keeps the non-negative output alive "
+                             "(losses.depth.mean_anchor_loss); 0 = the invariant loss alone")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--amp", choices=list(AMP_DTYPES), default="off")
+    parser.add_argument("--save", default="depth_pretrained/midas_small.pth")
+    parser.add_argument("--log-dir", default=None, help="CSV / TensorBoard folder (default runs/<save name>)")
+
+
+def check_img_size(img_size: int) -> None:
+    """--img-size must be a multiple of the networks' coarsest stride."""
+    if img_size % INPUT_MULTIPLE:
+        raise SystemExit(f"--img-size {img_size} must be divisible by {INPUT_MULTIPLE}")
+
+
+def check_training_arguments(args: argparse.Namespace, ctx: DistributedContext) -> None:
+    """Reject train_single.py / train_kd.py settings that cannot run, with a message naming the flag."""
+    if args.epochs < 1:
+        raise SystemExit(f"--epochs must be >= 1, got {args.epochs}")
+    if args.epochs >= args.schedule_epochs + 5:
+        raise SystemExit(f"--epochs {args.epochs}: the poly schedule reaches 0 at --schedule-epochs + 5 = "
+                         f"{args.schedule_epochs + 5}; raise --schedule-epochs")
+    if args.batch_size % (ctx.world_size * args.accumulate):
+        raise SystemExit(f"--batch-size {args.batch_size} must be divisible by processes x --accumulate = "
+                         f"{ctx.world_size} x {args.accumulate}")
+    check_img_size(args.img_size)
+    if getattr(args, "distill", None) == "feature" and args.schedule_epochs <= 15:
+        raise SystemExit(f"--schedule-epochs {args.schedule_epochs}: the alpha schedule needs more than 15")
+    if args.val_every < 1:
+        raise SystemExit(f"--val-every must be >= 1, got {args.val_every}")
+    check_amp(args.amp, ctx.device)
+
+
+def check_depth_teacher_arguments(args: argparse.Namespace, device: torch.device) -> None:
+    """Reject train_depth.py settings that cannot run, with a message naming the flag."""
+    check_img_size(args.img_size)
+    check_amp(args.amp, device)
+
+
+@contextlib.contextmanager
+def bad_input(flags: str) -> Iterator[None]:
+    """Turn an error about a user-supplied file or name into a one-line exit naming the flag(s)."""
+    try:
+        yield
+    except (DatasetError, CheckpointError, FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"{flags}: {e}") from None
+
+
+def pretrained_argument(value: str) -> bool | str:
+    """--pretrained imagenet|none|PATH -> models.build_model's `pretrained`."""
+    if value == "imagenet":
+        return True
+    if value == "none":
+        return False
+    if not Path(value).is_file():
+        raise SystemExit(f"--pretrained {value}: no such file (use imagenet, none or a weight file)")
+    return value
+
+
+def log_dir(args: argparse.Namespace) -> Path:
+    """--log-dir, by default runs/<name of the --save file>."""
+    return Path(args.log_dir) if args.log_dir else Path("runs") / Path(args.save).stem

@@ -1,0 +1,176 @@
+"""The paper's training stages: stage 1 (DFFNet), stage 2 by feature distillation (D-DFFNet) and R-DFFNet
+(response distillation).
+
+Each `build_*` sets up what a stage trains and its loss and hands it to the shared loop (engine.train) as
+a `Stage`; `train_stage1` and `train_distill` are what train_single.py and train_kd.py run.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from engine.options import bad_input, pretrained_argument
+from engine.train import Stage, make_train_loader, prepare_trained_module, run_stage, start_training
+from losses import Projectors, SegmentationCriterion, feature_distillation_loss, response_distillation_loss
+from models import build_model, load_midas, load_model, make_frozen_teacher
+from utils.distributed import DistributedContext, unwrap_model
+from utils.optim import adam
+from utils.runtime import autocast
+from utils.schedule import distill_alpha
+
+
+def build_student(args: argparse.Namespace, depth_heads: bool = False) -> nn.Module:
+    """The trained network from --model / --backbone / --pretrained."""
+    with bad_input("--model / --backbone / --pretrained"):
+        return build_model(args.model, backbone=args.backbone, pretrained=pretrained_argument(args.pretrained),
+                           depth_heads=depth_heads)
+
+
+def segmentation_criterion(args: argparse.Namespace, ctx: DistributedContext,
+                           final_weight: float) -> SegmentationCriterion:
+    """The stage's segmentation loss (--loss, --edge-reduction); a batch-summed edge term is scaled by
+    processes x --accumulate so that a split batch gives the whole batch's loss."""
+    return SegmentationCriterion(args.loss, final_weight=final_weight, reduction=args.edge_reduction,
+                                 edge_sum_scale=ctx.world_size * args.accumulate)
+
+
+def training_mae(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Mean |sigmoid(logits) - mask| of the batch (logged, as the authors do)."""
+    return (torch.sigmoid(logits.detach().float()) - masks).abs().mean()
+
+
+def prepare_teacher(teacher: nn.Module, args: argparse.Namespace, ctx: DistributedContext) -> nn.Module:
+    """A frozen teacher on the device (BatchNorm per --teacher-bn)."""
+    teacher = make_frozen_teacher(teacher.to(ctx.device), bn=args.teacher_bn)
+    if args.channels_last:
+        teacher = teacher.to(memory_format=torch.channels_last)
+    return teacher
+
+
+# ----------------------------------------------------------------------------------------------
+# stage 1
+
+
+def build_stage1(args: argparse.Namespace, ctx: DistributedContext) -> Stage:
+    """Stage 1: Adam over the model; loss = L(final) + sum_k L(side_k)."""
+    network = prepare_trained_module(build_student(args), args, ctx)
+    model = unwrap_model(network)
+    optimizer = adam(model.parameters(), lr=args.lr)
+    criterion = segmentation_criterion(args, ctx, final_weight=1.0)
+
+    def loss_fn(images: torch.Tensor, masks: torch.Tensor, epoch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        with autocast(ctx.device, args.amp):
+            out = network(images)
+        loss, terms = criterion(out.logits, out.sides, masks)
+        terms["mae"] = training_mae(out.logits, masks)
+        return loss, terms
+
+    return Stage(network=network, dbd_model=model, optimizer=optimizer, loss_fn=loss_fn)
+
+
+def train_stage1(args: argparse.Namespace) -> Path:
+    """Stage 1 (train_single.py): DFFNet or an ablation; writes args.save every epoch."""
+    ctx = start_training(args)
+    loader, sampler = make_train_loader(args, ctx)
+    stage = build_stage1(args, ctx)
+    return run_stage(stage, args, ctx, loader, sampler, f"stage 1: {args.model} / {args.backbone}")
+
+
+# ----------------------------------------------------------------------------------------------
+# stage 2: feature distillation (D-DFFNet) or response distillation (R-DFFNet)
+
+
+class DistillationStudent(nn.Module):
+    """The student and its two projector sets, trained (and DDP-synchronised) as one module."""
+
+    def __init__(self, student: nn.Module, to_defocus: Projectors, to_depth: Projectors) -> None:
+        super().__init__()
+        self.student, self.to_defocus, self.to_depth = student, to_defocus, to_depth
+
+    def forward(self, images: torch.Tensor) -> tuple[Any, list[torch.Tensor], list[torch.Tensor]]:
+        out = self.student(images)
+        return out, self.to_defocus(out.features), self.to_depth(out.features)
+
+
+def build_feature_distill_stage(args: argparse.Namespace, ctx: DistributedContext, defocus_teacher: nn.Module,
+                                depth_teacher: nn.Module) -> Stage:
+    """D-DFFNet: loss = final_weight x L(final) + sum_k L(side_k) + alpha(epoch) x (defocus + depth
+    distillation). The teachers (frozen, on the device) run once per batch under inference mode,
+    MiDaS its encoder only; the projectors have their own Adam (constant lr, not clamped). The
+    stage logs its alpha with every step and epoch."""
+    student = build_student(args)
+    to_defocus = Projectors(student.feature_channels, defocus_teacher.feature_channels)
+    to_depth = Projectors(student.feature_channels, depth_teacher.feature_channels)
+    network = prepare_trained_module(DistillationStudent(student, to_defocus, to_depth), args, ctx)
+    combined = unwrap_model(network)
+    optimizer = adam(combined.student.parameters(), lr=args.lr)
+    projector_params = [*combined.to_defocus.parameters(), *combined.to_depth.parameters()]
+    projector_optimizer = adam(projector_params, lr=args.projector_lr, weight_decay=args.projector_wd)
+    criterion = segmentation_criterion(args, ctx, final_weight=args.final_weight)
+
+    def alpha(epoch: int) -> float:
+        return distill_alpha(epoch, args.schedule_epochs)
+
+    def loss_fn(images: torch.Tensor, masks: torch.Tensor, epoch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        with torch.inference_mode(), autocast(ctx.device, args.amp):
+            defocus_targets = defocus_teacher.features(images)
+            depth_targets = depth_teacher.features(images)
+        with autocast(ctx.device, args.amp):
+            out, defocus_projected, depth_projected = network(images)
+        seg, terms = criterion(out.logits, out.sides, masks)
+        defocus_distill, _ = feature_distillation_loss(defocus_projected, defocus_targets)
+        depth_distill, _ = feature_distillation_loss(depth_projected, depth_targets)
+        terms.update(seg=seg, defocus_distill=defocus_distill, depth_distill=depth_distill)
+        terms["mae"] = training_mae(out.logits, masks)
+        return seg + alpha(epoch) * (defocus_distill + depth_distill), terms
+
+    return Stage(network=network, dbd_model=combined.student, optimizer=optimizer, loss_fn=loss_fn,
+                 extra_optimizers={"projectors": projector_optimizer},
+                 extra_modules={"to_defocus": combined.to_defocus, "to_depth": combined.to_depth},
+                 epoch_values=lambda epoch: {"alpha": alpha(epoch)})
+
+
+def build_response_distill_stage(args: argparse.Namespace, ctx: DistributedContext, depth_teacher: nn.Module) -> Stage:
+    """R-DFFNet: loss = final_weight x L(final) + sum_k L(side_k) + sum_h L_depth(head h), each depth head
+    regressing MiDaS's full-forward depth map (once per batch, inference mode) with
+    losses.response_distillation_loss. Weight 1 per head, no alpha (paper, appendix B-C)."""
+    network = prepare_trained_module(build_student(args, depth_heads=True), args, ctx)
+    student = unwrap_model(network)
+    optimizer = adam(student.parameters(), lr=args.lr)
+    criterion = segmentation_criterion(args, ctx, final_weight=args.final_weight)
+
+    def loss_fn(images: torch.Tensor, masks: torch.Tensor, epoch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        with torch.inference_mode(), autocast(ctx.device, args.amp):
+            depth = depth_teacher(images).depth
+        with autocast(ctx.device, args.amp):
+            out = network(images)
+        seg, terms = criterion(out.logits, out.sides, masks)
+        depth_loss, _ = response_distillation_loss(out.depth, depth)
+        terms.update(seg=seg, depth=depth_loss)
+        terms["mae"] = training_mae(out.logits, masks)
+        return seg + depth_loss, terms
+
+    return Stage(network=network, dbd_model=student, optimizer=optimizer, loss_fn=loss_fn)
+
+
+def train_distill(args: argparse.Namespace) -> Path:
+    """Stage 2 (train_kd.py): `--distill feature` (D-DFFNet) or `response` (R-DFFNet); writes args.save."""
+    ctx = start_training(args)
+    loader, sampler = make_train_loader(args, ctx)
+    with bad_input("--depth-teacher"):
+        depth_teacher = prepare_teacher(load_midas(args.depth_teacher), args, ctx)
+    if args.distill == "response":
+        stage = build_response_distill_stage(args, ctx, depth_teacher)
+        return run_stage(stage, args, ctx, loader, sampler, f"R-DFFNet: {args.model} / {args.backbone}, "
+                         f"depth teacher {args.depth_teacher}")
+    if not args.teacher:
+        raise SystemExit("--distill feature needs --teacher (the stage-1 checkpoint, e.g. checkpoint/DFFNet.pth)")
+    with bad_input("--teacher"):
+        defocus_teacher = prepare_teacher(load_model(args.teacher), args, ctx)
+    stage = build_feature_distill_stage(args, ctx, defocus_teacher, depth_teacher)
+    return run_stage(stage, args, ctx, loader, sampler, f"D-DFFNet: {args.model} / {args.backbone}, teacher "
+                     f"{args.teacher} (bn {args.teacher_bn}), depth teacher {args.depth_teacher}")

@@ -1,0 +1,39 @@
+"""Check a defocus data set folder: pairs, unpaired and mismatched files, formats, mask polarity.
+
+    python tools/check_dataset.py PATH [--json] [--max-images 100]
+
+PATH holds an image folder (image/ or images/) and a mask folder (gt/ or masks/). Exit status 1 when
+files are unpaired, unreadable, ambiguous or of mismatched size, 2 when PATH is not a data set.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from datasets import DatasetError  # noqa: E402
+from datasets.check import check_folder, format_report, has_problems  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("path", help="folder with image/ and gt/")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--max-images", type=int, default=100,
+                        help="pairs (spread over the set) used to estimate the polarity")
+    args = parser.parse_args(argv)
+    try:
+        report = check_folder(args.path, args.max_images)
+    except DatasetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(report) if args.json else format_report(report))
+    return 1 if has_problems(report) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
