@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from .optics import COC_THRESHOLD_PX, SENSOR_WIDTH_MM, Camera, Layer, Rendering, quantise_depth, render
+from .optics import SENSOR_WIDTH_MM, Camera, Layer, Rendering, quantise_depth, render
 from .polarity import MaskPolarity
 
 FLAT_SHARE = 0.2
@@ -34,6 +34,23 @@ MIN_F_NUMBER, COMFORTABLE_F_NUMBER, MAX_F_NUMBER = 0.95, 1.4, 64.0
 TEXTURES = ("noise", "fractal", "stripes", "checker", "dots", "flat")
 TEXTURE_WEIGHTS = (0.3, 0.2, 0.12, 0.09, 0.09, FLAT_SHARE)
 SHAPES = ("ellipse", "polygon", "box", "blob")
+
+
+@dataclass(frozen=True)
+class BlurRange:
+    """Circle-of-confusion radii as shares of the image width, so that every --size looks alike.
+
+    A surface is sharp below `sharp_share`, visibly blurred above `blurred_share`; surfaces of
+    constant depth are kept out of the band between them. The label threshold sits in the band
+    (1 px at 320 px). The most defocused surface has a CoC drawn log-uniformly in `max_share`.
+    Calibrated against CUHK (bench/defocus_calibration.py)."""
+    sharp_share: float = 0.002
+    threshold_share: float = 1.0 / 320.0
+    blurred_share: float = 0.012
+    max_share: tuple[float, float] = (0.02, 0.06)
+
+    def threshold_px(self, size: int) -> float:
+        return self.threshold_share * size
 
 
 def band_noise(rng: np.random.Generator, shape: tuple[int, int], scale_px: float) -> np.ndarray:
@@ -143,15 +160,40 @@ def _pick_texture(rng: np.random.Generator) -> str:
     return str(rng.choice(TEXTURES, p=np.asarray(TEXTURE_WEIGHTS) / sum(TEXTURE_WEIGHTS)))
 
 
+@dataclass
+class _ObjectPlan:
+    """An object before rasterisation: outline parameters, depth, and (on the ground) where it stands."""
+    shape: str
+    texture: str
+    depth_m: float
+    center: tuple[float, float]
+    half_height: float
+    aspect: float
+    shape_seed: int
+    height_m: float | None = None
+
+    def alpha(self, size: int) -> np.ndarray:
+        rng = np.random.default_rng(self.shape_seed)
+        return shape_alpha(rng, self.shape, size, self.center, self.half_height, self.half_height * self.aspect)
+
+
 def random_scene(rng: np.random.Generator, size: int, wide_dof: bool,
-                 coc_threshold_px: float = COC_THRESHOLD_PX) -> tuple[list[Layer], Camera, dict]:
-    """A random layered scene and a camera focused on one of its surfaces (all in focus if wide_dof)."""
+                 coc_threshold_px: float | None = None) -> tuple[list[Layer], Camera, dict]:
+    """A random layered scene and a camera focused on one of its surfaces (all in focus if wide_dof).
+
+    Blur is set relative to the image width (`BlurRange`): the most defocused surface gets a CoC of
+    `max_share` x width, and every surface of constant depth is kept out of the ambiguous band
+    between `sharp_share` and `blurred_share` x width, by moving it to the focal plane or away from
+    it to `blurred_share`. Only the slanted ground plane crosses the band, as in real photos."""
+    blur = BlurRange()
+    threshold = blur.threshold_px(size) if coc_threshold_px is None else coc_threshold_px
     focal_mm = _log_uniform(rng, 24, 105)
     focal_px = focal_mm * size / SENSOR_WIDTH_MM
     backdrop_depth = _log_uniform(rng, 2.0, MAX_DEPTH_M)
     backdrop_kind = "flat" if rng.random() < 0.15 else _pick_texture(rng)
-    layers = [Layer(texture(rng, backdrop_kind, (size, size)), np.ones((size, size), np.float32),
-                    backdrop_depth, {"kind": "backdrop", "texture": backdrop_kind})]
+    backdrop = Layer(texture(rng, backdrop_kind, (size, size)), np.ones((size, size), np.float32),
+                     backdrop_depth, {"kind": "backdrop", "texture": backdrop_kind})
+    layers = [backdrop]
     ground = None
     if rng.random() < 0.5:
         horizon = rng.uniform(0.1, 0.55) * size
@@ -165,35 +207,54 @@ def random_scene(rng: np.random.Generator, size: int, wide_dof: bool,
         layers.append(Layer(texture(rng, kind, (size, size)), alpha, depth,
                             {"kind": "ground", "texture": kind, "horizon_row": horizon,
                              "camera_height_m": camera_height}))
+    plans = []
     for _ in range(int(rng.integers(1, 6))):
         if ground is not None:
             horizon, camera_height = ground
             base_row = rng.uniform(horizon + 0.05 * size, 1.15 * size)
             depth = min(camera_height * focal_px / (base_row - horizon), backdrop_depth * 0.95)
-            half_height = min(rng.uniform(0.3, 2.5) * focal_px / depth, 1.2 * size) / 2
+            height_m = rng.uniform(0.3, 2.5)
+            half_height = min(height_m * focal_px / depth, 1.2 * size) / 2
             center = (base_row - half_height, rng.uniform(0, size))
         else:
-            depth = _log_uniform(rng, 0.5, 0.9 * backdrop_depth)
+            depth, height_m = _log_uniform(rng, 0.5, 0.9 * backdrop_depth), None
             half_height = rng.uniform(0.08, 0.35) * size
             center = (rng.uniform(0.1, 0.9) * size, rng.uniform(0.1, 0.9) * size)
-        half_width = half_height * rng.uniform(0.4, 1.3)
-        shape, kind = str(rng.choice(SHAPES)), _pick_texture(rng)
-        alpha = shape_alpha(rng, shape, size, center, half_height, half_width)
+        plans.append(_ObjectPlan(str(rng.choice(SHAPES)), _pick_texture(rng), depth, center, half_height,
+                                 rng.uniform(0.4, 1.3), int(rng.integers(2 ** 32)), height_m))
+    alphas = [plan.alpha(size) for plan in plans]
+    visible = [i for i, a in enumerate(alphas) if a.max() >= 0.5]
+    if visible and rng.random() < 0.7:
+        areas = np.array([alphas[i].sum() for i in visible])
+        focus_plan = plans[visible[int(rng.choice(len(visible), p=areas / areas.sum()))]]
+        focus_kind, focus = "object", focus_plan.depth_m
+    else:
+        focus_surface = layers[int(rng.integers(min(len(layers), 2)))]
+        focus_kind = focus_surface.description["kind"]
+        focus = (float(focus_surface.depth_m) if np.isscalar(focus_surface.depth_m)
+                 else float(rng.choice(focus_surface.depth_m[focus_surface.alpha > 0.5])))
+    target = (rng.uniform(0.3, 0.9) * threshold if wide_dof
+              else _log_uniform(rng, *blur.max_share) * size)
+    depths = [backdrop_depth] + [plan.depth_m for plan in plans]
+    extra = [np.asarray(layer.depth_m) for layer in layers[1:]]
+    spread = _defocus_spread(depths + extra, focus)
+    if not wide_dof and spread > 0:
+        backdrop.depth_m = _out_of_band(backdrop_depth, focus, spread, target, size, blur, math.inf)
+        for plan in plans:
+            moved = _out_of_band(plan.depth_m, focus, spread, target, size, blur, 0.95 * backdrop.depth_m)
+            if moved != plan.depth_m and ground is not None:
+                horizon, camera_height = ground
+                plan.half_height = min(plan.height_m * focal_px / moved, 1.2 * size) / 2
+                plan.center = (horizon + camera_height * focal_px / moved - plan.half_height, plan.center[1])
+            plan.depth_m = moved
+        if ground is not None:
+            layers[1].depth_m = np.minimum(layers[1].depth_m, backdrop.depth_m)
+    for plan in plans:
+        alpha = plan.alpha(size)
         if alpha.max() < 0.5:
             continue
-        layers.append(Layer(_texture_in_box(rng, kind, alpha), alpha, depth,
-                            {"kind": "object", "shape": shape, "texture": kind}))
-    objects = [la for la in layers if la.description["kind"] == "object"]
-    if objects and rng.random() < 0.7:
-        areas = np.array([la.alpha.sum() for la in objects])
-        focus_layer = objects[int(rng.choice(len(objects), p=areas / areas.sum()))]
-    else:
-        focus_layer = layers[int(rng.integers(min(len(layers), 2)))]
-    if np.isscalar(focus_layer.depth_m):
-        focus = float(focus_layer.depth_m)
-    else:
-        focus = float(rng.choice(focus_layer.depth_m[focus_layer.alpha > 0.5]))
-    target = rng.uniform(0.3, 0.9) * coc_threshold_px if wide_dof else _log_uniform(rng, 2.5, 12.0) * size / 320
+        layers.append(Layer(_texture_in_box(rng, plan.texture, alpha), alpha, plan.depth_m,
+                            {"kind": "object", "shape": plan.shape, "texture": plan.texture}))
     scale = _miniature_scale(layers, focus, focal_mm, size, target)
     for layer in layers:
         layer.depth_m = quantise_depth(layer.depth_m * scale if np.isscalar(layer.depth_m)
@@ -202,19 +263,36 @@ def random_scene(rng: np.random.Generator, size: int, wide_dof: bool,
             layer.description["camera_height_m"] *= scale
     focus = quantise_depth(focus * scale)
     camera = Camera(focal_mm, _f_number(layers, focus, focal_mm, size, target), focus, size)
-    info = {"focus_on": focus_layer.description["kind"], "target_max_coc_px": target,
-            "scene_scale": scale}
+    info = {"focus_on": focus_kind, "target_max_coc_px": target, "scene_scale": scale,
+            "coc_threshold_px": threshold}
     return layers, camera, info
 
 
-def _defocus_spread(layers: list[Layer], focus: float) -> float:
-    """max |1/z - 1/z_focus| over all layer depths."""
-    return max(float(np.max(np.abs(1.0 / np.asarray(la.depth_m) - 1.0 / focus))) for la in layers)
+def _out_of_band(depth: float, focus: float, spread: float, target: float, size: int, blur: "BlurRange",
+                 farthest: float) -> float:
+    """`depth` moved out of the ambiguous CoC band: to the focal plane when it is nearer the sharp
+    side, else away from focus until its CoC is `blurred_share` x width (staying nearer than
+    `farthest`; if it cannot, to the focal plane)."""
+    offset = 1.0 / depth - 1.0 / focus
+    radius = target * abs(offset) / spread
+    if radius <= blur.sharp_share * size or radius >= blur.blurred_share * size:
+        return depth
+    if radius < math.sqrt(blur.sharp_share * blur.blurred_share) * size:
+        return focus
+    inverse = 1.0 / focus + math.copysign(blur.blurred_share * size / target * spread, offset)
+    if inverse <= 1.0 / farthest:
+        return focus
+    return 1.0 / inverse
+
+
+def _defocus_spread(depths: list, focus: float) -> float:
+    """max |1/z - 1/z_focus| over the given depths (scalars or arrays)."""
+    return max(float(np.max(np.abs(1.0 / np.asarray(d) - 1.0 / focus))) for d in depths)
 
 
 def _f_number(layers: list[Layer], focus: float, focal_mm: float, size: int, target: float) -> float:
     """Aperture giving the most defocused surface a CoC of `target` px, within [MIN, MAX]_F_NUMBER."""
-    spread = _defocus_spread(layers, focus)
+    spread = _defocus_spread([la.depth_m for la in layers], focus)
     if spread == 0:
         return MAX_F_NUMBER
     unit = Camera(focal_mm, 1.0, focus, size).coc_scale_px
@@ -225,7 +303,7 @@ def _miniature_scale(layers: list[Layer], focus: float, focal_mm: float, size: i
                      target: float) -> float:
     """Factor (<= 1) shrinking all depths when even f/1.4 would not blur enough: a closer, smaller
     scene looks the same to the camera and defocuses more. Keeps every surface beyond 3 focal lengths."""
-    spread = _defocus_spread(layers, focus)
+    spread = _defocus_spread([la.depth_m for la in layers], focus)
     needed = Camera(focal_mm, 1.0, focus, size).coc_scale_px * spread / target
     if needed >= COMFORTABLE_F_NUMBER:
         return 1.0
@@ -234,12 +312,13 @@ def _miniature_scale(layers: list[Layer], focus: float, focal_mm: float, size: i
 
 
 def generate_image(seed: int, index: int, size: int = 320, wide_dof: bool = False,
-                   coc_threshold_px: float = COC_THRESHOLD_PX) -> tuple[Rendering, dict]:
-    """Image `index` of the set with `seed`: its rendering and its meta record."""
+                   coc_threshold_px: float | None = None) -> tuple[Rendering, dict]:
+    """Image `index` of the set with `seed`: its rendering and its meta record (label threshold:
+    `coc_threshold_px`, or 1 px per 320 px of width)."""
     rng = np.random.default_rng([seed, index])
     layers, camera, info = random_scene(rng, size, wide_dof, coc_threshold_px)
     noise_std, shot = rng.uniform(0.002, 0.01), rng.uniform(0.0, 4e-4)
-    rendering = render(layers, camera, coc_threshold_px, noise_std, shot, rng)
+    rendering = render(layers, camera, info["coc_threshold_px"], noise_std, shot, rng)
     meta = {"camera": camera.as_dict(), "wide_dof": wide_dof, **info,
             "noise_std": noise_std, "shot_noise": shot,
             "in_focus_share": float(rendering.in_focus.mean()),
@@ -262,7 +341,7 @@ class _Job:
     size: int
     wide_dof_share: float
     image_format: str
-    coc_threshold_px: float
+    coc_threshold_px: float | None
 
 
 def _write_one(job: _Job, index: int) -> dict:
@@ -301,7 +380,7 @@ def _write_indexed(args: tuple[_Job, int]) -> dict:
 
 def generate_dataset(out: str | Path, n: int, seed: int = 0, size: int = 320,
                      wide_dof: float = 0.1, workers: int = 1, image_format: str = "png",
-                     coc_threshold_px: float = COC_THRESHOLD_PX, overwrite: bool = False) -> Path:
+                     coc_threshold_px: float | None = None, overwrite: bool = False) -> Path:
     """Write n images to out/image, out/gt (white = in-focus), out/depth (uint16 mm), out/meta.json."""
     out = Path(out)
     if image_format not in ("png", "jpg"):
@@ -325,7 +404,8 @@ def generate_dataset(out: str | Path, n: int, seed: int = 0, size: int = 320,
     else:
         records = [_write_indexed(t) for t in tqdm(tasks, **progress)]
     meta = {"generator": "datasets.synthetic", "seed": seed, "size": size, "count": n,
-            "wide_dof_share": wide_dof, "coc_threshold_px": coc_threshold_px,
+            "wide_dof_share": wide_dof,
+            "coc_threshold_px": BlurRange().threshold_px(size) if coc_threshold_px is None else coc_threshold_px,
             "mask_polarity": MaskPolarity.WHITE_IN_FOCUS.label,
             "depth_encoding": "uint16 PNG, depth in millimetres: z_m = value / 1000",
             "coc_formula": "r_px = coc_scale_px * |1/z_m - 1/focus_distance_m|; in-focus where "

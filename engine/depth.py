@@ -2,8 +2,10 @@
 
 Stands in for `midas_v21-f6b98070.pt` where that file is absent (the offline demo), and serves anyone who
 needs a depth teacher with another encoder. The loss is MiDaS's scale-and-shift-invariant loss on inverse
-depth (losses.depth) plus a weak mean-matching anchor that keeps a network trained from scratch out of
-its final ReLU's dead zone; the saved file loads with models.load_midas like the released one.
+depth (losses.depth) plus a weak mean-matching anchor that keeps a network trained from scratch out of its
+final ReLU's dead zone. Held-out images are scored by AbsRel and delta < 1.25 after per-image
+scale-and-shift alignment (utils.depth_metrics). The saved file loads with models.load_midas like the
+released one.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -21,6 +24,7 @@ from engine.options import bad_input, check_depth_teacher_arguments, log_dir, pr
 from losses.depth import mean_anchor_loss, scale_shift_invariant_loss
 from models import build_midas
 from utils.checkpoint import model_checkpoint, save_checkpoint
+from utils.depth_metrics import relative_depth_errors
 from utils.log import TrainingLogger
 from utils.optim import adam, set_lr
 from utils.runtime import autocast, configure_backends, seed_everything, select_device
@@ -28,16 +32,20 @@ from utils.schedule import poly_lr
 
 
 @torch.no_grad()
-def evaluate_depth(model: torch.nn.Module, loader: DataLoader, device: torch.device, amp: str) -> float:
-    """Mean scale-and-shift-invariant MSE (no gradient term) over the batches of `loader`."""
+def evaluate_depth(model: torch.nn.Module, loader: DataLoader, device: torch.device, amp: str) -> dict[str, float]:
+    """AbsRel and delta < 1.25 (utils.depth_metrics: per-image scale-and-shift alignment, MiDaS's
+    convention), averaged over the images of `loader`."""
     model.eval()
-    total, count = 0.0, 0
+    totals, count = {"abs_rel": 0.0, "delta1": 0.0}, 0
     for batch in loader:
         with autocast(device, amp):
-            depth = model(batch["image"].to(device)).depth
-        total += scale_shift_invariant_loss(depth, batch["depth"].to(device), grad_weight=0.0).item()
-        count += 1
-    return total / max(count, 1)
+            depth = model(batch["image"].to(device)).depth.float()
+        target = batch["depth"].to(device)
+        depth = F.interpolate(depth, size=target.shape[-2:], mode="bilinear", align_corners=False)
+        for name, values in relative_depth_errors(depth, target).items():
+            totals[name] += values.sum().item()
+        count += len(target)
+    return {name: total / max(count, 1) for name, total in totals.items()}
 
 
 def train_depth_teacher(args: argparse.Namespace) -> Path:
@@ -87,11 +95,15 @@ def train_depth_teacher(args: argparse.Namespace) -> Path:
                 logger.step({"epoch": epoch, "step": step, "global_step": (epoch - 1) * len(loader) + step,
                              "lr": lr, "loss": loss.item()})
                 bar.set_postfix(loss=f"{loss.item():.4f}")
-            summary = {"epoch": epoch, "lr": lr, "loss": running / len(loader), "seconds": time.time() - start,
-                       "val_ssi_mse": evaluate_depth(model, val_loader, device, args.amp) if val_loader else ""}
+            summary = {"epoch": epoch, "lr": lr, "loss": running / len(loader), "seconds": time.time() - start}
+            summary.update(evaluate_depth(model, val_loader, device, args.amp) if val_loader
+                           else {"abs_rel": "", "delta1": ""})
             logger.epoch(summary)
             save_checkpoint(model_checkpoint(model, vars(args), epoch, optimizers={"model": optimizer.state_dict()}),
                             args.save)
+        if val_loader:
+            logger.info(f"depth teacher on {args.val_data}: AbsRel {summary['abs_rel']:.3f}, "
+                        f"delta<1.25 {summary['delta1']:.3f} (per-image scale-and-shift alignment)")
         logger.info(f"saved {args.save}")
     finally:
         logger.close()

@@ -5,8 +5,10 @@ import torch
 import torch.nn.functional as F
 
 
-def align_scale_shift(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Per-image least-squares scale s and shift t; returns s * pred + t (B x 1 x H x W)."""
+def align_scale_shift(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor,
+                      nonnegative_scale: bool = False) -> torch.Tensor:
+    """Per-image least-squares scale s and shift t; returns s * pred + t (B x 1 x H x W). With
+    `nonnegative_scale` the fit is constrained to s >= 0 (an inverted map then gets s = 0)."""
     b = pred.shape[0]
     p, g, m = pred.reshape(b, -1), target.reshape(b, -1), valid.reshape(b, -1).to(pred.dtype)
     n = m.sum(1).clamp_min(1.0)
@@ -14,6 +16,8 @@ def align_scale_shift(pred: torch.Tensor, target: torch.Tensor, valid: torch.Ten
     var_p = (m * (p - mean_p[:, None]) ** 2).sum(1)
     cov = (m * (p - mean_p[:, None]) * (g - mean_g[:, None])).sum(1)
     scale = cov / var_p.clamp_min(1e-12)
+    if nonnegative_scale:
+        scale = scale.clamp_min(0.0)
     shift = mean_g - scale * mean_p
     return scale.view(b, 1, 1, 1) * pred + shift.view(b, 1, 1, 1)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from datasets.synthetic import COC_THRESHOLD_PX, generate_dataset  # noqa: E402
+from datasets.synthetic import generate_dataset  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wide-dof", type=float, default=0.1, help="share of almost all-in-focus images")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--format", choices=("png", "jpg"), default="png", dest="image_format")
-    parser.add_argument("--coc-threshold", type=float, default=COC_THRESHOLD_PX,
+    parser.add_argument("--coc-threshold", type=float, default=None,
                         help="CoC radius (px) below which a pixel counts as in focus")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing set in OUT")
     args = parser.parse_args(argv)
