@@ -11,6 +11,9 @@ in training; synthetic images at their generated size), with E = |Laplacian| of 
 - pixel AUC: how well the local sharpness (E averaged over a 5x5 window) alone ranks in-focus above
   blurred pixels; 0.5 = not at all, 1 = perfectly.
 Images with less than 2 % of either class are left out (all-in-focus images have no ratio).
+For the synthetic sets, which know every pixel's circle of confusion, it also reports the share of
+pixels whose CoC radius lies between 0.5x and 2x the label threshold (labels that hinge on a blur
+difference of a pixel or less) and the median of each image's largest CoC radius / width.
 Prints the medians and quartiles, writes bench/results/defocus_calibration.json and a figure of the
 distributions (docs/figures/defocus_calibration.png).
 """
@@ -70,6 +73,20 @@ def dataset_statistics(dataset) -> dict:
     return {"images": len(dataset), "used": len(ratios), "log_ratio": ratios, "pixel_auc": aucs}
 
 
+def blur_statistics(folder: Path) -> dict:
+    """Share of pixels within a factor 2 of the label threshold, and each image's largest CoC / width."""
+    meta = json.loads((folder / "meta.json").read_text())
+    threshold, near, largest = meta["coc_threshold_px"], [], []
+    for record in meta["images"]:
+        camera = record["camera"]
+        depth = cv2.imread(str(folder / "depth" / (Path(record["name"]).stem + ".png")), cv2.IMREAD_UNCHANGED)
+        radius = camera["coc_scale_px"] * np.abs(1000.0 / depth - 1.0 / camera["focus_distance_m"])
+        near.append(float(((radius > 0.5 * threshold) & (radius < 2 * threshold)).mean()))
+        largest.append(float(radius.max()) / camera["width_px"])
+    return {"near_threshold_share": round(float(np.mean(near)), 4),
+            "median_largest_coc_per_width": round(float(np.median(largest)), 4)}
+
+
 def summary(values: list[float]) -> dict:
     q1, median, q3 = np.percentile(values, [25, 50, 75]) if values else (np.nan,) * 3
     return {"median": round(float(median), 3), "q1": round(float(q1), 3), "q3": round(float(q3), 3)}
@@ -124,15 +141,21 @@ def main() -> None:
             folder = generate_dataset(Path(tmp) / str(size), args.n, seed=args.seed, size=size,
                                       workers=args.workers)
             synthetic = build_dataset(f"synthetic:{folder}", "train", img_size=size, augment=False)
-            results[f"synthetic at {size}px"] = dataset_statistics(synthetic)
+            results[f"synthetic at {size}px"] = {**dataset_statistics(synthetic), **blur_statistics(folder)}
 
     print(f"{'set':<28} {'images':>7} {'used':>5}   log-ratio median [q1, q3]   pixel AUC median [q1, q3]")
     table = {}
     for name, res in results.items():
         ratio, auc = summary(res["log_ratio"]), summary(res["pixel_auc"])
-        table[name] = {"images": res["images"], "used": res["used"], "log_ratio": ratio, "pixel_auc": auc}
+        table[name] = {"images": res["images"], "used": res["used"], "log_ratio": ratio, "pixel_auc": auc,
+                       **{key: res[key] for key in ("near_threshold_share", "median_largest_coc_per_width")
+                          if key in res}}
         print(f"{name:<28} {res['images']:>7} {res['used']:>5}   {ratio['median']:6.2f} "
               f"[{ratio['q1']:.2f}, {ratio['q3']:.2f}]         {auc['median']:.3f} [{auc['q1']:.3f}, {auc['q3']:.3f}]")
+    for name, res in results.items():
+        if "near_threshold_share" in res:
+            print(f"{name}: {100 * res['near_threshold_share']:.1f} % of pixels within 0.5-2x the label threshold; "
+                  f"median largest CoC = {100 * res['median_largest_coc_per_width']:.2f} % of the width")
     draw(results, Path(args.figure))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

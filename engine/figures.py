@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from datasets import build_dataset
+from datasets import DepthDataset, build_dataset
 from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
 from models import load_midas, load_model
 from utils.plots import labelled_grid
@@ -28,6 +28,13 @@ def _displayed_depth(depth: torch.Tensor) -> np.ndarray:
     """Inverse depth scaled to [0, 1] per image (near = bright), for display only."""
     d = depth.float()
     return ((d - d.min()) / (d.max() - d.min()).clamp_min(1e-6)).numpy()
+
+
+def _true_inverse_depth(folder: str, items: list[dict], img_size: int) -> list[torch.Tensor]:
+    """The synthetic set's inverse depth of each picked item, at the network's resolution."""
+    depth_set = DepthDataset(folder, img_size=img_size, augment=False)
+    index = {image.name: i for i, (image, _) in enumerate(depth_set.items)}
+    return [depth_set[index[item["name"]]]["depth"] for item in items]
 
 
 @torch.inference_mode()
@@ -50,6 +57,9 @@ def comparison_figure(dataset_expr: str, checkpoints: dict[str, str], out: str |
     if depth_teacher:
         depth = load_midas(depth_teacher, map_location=dev).eval()(images).depth.cpu()
         columns["depth teacher (near = bright)"] = [_displayed_depth(d[0]) for d in depth]
+        if dataset_expr.startswith("synthetic:"):
+            true_depth = _true_inverse_depth(dataset_expr.removeprefix("synthetic:"), items, img_size)
+            columns["true depth (near = bright)"] = [_displayed_depth(d[0]) for d in true_depth]
     rows = [[column[r] for column in columns.values()] for r in range(len(items))]
     return labelled_grid(rows, list(columns), out)
 

@@ -19,7 +19,7 @@ MEASURED_ROW = re.compile(r"^\| (?P<model>.+) \(measured, official\) \| (?P<cell
 def test_demo_pipeline_runs_end_to_end(tmp_path):
     out = tmp_path / "demo"
     env = {**os.environ, "PYTHON": sys.executable, "DEMO_OUT": str(out), "DEMO_TRAIN_N": "8", "DEMO_TEST_N": "4",
-           "DEMO_IMG_SIZE": "64", "DEMO_EPOCHS": "1", "DEMO_DEPTH_EPOCHS": "1", "DEMO_BATCH": "4",
+           "DEMO_IMG_SIZE": "64", "DEMO_EPOCHS": "1", "DEMO_KD_EPOCHS": "1", "DEMO_DEPTH_EPOCHS": "1", "DEMO_BATCH": "4",
            "DEMO_WORKERS": "1", "OMP_NUM_THREADS": "2"}
     run = subprocess.run(["bash", str(ROOT / "demo.sh")], env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
@@ -49,10 +49,10 @@ def check_checkpoints(out: Path) -> None:
     """Each checkpoint loads into the network it should hold and keeps the settings of the demo's run."""
     checkpoints = out / "checkpoints"
     shared = {"epochs": 1, "img_size": 64, "batch_size": 4}
-    dffnet = build_model("dffnet", "resnest14d")
+    dffnet = build_model("dffnet", "resnet18")
     expected = {
-        "DFFNet.pth": (dffnet, {**shared, "backbone": "resnest14d", "train_set": f"synthetic:{out}/data/train"}),
-        "D-DFFNet.pth": (dffnet, {**shared, "backbone": "resnest14d", "train_set": f"synthetic:{out}/data/train",
+        "DFFNet.pth": (dffnet, {**shared, "backbone": "resnet18", "train_set": f"synthetic:{out}/data/train"}),
+        "D-DFFNet.pth": (dffnet, {**shared, "backbone": "resnet18", "train_set": f"synthetic:{out}/data/train",
                                   "distill": "feature", "teacher": str(checkpoints / "DFFNet.pth"),
                                   "depth_teacher": str(checkpoints / "midas_small.pth")}),
         "midas_small.pth": (build_midas(encoder="resnet18", features=64), {**shared, "encoder": "resnet18"}),

@@ -41,6 +41,14 @@ def check_amp(amp: str, device: torch.device) -> None:
         raise SystemExit("--amp fp16 needs a CUDA device; use --amp bf16 on the CPU")
 
 
+def bf16_is_fast(device: torch.device) -> bool:
+    """Whether bf16 autocast runs in hardware here: a CUDA GPU with bf16 support, or a CPU with
+    AVX512-BF16 / AMX (elsewhere it is emulated and several times slower than fp32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch (all devices)."""
     random.seed(seed)
