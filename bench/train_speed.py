@@ -24,9 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import resource
 import statistics
 import sys
 import time
@@ -39,11 +36,9 @@ from torch.utils.flop_counter import FlopCounterMode
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import train_kd  # noqa: E402
-import train_single  # noqa: E402
-from engine.stages import build_feature_distill_stage, build_stage1, prepare_teacher  # noqa: E402
-from engine.train import Stage, train_step  # noqa: E402
-from models import build_midas, build_model  # noqa: E402
+from bench.common import (build_stage, machine, peak_memory_gb, random_batches, reset_peak_memory,  # noqa: E402
+                          stage_argv, synchronise, time_steps)
+from engine.train import train_step  # noqa: E402
 from utils.distributed import DistributedContext  # noqa: E402
 from utils.runtime import configure_backends, select_device  # noqa: E402
 
@@ -52,46 +47,6 @@ REFERENCE_SECONDS = {"stage 1": 9.4, "stage 2": 7.25}
 TARGET_SECONDS = {("stage 1", "fp32"): 9.4, ("stage 1", "bf16+cl"): 4.7,
                   ("stage 2", "fp32"): 5.4, ("stage 2", "bf16+cl"): 2.9}
 PRECISIONS = {"fp32": ("off", False), "bf16+cl": ("bf16", True)}
-
-
-def machine(device: torch.device) -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    info = {"host": platform.node(), "cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "python": platform.python_version(), "torch": torch.__version__, "device": str(device)}
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
-
-
-def reset_peak_memory(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        return
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # Linux: resets VmHWM (peak RSS) to the current RSS
-    except OSError:
-        pass
-
-
-def peak_memory_gb(device: torch.device) -> float:
-    """CUDA: max_memory_allocated; CPU: peak RSS (VmHWM; ru_maxrss when /proc is absent)."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 1e9
-    status = Path("/proc/self/status")
-    if status.exists():
-        for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024 / 1e9
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
-
-
-def synchronise(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def matmul_peak_tflops(device: torch.device, dtype: torch.dtype, n: int, repeats: int) -> float:
@@ -109,50 +64,23 @@ def matmul_peak_tflops(device: torch.device, dtype: torch.dtype, n: int, repeats
     return 2 * n**3 / best / 1e12
 
 
-def random_batches(batch: int, size: int, device: torch.device, count: int) -> list[dict[str, torch.Tensor]]:
-    generator = torch.Generator().manual_seed(0)
-    return [{"image": torch.randn(batch, 3, size, size, generator=generator),
-             "mask": (torch.rand(batch, 1, size, size, generator=generator) > 0.5).float()} for _ in range(count)]
-
-
-def build(stage_name: str, argv: list[str], cfg: argparse.Namespace, ctx: DistributedContext) -> tuple[Stage, argparse.Namespace]:
-    """The training stage exactly as the scripts build it (random weights)."""
-    if stage_name == "stage 1":
-        args = train_single.parse_args(argv)
-        return build_stage1(args, ctx), args
-    args = train_kd.parse_args(argv)
-    teacher = prepare_teacher(build_model("dffnet", backbone=cfg.backbone), args, ctx)
-    midas = prepare_teacher(build_midas(encoder=cfg.midas_encoder, features=cfg.midas_features), args, ctx)
-    return build_feature_distill_stage(args, ctx, teacher, midas), args
-
-
 def measure(stage_name: str, precision: str, cfg: argparse.Namespace, device: torch.device,
             matmul_peak: dict[str, float]) -> dict[str, Any]:
     """Build the stage, warm up, time `cfg.steps` steps, count one step's FLOPs."""
     amp, channels_last = PRECISIONS[precision]
     batch = 6 if stage_name == "stage 1" else 2
-    argv = ["--backbone", cfg.backbone, "--pretrained", "none", "--batch-size", str(batch), "--img-size",
-            str(cfg.img_size), "--amp", amp, "--device", str(device)] + (["--channels-last"] if channels_last else [])
+    argv = stage_argv(cfg, batch, amp, channels_last, device)
     ctx = DistributedContext(rank=0, local_rank=0, world_size=1, device=device)
     reset_peak_memory(device)
     torch.manual_seed(0)
-    stage, args = build(stage_name, argv, cfg, ctx)
+    stage, args = build_stage(stage_name, argv, cfg, ctx)
     scaler = torch.amp.GradScaler(device.type, enabled=False)
-    batches = iter(random_batches(batch, cfg.img_size, device, cfg.warmup + cfg.steps + 1))
-    stage.network.train()
-    for _ in range(cfg.warmup):
-        train_step(stage, batches, 1, args, ctx, scaler)
-    step_seconds = []
-    for _ in range(cfg.steps):
-        synchronise(device)
-        start = time.perf_counter()
-        train_step(stage, batches, 1, args, ctx, scaler)
-        synchronise(device)
-        step_seconds.append(time.perf_counter() - start)
+    batches = random_batches(batch, cfg.img_size, cfg.warmup + cfg.steps + 1)
+    step_seconds = time_steps(stage, batches[:-1], args, ctx, scaler)[cfg.warmup:]
     seconds = statistics.median(step_seconds)
     memory = peak_memory_gb(device)
     with FlopCounterMode(display=False) as counter:
-        train_step(stage, batches, 1, args, ctx, scaler)
+        train_step(stage, iter(batches[-1:]), 1, args, ctx, scaler)
     flops = counter.get_total_flops()
     peak = matmul_peak["bf16" if amp == "bf16" else "fp32"]
     target = TARGET_SECONDS[(stage_name, precision)] if cfg.full else None

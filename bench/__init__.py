@@ -1,0 +1,1 @@
+"""Benchmarks and the GPU check; `bench.common` holds what the scripts share."""

@@ -1,0 +1,106 @@
+"""What the bench scripts share: the machine's description, peak memory, random training batches, and a
+training stage built and timed exactly as train_single.py / train_kd.py run it (bench/train_speed.py,
+bench/gpu_check.py)."""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import train_kd
+import train_single
+from engine.stages import build_feature_distill_stage, build_stage1, prepare_teacher
+from engine.train import Stage, train_step
+from models import build_midas, build_model
+from utils.distributed import DistributedContext
+
+
+def machine(device: torch.device) -> dict[str, Any]:
+    """Host, CPU model, core and thread counts, Python / torch versions, and the GPU's name on CUDA."""
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    info = {"host": platform.node(), "cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "python": platform.python_version(), "torch": torch.__version__, "device": str(device)}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new peak: CUDA allocator peak stats, or the process's peak RSS on Linux."""
+    if device.type == "cuda":
+        torch.cuda.init()   # the allocator's statistics exist only once CUDA is initialised
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # Linux: resets VmHWM (peak RSS) to the current RSS
+    except OSError:
+        pass
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    """CUDA: max_memory_allocated; CPU: peak RSS (VmHWM; ru_maxrss when /proc is absent)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 1e9
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024 / 1e9
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
+
+
+def synchronise(device: torch.device) -> None:
+    """Wait for the device's queued work (a no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def random_batches(batch: int, size: int, count: int) -> list[dict[str, torch.Tensor]]:
+    """`count` training batches of random images and binary masks (on the CPU, as a loader yields them)."""
+    generator = torch.Generator().manual_seed(0)
+    return [{"image": torch.randn(batch, 3, size, size, generator=generator),
+             "mask": (torch.rand(batch, 1, size, size, generator=generator) > 0.5).float()} for _ in range(count)]
+
+
+def stage_argv(cfg: argparse.Namespace, batch: int, amp: str, channels_last: bool, device: torch.device) -> list[str]:
+    """Training flags for `cfg.backbone` / `cfg.img_size` from random weights (speed does not depend on them)."""
+    return (["--backbone", cfg.backbone, "--pretrained", "none", "--batch-size", str(batch), "--img-size",
+             str(cfg.img_size), "--amp", amp, "--device", str(device)] + (["--channels-last"] if channels_last else []))
+
+
+def build_stage(stage_name: str, argv: list[str], cfg: argparse.Namespace,
+                ctx: DistributedContext) -> tuple[Stage, argparse.Namespace]:
+    """The training stage ("stage 1" or "stage 2") exactly as the scripts build it, with random weights;
+    stage 2's teachers are `cfg.backbone` and MiDaS `cfg.midas_encoder` / `cfg.midas_features`."""
+    if stage_name == "stage 1":
+        args = train_single.parse_args(argv)
+        return build_stage1(args, ctx), args
+    args = train_kd.parse_args(argv)
+    teacher = prepare_teacher(build_model("dffnet", backbone=cfg.backbone), args, ctx)
+    midas = prepare_teacher(build_midas(encoder=cfg.midas_encoder, features=cfg.midas_features), args, ctx)
+    return build_feature_distill_stage(args, ctx, teacher, midas), args
+
+
+def time_steps(stage: Stage, batches: list[dict[str, torch.Tensor]], args: argparse.Namespace,
+               ctx: DistributedContext, scaler: torch.amp.GradScaler) -> list[float]:
+    """Seconds of each `train_step` over `batches` (one step per batch; the device synchronised around each)."""
+    stage.network.train()
+    source = iter(batches)
+    seconds = []
+    for _ in batches:
+        synchronise(ctx.device)
+        start = time.perf_counter()
+        train_step(stage, source, 1, args, ctx, scaler)
+        synchronise(ctx.device)
+        seconds.append(time.perf_counter() - start)
+    return seconds
