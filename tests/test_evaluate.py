@@ -153,3 +153,16 @@ def test_markdown_table_difference_and_set_labels():
     assert "| difference (ours - paper) | +.002 / -.001 / +.003 | - |" in table
     assert "| DD (paper) | .045 / .966 / .941 | .155 / .797 / .775 |" in table
     assert set_label("folder:/x/DUT-sample:white=in-focus") == "DUT-sample" and set_label("EBD-1305") == "EBD-1305"
+
+
+def test_pr_figure_draws_a_constant_map_as_one_point() -> None:
+    from utils.plots import drawn_pr_points
+
+    # a constant map: every threshold above 0 predicts nothing blurred (recall 0), threshold 0 everything
+    recall = np.array([1.0] + [0.0] * 255)
+    precision = np.array([0.55] + [1.0] * 255)
+    r, p, is_curve = drawn_pr_points(recall, precision)
+    assert not is_curve and r.tolist() == [1.0] and p.tolist() == [0.55]
+    smooth_recall = np.linspace(1.0, 0.0, 256)
+    r, p, is_curve = drawn_pr_points(smooth_recall, np.linspace(0.5, 1.0, 256))
+    assert is_curve and len(r) == 255 and r.min() > 0

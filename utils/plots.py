@@ -14,10 +14,23 @@ from PIL import Image, ImageDraw  # noqa: E402
 BLUR_TINT = np.array([255, 40, 40], dtype=np.float32)
 
 
+def drawn_pr_points(recall: np.ndarray, precision: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
+    """The points of a PR curve worth drawing: those of non-zero recall (precision is undefined at
+    zero), and whether they form a curve (more than two distinct operating points) or, for a constant
+    or binary map, isolated points."""
+    keep = recall > 0
+    distinct = np.unique(np.stack([recall[keep], precision[keep]], axis=1), axis=0)
+    if len(distinct) <= 2:
+        return distinct[:, 0], distinct[:, 1], False
+    return recall[keep], precision[keep], True
+
+
 def plot_pr_curves(curves: dict[str, dict[str, dict]], path: str | Path, title: str = "") -> Path:
     """One panel per data set, one line per method: curves[set][method] = {"precision", "recall"}.
 
-    The blurred class is positive; the 0.5 operating point (threshold index 128) is marked.
+    The blurred class is positive; the 0.5 operating point (threshold index 128) is marked. Points of
+    zero recall (precision undefined) are left out, and a method with at most two operating points (a
+    constant or binary map) is drawn as markers, not as a line that no threshold produces.
     """
     if not curves:
         raise ValueError("no PR curve to plot")
@@ -28,7 +41,11 @@ def plot_pr_curves(curves: dict[str, dict[str, dict]], path: str | Path, title: 
     for ax, (set_name, methods) in zip(axes.flat, curves.items()):
         for method, curve in methods.items():
             recall, precision = np.asarray(curve["recall"]), np.asarray(curve["precision"])
-            (line,) = ax.plot(recall, precision, label=method, linewidth=1.5)
+            shown_recall, shown_precision, is_curve = drawn_pr_points(recall, precision)
+            if not is_curve:
+                ax.plot(shown_recall, shown_precision, "s", label=method, markersize=5)
+                continue
+            (line,) = ax.plot(shown_recall, shown_precision, label=method, linewidth=1.5)
             middle = len(recall) // 2
             ax.plot(recall[middle], precision[middle], "o", color=line.get_color(), markersize=4)
         ax.set(title=set_name, xlabel="recall (blur)", ylabel="precision (blur)", xlim=(0, 1.01), ylim=(0, 1.01))
