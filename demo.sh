@@ -55,19 +55,19 @@ else
   DEPTH_TEACHER=$CKPT/midas_small.pth
   $PY train_depth.py --data "$DATA/train" --val-data "$DATA/test" --encoder resnet18 --features 64 \
       --img-size "$IMG" --epochs "$DEPTH_EPOCHS" --batch-size "$BATCH" --lr 5e-4 --workers "$WORKERS" \
-      --amp "$AMP" --save "$DEPTH_TEACHER" --log-dir "$LOGS/depth_teacher"
+      --amp "$AMP" --save "$DEPTH_TEACHER" --log-dir "$LOGS/depth_teacher" --overwrite
 fi
 
 stamp "3/5 stage 1: DFFNet (train_single.py)"
 $PY train_single.py --train-set "synthetic:$DATA/train" --backbone "$BACKBONE" --pretrained "$PRETRAINED" \
     --img-size "$IMG" --batch-size "$BATCH" --lr "$LR" --epochs "$EPOCHS" --schedule-epochs "$EPOCHS" \
-    --workers "$WORKERS" "${FAST[@]}" --save "$CKPT/DFFNet.pth" --log-dir "$LOGS/DFFNet"
+    --workers "$WORKERS" "${FAST[@]}" --save "$CKPT/DFFNet.pth" --log-dir "$LOGS/DFFNet" --overwrite
 
 stamp "4/5 stage 2: D-DFFNet (train_kd.py)"
 $PY train_kd.py --train-set "synthetic:$DATA/train" --backbone "$BACKBONE" --pretrained "$PRETRAINED" \
     --img-size "$IMG" --batch-size "$BATCH" --lr "$LR" --epochs "$KD_EPOCHS" --schedule-epochs 16 \
     --workers "$WORKERS" "${FAST[@]}" --teacher "$CKPT/DFFNet.pth" --depth-teacher "$DEPTH_TEACHER" \
-    --save "$CKPT/D-DFFNet.pth" --log-dir "$LOGS/D-DFFNet"
+    --save "$CKPT/D-DFFNet.pth" --log-dir "$LOGS/D-DFFNet" --overwrite
 
 stamp "5/5 evaluation (test.sh) with two trivial baselines"
 for baseline in all-in-focus prior; do

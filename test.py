@@ -22,7 +22,7 @@ from datasets import DatasetError
 from datasets.polarity import STATED_POLARITIES, MaskPolarity
 from engine.evaluate import (EvalSettings, evaluate_model, evaluate_saved_maps, load_detector, predict_photos,
                              set_label)
-from models.layers import INPUT_MULTIPLE
+from engine.options import check_img_size
 from utils.checkpoint import CheckpointError
 from utils.metrics import PROTOCOLS, get_protocol
 from utils.paper_results import PAPER_SETS, TABLES
@@ -83,8 +83,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--pred-dir evaluates saved maps: drop --checkpoint")
     if args.pred_dir is not None and len(args.dataset) != 1:
         parser.error("--pred-dir needs exactly one --dataset (the set the maps belong to)")
-    if args.batch_size < 1 or args.workers < 0 or args.img_size % INPUT_MULTIPLE:
-        parser.error(f"need --batch-size >= 1, --workers >= 0 and --img-size divisible by {INPUT_MULTIPLE}")
+    if args.batch_size < 1:
+        raise SystemExit(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.workers < 0:
+        raise SystemExit(f"--workers must be >= 0, got {args.workers}")
+    check_img_size(args.img_size)
     for flag, pairs, form in (("--paper-row", args.paper_row, "LABEL=METHOD"),
                               ("--baseline", args.baseline, "LABEL=DIR")):
         for pair in pairs:

@@ -31,6 +31,13 @@ elif [[ ${#checkpoints[@]} -eq 0 ]]; then
     checkpoints=(checkpoint/D-DFFNet.pth)
     [[ -f checkpoint/DFFNet.pth ]] && checkpoints+=(checkpoint/DFFNet.pth)
 fi
+for checkpoint in "${checkpoints[@]}"; do
+    if [[ ! -e $checkpoint ]]; then
+        echo "test.sh: error: $checkpoint: no such file. The authors' trained weights: see checkpoint/README.md" \
+             "(download them and put them there); or \`make demo\` trains a small model offline." >&2
+        exit 2
+    fi
+done
 args=(--checkpoint "${checkpoints[@]}" --out "${OUT:-results/paper}" --data-root "${DATA_ROOT:-data}"
       --protocol "${PROTOCOL:-official}" --img-size "${IMG_SIZE:-320}" --skip-missing)
 test_sets="${TEST_SETS:-${DATASETS:-}}"

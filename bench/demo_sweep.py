@@ -26,12 +26,12 @@ ROOT = Path(__file__).resolve().parents[1]
 # name -> train_single.py flags varied by the sweep (the rest: BASE_FLAGS).
 CONFIGS: dict[str, list[str]] = {
     "resnet18 lr1e-3 edge-mean": ["--backbone", "resnet18", "--lr", "1e-3", "--edge-reduction", "mean"],
-    "resnet18 lr3e-3 edge-mean": ["--backbone", "resnet18", "--lr", "3e-3", "--edge-reduction", "mean"],
     "resnet18 lr1e-3 edge-sum": ["--backbone", "resnet18", "--lr", "1e-3", "--edge-reduction", "sum"],
-    "resnet18 lr3e-4 edge-mean": ["--backbone", "resnet18", "--lr", "3e-4", "--edge-reduction", "mean"],
+    "resnet18 lr1e-3 bce": ["--backbone", "resnet18", "--lr", "1e-3", "--loss", "bce"],
+    "resnet18 lr3e-3 edge-mean": ["--backbone", "resnet18", "--lr", "3e-3", "--edge-reduction", "mean"],
+    "resnet18 lr1e-3 edge-mean 128px": ["--backbone", "resnet18", "--lr", "1e-3", "--edge-reduction", "mean",
+                                        "--img-size", "128"],
     "resnest14d lr1e-3 edge-mean": ["--backbone", "resnest14d", "--lr", "1e-3", "--edge-reduction", "mean"],
-    "resnet18 lr1e-3 edge-mean fp32": ["--backbone", "resnet18", "--lr", "1e-3", "--edge-reduction", "mean",
-                                       "--amp", "off"],
 }
 BASE_FLAGS = ["--pretrained", "none", "--batch-size", "8", "--amp", "bf16", "--channels-last", "--workers", "1"]
 
@@ -79,10 +79,13 @@ def main() -> None:
             start = time.time()
             run([sys.executable, "train_single.py", "--train-set", f"synthetic:{train}", "--img-size", str(args.size),
                  "--epochs", str(args.epochs), "--schedule-epochs", str(args.epochs), *BASE_FLAGS, *CONFIGS[name],
-                 "--save", str(folder / "DFFNet.pth"), "--log-dir", str(folder / "logs")], folder / "train.log")
+                 "--save", str(folder / "DFFNet.pth"), "--overwrite", "--log-dir", str(folder / "logs")],
+                folder / "train.log")
             seconds = time.time() - start
+            img_size = CONFIGS[name][CONFIGS[name].index("--img-size") + 1] if "--img-size" in CONFIGS[name] \
+                else str(args.size)
             run([sys.executable, "test.py", "--checkpoint", str(folder / "DFFNet.pth"), "--dataset",
-                 f"synthetic:{test}", "--img-size", str(args.size), "--out", str(folder / "eval"), "--grid", "0"],
+                 f"synthetic:{test}", "--img-size", img_size, "--out", str(folder / "eval"), "--grid", "0"],
                 folder / "test.log")
             (folder / "seconds.txt").write_text(f"{seconds:.1f}\n")
         scores = json.loads(result_file.read_text())["results"][0]

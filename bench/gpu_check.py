@@ -309,7 +309,7 @@ def torchrun_stage1(cfg: argparse.Namespace, processes: int) -> dict[str, Any]:
     device = "cuda" if cfg.device.startswith("cuda") else "cpu"
     train = ["--train-set", f"synthetic:{data}", "--backbone", cfg.backbone, "--pretrained", "none", "--img-size",
              str(cfg.img_size), "--batch-size", str(cfg.batch), "--epochs", "1", "--workers", "2", "--device", device,
-             "--save", str(out / "DFFNet.pth"), "--log-dir", str(out / "logs")]
+             "--save", str(out / "DFFNet.pth"), "--log-dir", str(out / "logs"), "--overwrite"]
     report = out / "report.json"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
                str(Path(__file__).resolve()), TORCHRUN_WORKER, str(report), *train]

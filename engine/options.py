@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,6 +54,7 @@ def add_common_arguments(parser: argparse.ArgumentParser, save: str) -> None:
     parser.add_argument("--save", default=save, help="checkpoint written every epoch (atomically)")
     parser.add_argument("--resume", nargs="?", const="", default=None, metavar="PATH",
                         help="continue from PATH (default: the --save file)")
+    parser.add_argument("--overwrite", action="store_true", help="start afresh even when the --save file exists")
     parser.add_argument("--val-set", default=None,
                         help="optional test set scored (MAE, F-beta) during training; the best MAE is kept "
                              "as <save>_best.pth, e.g. CUHK-TE-1")
@@ -94,19 +96,37 @@ def add_depth_teacher_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--amp", choices=list(AMP_DTYPES), default="off")
     parser.add_argument("--save", default="depth_pretrained/midas_small.pth")
+    parser.add_argument("--overwrite", action="store_true", help="start afresh even when the --save file exists")
     parser.add_argument("--log-dir", default=None, help="CSV / TensorBoard folder (default runs/<save name>)")
 
 
 def check_img_size(img_size: int) -> None:
-    """--img-size must be a multiple of the networks' coarsest stride."""
-    if img_size % INPUT_MULTIPLE:
-        raise SystemExit(f"--img-size {img_size} must be divisible by {INPUT_MULTIPLE}")
+    """--img-size must be a positive multiple of the networks' coarsest stride."""
+    if img_size < INPUT_MULTIPLE or img_size % INPUT_MULTIPLE:
+        raise SystemExit(f"--img-size {img_size} must be a positive multiple of {INPUT_MULTIPLE}")
+
+
+def check_batch_and_lr(args: argparse.Namespace) -> None:
+    """--batch-size must be >= 1 and --lr a finite positive number."""
+    if args.batch_size < 1:
+        raise SystemExit(f"--batch-size must be >= 1, got {args.batch_size}")
+    if not math.isfinite(args.lr) or args.lr <= 0:
+        raise SystemExit(f"--lr must be a finite number > 0, got {args.lr}")
+
+
+def check_save_is_new(args: argparse.Namespace) -> None:
+    """A new run must not replace an existing --save file (e.g. the authors' downloaded weights) by accident."""
+    if not Path(args.save).exists() or args.overwrite or getattr(args, "resume", None) is not None:
+        return
+    choices = "--resume to continue it or --overwrite" if hasattr(args, "resume") else "--overwrite"
+    raise SystemExit(f"--save {args.save} already exists: pass {choices} to replace it, or choose another --save")
 
 
 def check_training_arguments(args: argparse.Namespace, ctx: DistributedContext) -> None:
     """Reject train_single.py / train_kd.py settings that cannot run, with a message naming the flag."""
     if args.epochs < 1:
         raise SystemExit(f"--epochs must be >= 1, got {args.epochs}")
+    check_batch_and_lr(args)
     if args.epochs >= args.schedule_epochs + 5:
         raise SystemExit(f"--epochs {args.epochs}: the poly schedule reaches 0 at --schedule-epochs + 5 = "
                          f"{args.schedule_epochs + 5}; raise --schedule-epochs")
@@ -119,12 +139,15 @@ def check_training_arguments(args: argparse.Namespace, ctx: DistributedContext) 
     if args.val_every < 1:
         raise SystemExit(f"--val-every must be >= 1, got {args.val_every}")
     check_amp(args.amp, ctx.device)
+    check_save_is_new(args)
 
 
 def check_depth_teacher_arguments(args: argparse.Namespace, device: torch.device) -> None:
     """Reject train_depth.py settings that cannot run, with a message naming the flag."""
+    check_batch_and_lr(args)
     check_img_size(args.img_size)
     check_amp(args.amp, device)
+    check_save_is_new(args)
 
 
 @contextlib.contextmanager

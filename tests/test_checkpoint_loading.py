@@ -2,9 +2,12 @@
 checkpoints and DDP / torch.compile files; the clear errors for everything else."""
 from __future__ import annotations
 
+import argparse
 import json
 import math
+import os
 import re
+import stat
 from pathlib import Path
 
 import pytest
@@ -231,7 +234,7 @@ def test_missing_truncated_and_foreign_files(small_models, small_authors_files, 
     with pytest.raises(CheckpointError, match=r"truncated\.pth: not a readable PyTorch checkpoint"):
         load_checkpoint(model, tmp_path / "truncated.pth")
     (tmp_path / "notes.txt").write_text("not a checkpoint\n")
-    with pytest.raises(CheckpointError, match=r"notes\.txt: not a readable PyTorch checkpoint"):
+    with pytest.raises(CheckpointError, match=r"notes\.txt: not a PyTorch checkpoint$"):
         load_checkpoint(model, tmp_path / "notes.txt")
     torch.save({"epoch": 3, "lr": 0.1}, tmp_path / "foreign.pth")
     with pytest.raises(CheckpointError, match=r"foreign\.pth: neither a state_dict nor a"):
@@ -239,6 +242,36 @@ def test_missing_truncated_and_foreign_files(small_models, small_authors_files, 
     torch.save(torch.zeros(3), tmp_path / "tensor.pth")
     with pytest.raises(CheckpointError, match=r"tensor\.pth: expected a state_dict .* found Tensor"):
         load_model(tmp_path / "tensor.pth")
+
+
+@pytest.mark.parametrize("name, text", [("notes.txt", "epoch 12: MAE 0.041\n"), ("config.json", '{"lr": 1e-4}'),
+                                        ("D-DFFNet.pth", "<!DOCTYPE html><html><body>Sign in</body></html>")])
+def test_text_json_and_html_files_are_not_checkpoints(tmp_path, name, text):
+    """A saved web page or a config passed as a checkpoint: one line, never torch's weights_only=False advice."""
+    (tmp_path / name).write_text(text)
+    with pytest.raises(CheckpointError, match=rf"^{re.escape(str(tmp_path / name))}: not a PyTorch checkpoint$"):
+        load_model(tmp_path / name)
+
+
+def test_an_unsafe_pickle_is_refused_without_the_weights_only_advice(tmp_path):
+    torch.save({"model": {}, "args": argparse.Namespace(lr=1e-4)}, tmp_path / "pickled.pth")
+    with pytest.raises(CheckpointError, match=r"pickled\.pth: refused: .*could run code .*\(argparse\.Namespace\)$") \
+            as error:
+        load_model(tmp_path / "pickled.pth")
+    assert "weights_only" not in str(error.value) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_checkpoints_get_the_permissions_of_the_umask(tmp_path, umask):
+    """Written atomically (temporary file + rename) yet with the mode any new file gets, not mkstemp's 0600."""
+    previous = os.umask(umask)
+    try:
+        for epoch in (1, 2):  # a new file, then a replaced one
+            path = save_checkpoint({"epoch": epoch}, tmp_path / "model.pth")
+            assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+    finally:
+        os.umask(previous)
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pth"]
 
 
 # ---------------------------------------------------------------- our format, DDP and torch.compile files

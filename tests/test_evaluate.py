@@ -145,6 +145,27 @@ def test_test_sh_prints_the_table_and_names_missing_sets(setup, checkpoint_run, 
     assert (tmp_path / "out/pr_curves.png").is_file()
 
 
+def test_test_sh_without_a_checkpoint_says_where_to_get_one(tmp_path):
+    """A fresh clone has no checkpoint: name the file, where the authors' weights come from, and the demo."""
+    missing = tmp_path / "checkpoint" / "D-DFFNet.pth"
+    result = run([], script="test.sh", env={"CHECKPOINTS": str(missing)})
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.count("\n") == 1
+    assert f"{missing}: no such file" in result.stderr
+    assert "checkpoint/README.md" in result.stderr and "`make demo` trains a small model offline" in result.stderr
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--batch-size", "0"], r"^--batch-size must be >= 1, got 0$"),
+    (["--img-size", "0"], r"^--img-size 0 must be a positive multiple of 32$"),
+    (["--device", "gpu"], r"^--device gpu: not a device; use auto, cpu, cuda or cuda:N$"),
+])
+def test_test_py_names_an_impossible_flag_at_start(tmp_path, flags, message):
+    with pytest.raises(SystemExit, match=message):
+        test_script.main(["--checkpoint", str(tmp_path / "missing.pth"), "--out", str(tmp_path / "out"), *flags])
+    assert not (tmp_path / "out").exists()
+
+
 def test_markdown_table_difference_and_set_labels():
     entry = {"model": "DFFNet", "dataset": "CUHK-TE-1", "protocol": "official", "mae": 0.041, "fbeta": 0.970,
              "iou": 0.950}

@@ -198,6 +198,42 @@ def test_bad_input_gives_a_clear_message(data: Path, depth_teacher: Path, tmp_pa
         train_single.main(common_args(tmp_path / "nothing", tmp_path))
 
 
+def test_a_new_run_refuses_to_replace_an_existing_save(data: Path, tmp_path: Path):
+    """The defaults are where users put the authors' weights: a new run must not overwrite them."""
+    import train_depth
+
+    save = tmp_path / "model.pth"
+    save.write_bytes(b"the authors' weights")
+    for main in (train_single.main, train_kd.main):
+        with pytest.raises(SystemExit, match=rf"^--save {save} already exists: pass --resume to continue it or "
+                                             r"--overwrite to replace it, or choose another --save$"):
+            main(common_args(data, tmp_path) + ["--epochs", "1"])
+    with pytest.raises(SystemExit, match=rf"^--save {save} already exists: pass --overwrite to replace it"):
+        train_depth.main(["--data", str(data), "--device", "cpu", "--save", str(save)])
+    assert save.read_bytes() == b"the authors' weights"
+    train_single.main(common_args(data, tmp_path) + ["--epochs", "1", "--overwrite"])
+    assert read_checkpoint(save)["epoch"] == 1
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--batch-size", "0"], r"^--batch-size must be >= 1, got 0$"),
+    (["--lr", "nan"], r"^--lr must be a finite number > 0, got nan$"),
+    (["--lr=-1e-4"], r"^--lr must be a finite number > 0, got -0.0001$"),
+    (["--img-size", "0"], r"^--img-size 0 must be a positive multiple of 32$"),
+    (["--device", "gpu"], r"^--device gpu: not a device; use auto, cpu, cuda or cuda:N$"),
+])
+def test_impossible_numbers_and_devices_are_named_at_start(data: Path, tmp_path: Path, flags: list[str],
+                                                           message: str):
+    import train_depth
+
+    for main in (train_single.main, train_kd.main):
+        with pytest.raises(SystemExit, match=message):
+            main(common_args(data, tmp_path) + flags)
+    with pytest.raises(SystemExit, match=message):
+        train_depth.main(["--data", str(data), "--device", "cpu", "--save", str(tmp_path / "d.pth"), *flags])
+    assert not list(tmp_path.iterdir())
+
+
 def test_sigkill_mid_epoch_resumes_from_the_last_complete_checkpoint(data: Path, two_epoch_run: Path,
                                                                      tmp_path: Path):
     argv = [sys.executable, "train_single.py", *common_args(data, tmp_path)]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import tempfile
 import zipfile
 from pathlib import Path
@@ -17,6 +18,8 @@ import torch
 from torch import nn
 
 CHECKPOINT_FORMAT = "ddffnet-checkpoint-v1"
+# First bytes of every torch.save file: a zip archive (PyTorch >= 1.6) or the legacy pickle (protocol >= 2).
+TORCH_SAVE_MAGICS = (b"PK", b"\x80")
 
 
 class CheckpointError(RuntimeError):
@@ -26,12 +29,14 @@ class CheckpointError(RuntimeError):
 def save_checkpoint(obj: Any, path: str | os.PathLike) -> Path:
     """Write `obj` with torch.save to a temporary file beside `path`, fsync it, then rename.
 
-    A crash at any moment leaves either the previous file or the new one, never a partial file.
+    A crash at any moment leaves either the previous file or the new one, never a partial file. The file gets
+    the permissions of any new file under the user's umask (mkstemp alone would make it 0600).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
@@ -58,13 +63,28 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(f"{path}: is a directory, expected a checkpoint file")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: the file is empty")
+    with path.open("rb") as f:
+        if not f.read(2).startswith(TORCH_SAVE_MAGICS):
+            raise CheckpointError(f"{path}: not a PyTorch checkpoint")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as e:
+    except (RuntimeError, EOFError, KeyError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as e:
+        if "Weights only load failed" in str(e):  # torch's text would advise the unsafe weights_only=False
+            found = re.search(r"GLOBAL (\S+)", str(e))
+            what = found[1] if found else "unsafe pickle"
+            raise CheckpointError(f"{path}: refused: it holds Python objects beyond tensors and plain containers, "
+                                  f"which could run code when loaded ({what})") from None
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(
             f"{path}: not a readable PyTorch checkpoint (truncated, corrupt, or not a weights file): {first_line}"
         ) from None
+
+
+def current_umask() -> int:
+    """The process's umask (reading it means setting it, so it is set straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def model_checkpoint(model: nn.Module, config: dict[str, Any], epoch: int, **state: Any) -> dict[str, Any]:

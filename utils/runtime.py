@@ -18,7 +18,10 @@ def select_device(name: str = "auto") -> torch.device:
             local_rank = int(os.environ.get("LOCAL_RANK", 0))
             return torch.device("cuda", local_rank)
         return torch.device("cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise SystemExit(f"--device {name}: not a device; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit(f"--device {name}: CUDA is not available on this machine")
     return device
