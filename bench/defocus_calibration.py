@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from datasets import build_dataset  # noqa: E402
 from datasets.polarity import high_frequency_energy  # noqa: E402
 from datasets.synthetic import generate_dataset  # noqa: E402
-from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from datasets.transforms import denormalise  # noqa: E402
 
 MIN_SHARE = 0.02
 
@@ -59,12 +59,10 @@ def image_statistics(grey: np.ndarray, in_focus: np.ndarray) -> tuple[float, flo
 
 def dataset_statistics(dataset) -> dict:
     """Statistics of every usable image of a training-split data set (masks 1 = in-focus)."""
-    mean = np.asarray(IMAGENET_MEAN)[:, None, None]
-    std = np.asarray(IMAGENET_STD)[:, None, None]
     ratios, aucs = [], []
     for index in range(len(dataset)):
         item = dataset[index]
-        rgb = np.clip(item["image"].numpy() * std + mean, 0, 1).transpose(1, 2, 0).astype(np.float32)
+        rgb = np.ascontiguousarray(denormalise(item["image"]).permute(1, 2, 0).numpy())
         grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
         stats = image_statistics(grey, item["mask"][0].numpy())
         if stats is not None:

@@ -57,11 +57,9 @@ STATED_POLARITIES = (MaskPolarity.WHITE_IN_FOCUS, MaskPolarity.WHITE_BLURRED)
 def split_polarity(term: str) -> tuple[str, MaskPolarity | None]:
     """'PATH:white=blurred' -> ('PATH', WHITE_BLURRED); a term without a stated polarity -> (term, None)."""
     head, _, tail = term.rpartition(":")
-    if head:
-        try:
-            return head, MaskPolarity.parse(tail)
-        except ValueError:
-            pass
+    stated = {polarity.label: polarity for polarity in STATED_POLARITIES}
+    if head and tail in stated:
+        return head, stated[tail]
     return term, None
 
 

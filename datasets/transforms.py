@@ -27,6 +27,13 @@ def normalise(image: Image.Image) -> torch.Tensor:
     return TF.normalize(TF.to_tensor(image), IMAGENET_MEAN, IMAGENET_STD)
 
 
+def denormalise(image: torch.Tensor) -> torch.Tensor:
+    """The RGB picture in [0, 1] (float, 3 x H x W) behind a `normalise`d tensor."""
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    return (image.cpu().float() * std + mean).clamp(0, 1)
+
+
 def mask_tensor(mask: np.ndarray) -> torch.Tensor:
     """float[1,H,W] in {0,1} from a uint8 {0,1} mask."""
     return torch.from_numpy(mask.astype(np.float32))[None]

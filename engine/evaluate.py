@@ -23,7 +23,7 @@ from tqdm import tqdm
 from datasets import PhotoDataset, build_dataset, collate_test
 from datasets.files import IMAGE_EXTENSIONS
 from datasets.polarity import STATED_POLARITIES, MaskPolarity, split_polarity
-from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
+from datasets.transforms import denormalise
 from models import load_model
 from utils.metrics import PROTOCOLS, Protocol
 from utils.plots import blur_overlay, labelled_grid
@@ -99,9 +99,7 @@ def to_8bit(prob: torch.Tensor) -> np.ndarray:
 
 def _display_image(image: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
     """uint8 RGB of the normalised network input, resized to GRID_HEIGHT with the original aspect."""
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    rgb = ((image.cpu().float() * std + mean).clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+    rgb = (denormalise(image) * 255).round().byte().permute(1, 2, 0).numpy()
     width = max(1, round(GRID_HEIGHT * size[1] / size[0]))
     return np.asarray(Image.fromarray(rgb).resize((width, GRID_HEIGHT), Image.Resampling.BILINEAR))
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from datasets import DepthDataset, build_dataset
-from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
+from datasets.transforms import denormalise
 from models import load_midas, load_model
 from utils.plots import labelled_grid
 from utils.runtime import select_device
@@ -19,9 +19,7 @@ from utils.runtime import select_device
 
 def _displayed_image(image: torch.Tensor) -> np.ndarray:
     """uint8 H x W x 3 picture of a normalised image tensor (the ImageNet normalisation undone)."""
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    return ((image * std + mean).clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+    return (denormalise(image) * 255).round().byte().permute(1, 2, 0).numpy()
 
 
 def _displayed_depth(depth: torch.Tensor) -> np.ndarray:
