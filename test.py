@@ -26,7 +26,8 @@ from engine.options import check_img_size
 from utils.checkpoint import CheckpointError
 from utils.metrics import PROTOCOLS, get_protocol
 from utils.paper_results import PAPER_SETS, TABLES
-from utils.report import markdown_table, paper_set_order, pr_figure, read_results, summary_line, write_results
+from utils.report import (markdown_table, paper_set_order, pr_figure, read_results, region_table, summary_line,
+                          write_results)
 from utils.runtime import AMP_DTYPES, check_amp, select_device
 
 DEFAULT_CHECKPOINT = "checkpoint/D-DFFNet.pth"
@@ -161,6 +162,10 @@ def run_evaluation(args: argparse.Namespace, settings: EvalSettings, out: Path) 
     paper_rows = dict(pair.split("=", 1) for pair in args.paper_row)
     print()
     print(markdown_table(shown, sets, args.paper_table, paper_rows, args.paper_methods))
+    regions = region_table(shown)
+    if regions:
+        print("\nBy region (homogeneous = nearly textureless surface; docs/REPRODUCTION.md, split metrics):")
+        print(regions)
     print(f"\nwrote {out / 'results.json'}, {out / 'pr_curves.png'} and per-image CSVs under {out}/")
     if failed:
         print(f"test.py: these baseline evaluations failed (errors above): {', '.join(failed)}", file=sys.stderr)

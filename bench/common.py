@@ -88,7 +88,7 @@ def build_stage(stage_name: str, argv: list[str], cfg: argparse.Namespace,
     args = train_kd.parse_args(argv)
     teacher = prepare_teacher(build_model("dffnet", backbone=cfg.backbone), args, ctx)
     midas = prepare_teacher(build_midas(encoder=cfg.midas_encoder, features=cfg.midas_features), args, ctx)
-    return build_feature_distill_stage(args, ctx, teacher, midas), args
+    return build_feature_distill_stage(args, ctx, {"defocus": teacher, "depth": midas}), args
 
 
 def time_steps(stage: Stage, batches: list[dict[str, torch.Tensor]], args: argparse.Namespace,

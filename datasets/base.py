@@ -11,7 +11,7 @@ from PIL import Image
 from torch.utils.data import ConcatDataset, Dataset
 from tqdm import tqdm
 
-from .files import (IMAGE_EXTENSIONS, DatasetError, Pair, list_folder, load_mask, load_rgb,
+from .files import (IMAGE_EXTENSIONS, DatasetError, Pair, list_folder, load_mask, load_region_mask, load_rgb,
                     natural_key)
 from .polarity import MaskPolarity
 from .transforms import augment_pair, mask_tensor, normalise, resize_image, resize_mask
@@ -21,11 +21,14 @@ class PairDataset(Dataset):
     """Image/mask pairs of one data set; masks stored in `polarity` are converted to 1 = in-focus.
 
     train: {"image": float[3,S,S], "mask": float[1,S,S], "name"}; test: the mask at its original size
-    and "image_size" (H, W) of the original image. `cache` decodes and resizes everything once, up front.
+    and "image_size" (H, W) of the original image, plus "homogeneous" (bool[H,W], the pixels whose surface
+    is nearly textureless) when `homogeneous` lists a region mask per pair. `cache` decodes and resizes
+    everything once, up front.
     """
 
     def __init__(self, name: str, pairs: list[Pair], polarity: MaskPolarity, train: bool,
-                 img_size: int = 320, augment: bool = False, cache: bool = False) -> None:
+                 img_size: int = 320, augment: bool = False, cache: bool = False,
+                 homogeneous: list[Path] | None = None) -> None:
         if augment and not train:
             raise ValueError(f"{name}: test items are never augmented (augment=True with split 'test')")
         self.name = name
@@ -34,6 +37,7 @@ class PairDataset(Dataset):
         self.train = train
         self.img_size = img_size
         self.augment = augment
+        self.homogeneous = homogeneous
         self.size_mismatch = [p.name for p in pairs if p.image_size != p.mask_size]
         self._cache: list[tuple[np.ndarray, np.ndarray]] | None = None
         if cache:
@@ -60,6 +64,12 @@ class PairDataset(Dataset):
         item = {"image": normalise(pil), "mask": mask_tensor(mask), "name": pair.name}
         if not self.train:
             item["image_size"] = pair.image_size
+        if self.homogeneous is not None:
+            region = load_region_mask(self.homogeneous[index])
+            if region.shape != mask.shape:
+                raise DatasetError(f"{self.homogeneous[index]}: region mask {region.shape[1]}x{region.shape[0]} but "
+                                   f"the GT mask is {mask.shape[1]}x{mask.shape[0]} (WxH)")
+            item["homogeneous"] = torch.from_numpy(region)
         return item
 
 

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 MAX_LISTED = 200
+HOMOGENEOUS_DIR = "homogeneous"  # beside a set's mask folder: white = the front surface is nearly textureless
 
 
 class DatasetError(ValueError):
@@ -191,3 +192,12 @@ def _readable(path: Path) -> bool:
 def warn(message: str) -> None:
     """Emit a DatasetWarning attributed to the caller of the data-set API."""
     warnings.warn(message, DatasetWarning, stacklevel=3)
+
+
+def load_region_mask(path: Path) -> np.ndarray:
+    """A region mask (e.g. homogeneous/*.png) as bool: any non-zero grey value is inside the region."""
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img if img.mode.startswith("I") else img.convert("L")) > 0
+    except (OSError, UnidentifiedImageError) as exc:
+        raise DatasetError(f"{path}: cannot decode region mask ({exc})") from None

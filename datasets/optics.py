@@ -73,11 +73,13 @@ class Layer:
 
 @dataclass
 class Rendering:
-    """Rendered photo (uint8 RGB), exact in-focus mask, visible depth (m) and CoC radius (px)."""
+    """Rendered photo (uint8 RGB), exact in-focus mask, visible depth (m), CoC radius (px) and the index
+    (into the `layers` given to `render`) of the front-most layer at each pixel."""
     image: np.ndarray
     in_focus: np.ndarray
     depth_m: np.ndarray
     coc_px: np.ndarray
+    front_layer: np.ndarray
 
 
 def quantise_depth(depth_m: float | np.ndarray) -> float | np.ndarray:
@@ -140,12 +142,16 @@ def render(layers: list[Layer], camera: Camera, coc_threshold_px: float = COC_TH
     order), the union of their alpha >= 0.5 must cover every pixel."""
     height, width = layers[0].alpha.shape
     depth = np.full((height, width), np.inf)
+    front = np.full((height, width), -1, np.int16)
     accumulated = np.zeros((height, width, 4), np.float32)
     order = sorted(range(len(layers)), key=lambda i: (-float(np.max(layers[i].depth_m)), i))
-    for layer in (layers[i] for i in order):
+    for index in order:
+        layer = layers[index]
         z = quantise_depth(layer.depth_m)
         alpha = layer.alpha.astype(np.float32)
-        depth = np.where((alpha >= 0.5) & (z < depth), z, depth)
+        nearer = (alpha >= 0.5) & (z < depth)
+        depth = np.where(nearer, z, depth)
+        front[nearer] = index
         if not alpha.any():
             continue
         radius = float(camera.coc_radius_px(z)) if np.isscalar(z) else camera.coc_radius_px(z)
@@ -168,4 +174,4 @@ def render(layers: list[Layer], camera: Camera, coc_threshold_px: float = COC_TH
         srgb = srgb + sigma * rng.standard_normal(srgb.shape).astype(np.float32)
     image = np.clip(np.round(srgb * 255.0), 0, 255).astype(np.uint8)
     coc = camera.coc_radius_px(depth)
-    return Rendering(image, coc < coc_threshold_px, depth, coc.astype(np.float32))
+    return Rendering(image, coc < coc_threshold_px, depth, coc.astype(np.float32), front)

@@ -7,7 +7,7 @@ from pathlib import Path
 from torch.utils.data import Dataset
 
 from .base import CombinedDataset, PairDataset, read_meta
-from .files import (DatasetError, format_names, list_folder, natural_key, pair_folders,
+from .files import (HOMOGENEOUS_DIR, DatasetError, format_names, list_folder, natural_key, pair_folders,
                     read_split_list, stem_key, warn)
 from .polarity import STATED_POLARITIES, MaskPolarity, estimate_polarity, split_polarity
 
@@ -119,7 +119,21 @@ def _build_term(term: str, train: bool, root: Path, img_size: int, cache: bool, 
     if term in REGISTRY and REGISTRY[term].expected_pairs not in (None, len(pairing.pairs)):
         warn(f"{term}: {len(pairing.pairs)} pairs in {image_dir.parent}, the paper's set has "
              f"{REGISTRY[term].expected_pairs}")
-    return PairDataset(term, pairing.pairs, polarity, train, img_size, augment, cache)
+    regions = None if train else homogeneous_masks(mask_dir.parent / HOMOGENEOUS_DIR, pairing.pairs)
+    return PairDataset(term, pairing.pairs, polarity, train, img_size, augment, cache, homogeneous=regions)
+
+
+def homogeneous_masks(folder: Path, pairs: list) -> list[Path] | None:
+    """The homogeneous-region mask of every pair (`folder`/<mask stem>.png), or None without `folder`; a
+    folder that lacks some masks is an error naming them."""
+    if not folder.is_dir():
+        return None
+    paths = [folder / f"{Path(pair.mask).stem}.png" for pair in pairs]
+    missing = [p.name for p in paths if not p.is_file()]
+    if missing:
+        raise DatasetError(f"{folder}: no homogeneous-region mask for {len(missing)} of {len(paths)} test images "
+                           f"(expected <mask stem>.png): {format_names(missing, 10)}")
+    return paths
 
 
 def _parse_folder(term: str) -> tuple[Path, MaskPolarity | None]:

@@ -6,7 +6,8 @@ noise, stripes, checkers, dots, and a share of nearly textureless ("homogeneous"
 and the renderer (each layer blurred by the disc of its circle of confusion, in linear light, and
 composited back to front) are in datasets.optics. The files agree exactly: the mask (white = in-focus)
 is `r_px(z) < coc_threshold_px` for the millimetre-quantised depth z of the front-most layer that covers
-the pixel, and depth/*.png stores that z in millimetres (uint16, z = value / 1000 m).
+the pixel, and depth/*.png stores that z in millimetres (uint16, z = value / 1000 m). homogeneous/*.png
+is white where that front-most layer has the nearly textureless "flat" texture (`homogeneous_mask`).
 Every image is drawn from its own generator seeded by (seed, index): the output does not depend on
 the number of worker processes.
 
@@ -26,6 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .optics import SENSOR_WIDTH_MM, Camera, Layer, Rendering, quantise_depth, render
+from .files import HOMOGENEOUS_DIR
 from .polarity import MaskPolarity
 
 FLAT_SHARE = 0.2
@@ -326,7 +328,14 @@ def generate_image(seed: int, index: int, size: int = 320, wide_dof: bool = Fals
                         "coc_radius_px": [float(np.min(camera.coc_radius_px(la.depth_m))),
                                           float(np.max(camera.coc_radius_px(la.depth_m)))]}
                        for la in layers]}
+    meta["homogeneous_share"] = float(homogeneous_mask(rendering, meta["layers"]).mean())
     return rendering, meta
+
+
+def homogeneous_mask(rendering: Rendering, layers_meta: list[dict]) -> np.ndarray:
+    """Pixels whose front-most surface has the "flat" texture (a colour with 1.5 % shading)."""
+    flat = [i for i, layer in enumerate(layers_meta) if layer["texture"] == "flat"]
+    return np.isin(rendering.front_layer, flat)
 
 
 def is_wide_dof(index: int, share: float) -> bool:
@@ -352,9 +361,11 @@ def _write_one(job: _Job, index: int) -> dict:
     image_file = job.out / "image" / f"{name}.{job.image_format}"
     params = [cv2.IMWRITE_JPEG_QUALITY, 95] if job.image_format == "jpg" else [cv2.IMWRITE_PNG_COMPRESSION, 3]
     depth_mm = np.round(rendering.depth_m * 1000.0).astype(np.uint16)
+    homogeneous = homogeneous_mask(rendering, meta["layers"]).astype(np.uint8) * 255
     for path, data, extra in ((image_file, bgr, params),
                               (job.out / "gt" / f"{name}.png", rendering.in_focus.astype(np.uint8) * 255, []),
-                              (job.out / "depth" / f"{name}.png", depth_mm, [])):
+                              (job.out / "depth" / f"{name}.png", depth_mm, []),
+                              (job.out / HOMOGENEOUS_DIR / f"{name}.png", homogeneous, [])):
         if not cv2.imwrite(str(path), data, extra):
             raise OSError(f"cannot write {path}")
     return {"name": image_file.name, **meta}
@@ -381,7 +392,8 @@ def _write_indexed(args: tuple[_Job, int]) -> dict:
 def generate_dataset(out: str | Path, n: int, seed: int = 0, size: int = 320,
                      wide_dof: float = 0.1, workers: int = 1, image_format: str = "png",
                      coc_threshold_px: float | None = None, overwrite: bool = False) -> Path:
-    """Write n images to out/image, out/gt (white = in-focus), out/depth (uint16 mm), out/meta.json."""
+    """Write n images to out/image, out/gt (white = in-focus), out/depth (uint16 mm), out/homogeneous
+    (white = textureless front surface) and out/meta.json."""
     out = Path(out)
     if image_format not in ("png", "jpg"):
         raise ValueError(f"image_format must be 'png' or 'jpg', got {image_format!r}")
@@ -391,7 +403,7 @@ def generate_dataset(out: str | Path, n: int, seed: int = 0, size: int = 320,
         raise ValueError(f"need n >= 1 and size >= 16, got n={n}, size={size}")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} is not empty (pass overwrite=True / --overwrite to replace)")
-    for sub in ("image", "gt", "depth"):
+    for sub in ("image", "gt", "depth", HOMOGENEOUS_DIR):
         (out / sub).mkdir(parents=True, exist_ok=True)
         for old in (out / sub).iterdir():
             old.unlink()
@@ -408,6 +420,7 @@ def generate_dataset(out: str | Path, n: int, seed: int = 0, size: int = 320,
             "coc_threshold_px": BlurRange().threshold_px(size) if coc_threshold_px is None else coc_threshold_px,
             "mask_polarity": MaskPolarity.WHITE_IN_FOCUS.label,
             "depth_encoding": "uint16 PNG, depth in millimetres: z_m = value / 1000",
+            "homogeneous_encoding": "8-bit PNG, white where the front-most surface is nearly textureless",
             "coc_formula": "r_px = coc_scale_px * |1/z_m - 1/focus_distance_m|; in-focus where "
                            "r_px < coc_threshold_px",
             "images": records}

@@ -27,6 +27,7 @@ from datasets.transforms import denormalise
 from models import load_model
 from utils.metrics import PROTOCOLS, Protocol
 from utils.plots import blur_overlay, labelled_grid
+from utils.region_metrics import RegionMetrics
 from utils.report import write_per_image_csv
 from utils.runtime import autocast
 
@@ -137,9 +138,16 @@ def _score(pairs: Iterator[tuple[dict, torch.Tensor]], dataset_name: str, settin
     if writer is not None:
         maps_dir = out_dir / "maps"
         maps_dir.mkdir(parents=True, exist_ok=True)
+    regions: RegionMetrics | None = None
     try:
         for item, prob in pairs:
-            rows.append(metrics.update(prob, item["mask"].to(prob.device), item["name"]))
+            mask = item["mask"].to(prob.device)
+            rows.append(metrics.update(prob, mask, item["name"]))
+            if "homogeneous" in item:
+                regions = regions or RegionMetrics()
+                scored = not rows[-1].get("excluded") and prob.shape[-2:] == mask.shape[-2:]
+                rows[-1].update(regions.update(prob, mask, item["homogeneous"].to(prob.device), item["name"])
+                                if scored else dict.fromkeys(("mae_homogeneous", "mae_textured")))
             if writer is not None or len(grid_rows) < grid:
                 grey = to_8bit(prob)
                 if writer is not None:
@@ -152,7 +160,10 @@ def _score(pairs: Iterator[tuple[dict, torch.Tensor]], dataset_name: str, settin
             writer.close()
     if grid_rows:
         labelled_grid(grid_rows, list(GRID_COLUMNS), out_dir / "grid.png", height=GRID_HEIGHT)
-    return metrics.summary(), rows
+    summary = metrics.summary()
+    if regions is not None:
+        summary["regions"] = regions.summary()
+    return summary, rows
 
 
 def score_model(model: torch.nn.Module, dataset: Dataset, dataset_name: str, settings: EvalSettings,

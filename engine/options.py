@@ -19,6 +19,7 @@ from models.layers import INPUT_MULTIPLE
 from utils.checkpoint import CheckpointError
 from utils.distributed import DistributedContext
 from utils.runtime import AMP_DTYPES, check_amp
+from utils.schedule import DISTILL_ALPHA_HOLD
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, save: str) -> None:
@@ -65,6 +66,8 @@ def add_common_arguments(parser: argparse.ArgumentParser, save: str) -> None:
 def add_distillation_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of train_kd.py beyond the common ones: which distillation, its teachers and weights."""
     parser.add_argument("--distill", choices=["feature", "response"], default="feature")
+    parser.add_argument("--teachers", choices=["both", "defocus", "depth"], default="both",
+                        help="feature distillation from both teachers (the paper), or one of them (ablation)")
     parser.add_argument("--teacher", default="checkpoint/DFFNet.pth",
                         help="stage-1 checkpoint (ours or the authors' DFFNet.pth)")
     parser.add_argument("--depth-teacher", default="depth_pretrained/midas_v21-f6b98070.pt",
@@ -134,8 +137,10 @@ def check_training_arguments(args: argparse.Namespace, ctx: DistributedContext) 
         raise SystemExit(f"--batch-size {args.batch_size} must be divisible by processes x --accumulate = "
                          f"{ctx.world_size} x {args.accumulate}")
     check_img_size(args.img_size)
-    if getattr(args, "distill", None) == "feature" and args.schedule_epochs <= 15:
-        raise SystemExit(f"--schedule-epochs {args.schedule_epochs}: the alpha schedule needs more than 15")
+    if getattr(args, "distill", None) == "feature" and args.epochs >= DISTILL_ALPHA_HOLD and \
+            args.schedule_epochs <= DISTILL_ALPHA_HOLD:
+        raise SystemExit(f"--schedule-epochs {args.schedule_epochs}: the alpha schedule ramps after epoch "
+                         f"{DISTILL_ALPHA_HOLD} and needs more than {DISTILL_ALPHA_HOLD} (or --epochs below it)")
     if args.val_every < 1:
         raise SystemExit(f"--val-every must be >= 1, got {args.val_every}")
     check_amp(args.amp, ctx.device)

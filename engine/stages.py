@@ -85,31 +85,32 @@ def train_stage1(args: argparse.Namespace) -> Path:
 
 
 class DistillationStudent(nn.Module):
-    """The student and its two projector sets, trained (and DDP-synchronised) as one module."""
+    """The student and one projector set per teacher, trained (and DDP-synchronised) as one module."""
 
-    def __init__(self, student: nn.Module, to_defocus: Projectors, to_depth: Projectors) -> None:
+    def __init__(self, student: nn.Module, projectors: dict[str, Projectors]) -> None:
         super().__init__()
-        self.student, self.to_defocus, self.to_depth = student, to_defocus, to_depth
+        self.student = student
+        self.projectors = nn.ModuleDict(projectors)
 
-    def forward(self, images: torch.Tensor) -> tuple[Any, list[torch.Tensor], list[torch.Tensor]]:
+    def forward(self, images: torch.Tensor) -> tuple[Any, dict[str, list[torch.Tensor]]]:
         out = self.student(images)
-        return out, self.to_defocus(out.features), self.to_depth(out.features)
+        return out, {name: projector(out.features) for name, projector in self.projectors.items()}
 
 
-def build_feature_distill_stage(args: argparse.Namespace, ctx: DistributedContext, defocus_teacher: nn.Module,
-                                depth_teacher: nn.Module) -> Stage:
-    """D-DFFNet: loss = final_weight x L(final) + sum_k L(side_k) + alpha(epoch) x (defocus + depth
-    distillation). The teachers (frozen, on the device) run once per batch under inference mode,
-    MiDaS its encoder only; the projectors have their own Adam (constant lr, not clamped). The
-    stage logs its alpha with every step and epoch."""
+def build_feature_distill_stage(args: argparse.Namespace, ctx: DistributedContext,
+                                teachers: dict[str, nn.Module]) -> Stage:
+    """D-DFFNet: loss = final_weight x L(final) + sum_k L(side_k) + alpha(epoch) x sum over `teachers`
+    ("defocus": the stage-1 DFFNet, "depth": MiDaS; the paper uses both) of their feature distillation.
+    The teachers (frozen, on the device) run once per batch under inference mode, MiDaS its encoder
+    only; the projectors have their own Adam (constant lr, not clamped). The stage logs its alpha with
+    every step and epoch."""
     student = build_student(args)
-    to_defocus = Projectors(student.feature_channels, defocus_teacher.feature_channels)
-    to_depth = Projectors(student.feature_channels, depth_teacher.feature_channels)
-    network = prepare_trained_module(DistillationStudent(student, to_defocus, to_depth), args, ctx)
+    projectors = {name: Projectors(student.feature_channels, teacher.feature_channels)
+                  for name, teacher in teachers.items()}
+    network = prepare_trained_module(DistillationStudent(student, projectors), args, ctx)
     combined = unwrap_model(network)
     optimizer = adam(combined.student.parameters(), lr=args.lr)
-    projector_params = [*combined.to_defocus.parameters(), *combined.to_depth.parameters()]
-    projector_optimizer = adam(projector_params, lr=args.projector_lr, weight_decay=args.projector_wd)
+    projector_optimizer = adam(combined.projectors.parameters(), lr=args.projector_lr, weight_decay=args.projector_wd)
     criterion = segmentation_criterion(args, ctx, final_weight=args.final_weight)
 
     def alpha(epoch: int) -> float:
@@ -117,20 +118,18 @@ def build_feature_distill_stage(args: argparse.Namespace, ctx: DistributedContex
 
     def loss_fn(images: torch.Tensor, masks: torch.Tensor, epoch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         with torch.inference_mode(), autocast(ctx.device, args.amp):
-            defocus_targets = defocus_teacher.features(images)
-            depth_targets = depth_teacher.features(images)
+            targets = {name: teacher.features(images) for name, teacher in teachers.items()}
         with autocast(ctx.device, args.amp):
-            out, defocus_projected, depth_projected = network(images)
+            out, projected = network(images)
         seg, terms = criterion(out.logits, out.sides, masks)
-        defocus_distill, _ = feature_distillation_loss(defocus_projected, defocus_targets)
-        depth_distill, _ = feature_distillation_loss(depth_projected, depth_targets)
-        terms.update(seg=seg, defocus_distill=defocus_distill, depth_distill=depth_distill)
+        distill = {f"{name}_distill": feature_distillation_loss(projected[name], targets[name])[0] for name in teachers}
+        terms.update(seg=seg, **distill)
         terms["mae"] = training_mae(out.logits, masks)
-        return seg + alpha(epoch) * (defocus_distill + depth_distill), terms
+        return seg + alpha(epoch) * sum(distill.values()), terms
 
     return Stage(network=network, dbd_model=combined.student, optimizer=optimizer, loss_fn=loss_fn,
                  extra_optimizers={"projectors": projector_optimizer},
-                 extra_modules={"to_defocus": combined.to_defocus, "to_depth": combined.to_depth},
+                 extra_modules={f"to_{name}": projector for name, projector in combined.projectors.items()},
                  epoch_values=lambda epoch: {"alpha": alpha(epoch)})
 
 
@@ -158,19 +157,30 @@ def build_response_distill_stage(args: argparse.Namespace, ctx: DistributedConte
 
 
 def train_distill(args: argparse.Namespace) -> Path:
-    """Stage 2 (train_kd.py): `--distill feature` (D-DFFNet) or `response` (R-DFFNet); writes args.save."""
+    """Stage 2 (train_kd.py): `--distill feature` (D-DFFNet, from the --teachers) or `response`
+    (R-DFFNet); writes args.save."""
     ctx = start_training(args)
     loader, sampler = make_train_loader(args, ctx)
-    with bad_input("--depth-teacher"):
-        depth_teacher = prepare_teacher(load_midas(args.depth_teacher), args, ctx)
+    uses_depth = args.distill == "response" or args.teachers in ("both", "depth")
+    depth_teacher = None
+    if uses_depth:
+        with bad_input("--depth-teacher"):
+            depth_teacher = prepare_teacher(load_midas(args.depth_teacher), args, ctx)
     if args.distill == "response":
         stage = build_response_distill_stage(args, ctx, depth_teacher)
         return run_stage(stage, args, ctx, loader, sampler, f"R-DFFNet: {args.model} / {args.backbone}, "
                          f"depth teacher {args.depth_teacher}")
-    if not args.teacher:
-        raise SystemExit("--distill feature needs --teacher (the stage-1 checkpoint, e.g. checkpoint/DFFNet.pth)")
-    with bad_input("--teacher"):
-        defocus_teacher = prepare_teacher(load_model(args.teacher), args, ctx)
-    stage = build_feature_distill_stage(args, ctx, defocus_teacher, depth_teacher)
-    return run_stage(stage, args, ctx, loader, sampler, f"D-DFFNet: {args.model} / {args.backbone}, teacher "
-                     f"{args.teacher} (bn {args.teacher_bn}), depth teacher {args.depth_teacher}")
+    teachers, described = {}, []
+    if args.teachers in ("both", "defocus"):
+        if not args.teacher:
+            raise SystemExit("--teachers {} needs --teacher (the stage-1 checkpoint, e.g. checkpoint/DFFNet.pth)"
+                             .format(args.teachers))
+        with bad_input("--teacher"):
+            teachers["defocus"] = prepare_teacher(load_model(args.teacher), args, ctx)
+        described.append(f"teacher {args.teacher}")
+    if depth_teacher is not None:
+        teachers["depth"] = depth_teacher
+        described.append(f"depth teacher {args.depth_teacher}")
+    stage = build_feature_distill_stage(args, ctx, teachers)
+    return run_stage(stage, args, ctx, loader, sampler, f"D-DFFNet: {args.model} / {args.backbone}, "
+                     f"{', '.join(described)} (bn {args.teacher_bn})")

@@ -143,6 +143,11 @@ def test_test_sh_prints_the_table_and_names_missing_sets(setup, checkpoint_run, 
     assert header.index("CUHK-TE-1") < header.index("EBD") < header.index("syn")
     assert "| D-DFFNet (paper, Table I, trained on CUHK-TR-1) | .036 / .973 / .951 |" in result.stdout
     assert (tmp_path / "out/pr_curves.png").is_file()
+    by_region = result.stdout[result.stdout.index("By region"):].splitlines()  # only the synthetic set has masks
+    split_rows = [line for line in by_region if line.startswith("| D-DFFNet |")]
+    assert len(split_rows) == 1 and "| syn |" in split_rows[0]
+    entry = json.loads((tmp_path / "out/results.json").read_text())["results"][0]
+    assert set(entry["regions"]) == {"definition", "homogeneous", "textured"}
 
 
 def test_test_sh_without_a_checkpoint_says_where_to_get_one(tmp_path):

@@ -22,3 +22,9 @@ def test_poly_lr_formula_and_range():
                                           (60, 2.25), (74, 2.95)])
 def test_alpha_table(epoch: int, alpha: float):
     assert distill_alpha(epoch) == pytest.approx(alpha, abs=1e-12)
+
+
+def test_short_schedules_hold_alpha_at_3_and_refuse_only_the_ramp():
+    assert distill_alpha(4, max_epochs=5) == 3.0
+    with pytest.raises(ValueError, match="epoch 15 needs max_epochs above 15, got 10"):
+        distill_alpha(15, max_epochs=10)

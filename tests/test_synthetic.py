@@ -11,7 +11,7 @@ from PIL import Image
 
 from datasets import DepthDataset, build_dataset
 from datasets.optics import Camera, Layer, disc_kernel, render
-from datasets.synthetic import generate_dataset, is_wide_dof, texture
+from datasets.synthetic import generate_dataset, homogeneous_mask, is_wide_dof, texture
 from tools.make_synthetic import main
 
 SIZE = 96
@@ -35,9 +35,12 @@ def test_same_seed_gives_identical_files_whatever_the_worker_count(small_set: Pa
 
 
 def test_layout_and_meta(small_set: Path) -> None:
-    for sub in ("image", "gt", "depth"):
+    for sub in ("image", "gt", "depth", "homogeneous"):
         assert sorted(p.name for p in (small_set / sub).iterdir()) == [f"{i:05d}.png" for i in range(9)]
     meta = json.loads((small_set / "meta.json").read_text())
+    shares = [np.asarray(Image.open(small_set / "homogeneous" / f"{i:05d}.png")).mean() / 255 for i in range(9)]
+    assert shares == pytest.approx([record["homogeneous_share"] for record in meta["images"]], abs=1e-12)
+    assert 0 < np.mean(shares) < 0.6
     assert meta["mask_polarity"] == "white=in-focus" and len(meta["images"]) == 9
     assert Image.open(small_set / "depth" / "00000.png").mode.startswith("I")
     assert sum(record["wide_dof"] for record in meta["images"]) == 3  # floor(9 * 0.34)
@@ -60,6 +63,17 @@ def test_two_plane_scene_gives_the_exact_mask() -> None:
     assert np.array_equal(near_focus.depth_m, np.where(square, 2.0, 10.0))
     far_focus = render(*_two_planes(focus_m=10.0)[:2])
     assert np.array_equal(far_focus.in_focus, ~square)
+
+
+@pytest.mark.parametrize("flat_layer", [0, 1])
+def test_homogeneous_mask_is_where_the_front_surface_is_flat(flat_layer: int) -> None:
+    layers, camera, square = _two_planes(focus_m=2.0)
+    kinds = ["noise", "noise"]
+    kinds[flat_layer] = "flat"
+    rendering = render(layers, camera)
+    assert np.array_equal(rendering.front_layer, square.astype(np.int16))
+    expected = square if flat_layer == 1 else ~square  # the near square hides the backdrop
+    assert np.array_equal(homogeneous_mask(rendering, [{"texture": kind} for kind in kinds]), expected)
 
 
 def _high_frequency(image: np.ndarray, region: np.ndarray) -> float:

@@ -159,6 +159,24 @@ def test_stage2_feature_distillation_epoch(data: Path, two_epoch_run: Path, dept
     assert checkpoint["optimizers"]["projectors"]["param_groups"][0]["lr"] == 0.1
 
 
+@pytest.mark.parametrize("teachers", ["depth", "defocus"])
+def test_single_teacher_ablation_distils_from_that_teacher_only(data: Path, two_epoch_run: Path, depth_teacher: Path,
+                                                                 tmp_path: Path, teachers: str):
+    other = {"depth": "defocus", "defocus": "depth"}[teachers]
+    missing = str(tmp_path / "absent.pth")  # the unused teacher's file is never opened
+    paths = {"defocus": str(two_epoch_run / "model.pth"), "depth": str(depth_teacher), other: missing}
+    train_kd.main(common_args(data, tmp_path) + ["--epochs", "1", "--teachers", teachers,
+                                                 "--teacher", paths["defocus"], "--depth-teacher", paths["depth"]])
+    checkpoint = read_checkpoint(tmp_path / "model.pth")
+    assert set(checkpoint["extra_modules"]) == {f"to_{teachers}"}
+    assert checkpoint["config"]["teachers"] == teachers
+    rows = read_csv(tmp_path / "log" / "steps.csv")
+    assert f"{other}_distill" not in rows[0]
+    for r in rows:
+        assert float(r["loss"]) == pytest.approx(float(r["seg"]) + float(r["alpha"]) * float(r[f"{teachers}_distill"]),
+                                                 rel=1e-4)
+
+
 def test_response_distillation_epoch(data: Path, depth_teacher: Path, tmp_path: Path):
     train_kd.main(common_args(data, tmp_path) + ["--epochs", "1", "--distill", "response",
                                                  "--depth-teacher", str(depth_teacher)])

@@ -101,6 +101,22 @@ def markdown_table(entries: list[dict], sets: list[str], table: str = "I",
     return "\n".join(lines)
 
 
+def region_table(entries: list[dict]) -> str | None:
+    """MAE / F-beta / IoU on the whole image, the homogeneous and the textured pixels (utils.region_metrics),
+    one row per model and set that has region masks; None when no entry has them."""
+    split = [e for e in entries if e.get("regions")]
+    if not split:
+        return None
+    lines = ["| model | set | whole image MAE / Fβ / IoU | homogeneous MAE / Fβ / IoU (share of pixels) | "
+             "textured MAE / Fβ / IoU |", "|---|---|---|---|---|"]
+    for e in split:
+        homogeneous, textured = e["regions"]["homogeneous"], e["regions"]["textured"]
+        lines.append(f"| {e['model']} | {e['dataset']} | {_cell(tuple(e[k] for k in SUMMARY_KEYS))} | "
+                     f"{_cell(tuple(homogeneous[k] for k in SUMMARY_KEYS))} ({homogeneous['share']:.1%}) | "
+                     f"{_cell(tuple(textured[k] for k in SUMMARY_KEYS))} |")
+    return "\n".join(lines)
+
+
 def paper_set_order(names: list[str]) -> list[str]:
     """Data-set labels with the paper's sets first, in the paper's order."""
     known = [s for s in PAPER_SETS if s in names]

@@ -14,10 +14,13 @@ def poly_lr(epoch: int, base_lr: float, max_epochs: int = 75, power: float = 0.9
     return base_lr * (1.0 - epoch / (max_epochs + 5)) ** power
 
 
+DISTILL_ALPHA_HOLD = 15
+
+
 def distill_alpha(epoch: int, max_epochs: int = 75) -> float:
     """Distillation weight of `epoch`: 3 before epoch 15, then 3 * (epoch - 15) / (max_epochs - 15)."""
-    if max_epochs <= 15:
-        raise ValueError(f"distill_alpha: max_epochs must exceed 15, got {max_epochs}")
-    if epoch < 15:
+    if epoch < DISTILL_ALPHA_HOLD:
         return 3.0
-    return 3.0 * (epoch - 15) / (max_epochs - 15)
+    if max_epochs <= DISTILL_ALPHA_HOLD:
+        raise ValueError(f"distill_alpha: epoch {epoch} needs max_epochs above {DISTILL_ALPHA_HOLD}, got {max_epochs}")
+    return 3.0 * (epoch - DISTILL_ALPHA_HOLD) / (max_epochs - DISTILL_ALPHA_HOLD)

@@ -1,0 +1,264 @@
+"""Does depth distillation help where defocus cues vanish? A controlled, multi-seed test of the paper's claim.
+
+    python bench/depth_effect.py [--seeds 1 2 3] [--epochs 5] [--out bench/results/depth_effect] [--quick]
+
+On the synthetic defocus data (datasets/synthetic.py, which also writes which pixels show a nearly
+textureless surface: homogeneous/), at the demo's scale and with the demo's depth teacher (MiDaS v2.1
+architecture, resnet18 encoder, trained on the synthetic depth), it trains for every seed:
+
+    DFFNet          stage 1 (train_single.py); also the defocus teacher of that seed's stage 2
+    D-DFFNet        stage 2, feature distillation from both teachers (the paper's method)
+    D-DFFNet depth  stage 2 from the depth teacher only   (the paper's teacher ablation)
+    D-DFFNet DOF    stage 2 from the defocus teacher only
+    R-DFFNet        stage 2, response distillation (depth heads regress the teacher's depth map)
+
+every run with the same data, epochs, learning-rate schedule and seed; then scores each with test.py
+(official protocol) on the whole image, the homogeneous and the textured pixels, and prints and writes
+mean +/- std over the seeds of MAE / F-beta / IoU, and of each method minus DFFNet (paired by seed), as
+JSON and a bar chart. Every run and score is kept under --out, so an interrupted run continues where it
+stopped (--overwrite starts afresh). The runs are the scripts a user runs, called as subprocesses; each
+one's output is in --out/logs/. --quick runs the whole pipeline tiny (CI).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tqdm import tqdm  # noqa: E402
+
+METHODS = ("DFFNet", "D-DFFNet", "D-DFFNet depth", "D-DFFNet DOF", "R-DFFNet")
+STAGE2_FLAGS = {"D-DFFNet": ["--teachers", "both"], "D-DFFNet depth": ["--teachers", "depth"],
+                "D-DFFNet DOF": ["--teachers", "defocus"], "R-DFFNet": ["--distill", "response"]}
+REGIONS = ("all", "homogeneous", "textured")
+METRICS = ("mae", "fbeta", "iou")
+
+
+@dataclass(frozen=True)
+class Scale:
+    """Sizes of one benchmark run."""
+    train_n: int
+    test_n: int
+    img_size: int
+    epochs: int
+    depth_epochs: int
+    batch: int
+
+
+FULL = Scale(train_n=1024, test_n=256, img_size=160, epochs=5, depth_epochs=2, batch=8)
+QUICK = Scale(train_n=8, test_n=6, img_size=64, epochs=1, depth_epochs=1, batch=4)
+
+
+def run(command: list[str], log: Path) -> float:
+    """Run a command from the repository root with its output in `log`; its wall-clock seconds."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    with log.open("w") as handle:
+        done = subprocess.run(command, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT)
+    if done.returncode:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-5:])
+        raise SystemExit(f"{' '.join(command)} failed (exit {done.returncode}); see {log}:\n{tail}")
+    return time.time() - start
+
+
+def run_name(method: str, seed: int) -> str:
+    return f"{method.replace(' ', '_')}_seed{seed}"
+
+
+class Benchmark:
+    """The runs of one benchmark under `out`: each is done when its marker file exists."""
+
+    def __init__(self, out: Path, scale: Scale, seeds: list[int], amp: str, workers: int) -> None:
+        self.out, self.scale, self.seeds = out, scale, seeds
+        self.data, self.checkpoints, self.logs = out / "data", out / "checkpoints", out / "logs"
+        self.common = ["--backbone", "resnet18", "--pretrained", "none", "--img-size", str(scale.img_size),
+                       "--batch-size", str(scale.batch), "--lr", "1e-3", "--epochs", str(scale.epochs),
+                       "--schedule-epochs", str(scale.epochs), "--workers", str(workers), "--amp", amp,
+                       "--overwrite"]
+        if amp == "bf16":
+            self.common.append("--channels-last")
+        self.amp, self.workers = amp, workers
+        self.seconds: dict[str, float] = {}
+
+    def step(self, name: str, command: list[str]) -> None:
+        """Run `command` unless `name` is already done; record its time."""
+        marker = self.out / "done" / f"{name}.json"
+        if marker.is_file():
+            self.seconds[name] = json.loads(marker.read_text())["seconds"]
+            return
+        seconds = run(command, self.logs / f"{name}.log")
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(json.dumps({"seconds": seconds}))
+        self.seconds[name] = seconds
+        tqdm.write(f"{name:<28} {seconds:6.0f} s")
+
+    def plan(self) -> list[tuple[str, list[str]]]:
+        """Every step in order: data, depth teacher, then per seed DFFNet and the four stage-2 variants,
+        then the scores."""
+        py, s = sys.executable, self.scale
+        steps = [(f"data_{part}", [py, "tools/make_synthetic.py", str(self.data / part), "--n", str(n), "--seed",
+                                   str(seed), "--size", str(s.img_size), "--workers", "2", "--overwrite"])
+                 for part, n, seed in (("train", s.train_n, 1), ("test", s.test_n, 2))]
+        midas = self.checkpoints / "midas_small.pth"
+        steps.append(("depth_teacher", [
+            py, "train_depth.py", "--data", str(self.data / "train"), "--val-data", str(self.data / "test"),
+            "--encoder", "resnet18", "--features", "64", "--img-size", str(s.img_size), "--epochs",
+            str(s.depth_epochs), "--batch-size", str(s.batch), "--lr", "5e-4", "--workers", str(self.workers),
+            "--amp", self.amp, "--save", str(midas), "--log-dir", str(self.logs / "depth_teacher"), "--overwrite"]))
+        train_set = ["--train-set", f"synthetic:{self.data / 'train'}"]
+        for seed in self.seeds:
+            teacher = self.checkpoints / f"{run_name('DFFNet', seed)}.pth"
+            for method in METHODS:
+                name = run_name(method, seed)
+                script = "train_single.py" if method == "DFFNet" else "train_kd.py"
+                extra = [] if method == "DFFNet" else [*STAGE2_FLAGS[method], "--teacher", str(teacher),
+                                                        "--depth-teacher", str(midas), "--teacher-bn", "batch"]
+                steps.append((name, [py, script, *train_set, *self.common, "--seed", str(seed), *extra,
+                                     "--save", str(self.checkpoints / f"{name}.pth"),
+                                     "--log-dir", str(self.logs / name)]))
+        for seed in self.seeds:
+            for method in METHODS:
+                name = run_name(method, seed)
+                steps.append((f"score_{name}", [
+                    py, "test.py", "--checkpoint", str(self.checkpoints / f"{name}.pth"), "--dataset",
+                    f"synthetic:{self.data / 'test'}", "--img-size", str(s.img_size), "--grid", "0",
+                    "--out", str(self.out / "scores" / name)]))
+        return steps
+
+    def scores(self, method: str, seed: int) -> dict[str, dict[str, float]]:
+        """{region: {metric: value}} of one trained run, from its results.json."""
+        entry = json.loads((self.out / "scores" / run_name(method, seed) / "results.json").read_text())["results"][0]
+        regions = entry.get("regions")
+        if not regions:
+            raise SystemExit(f"{self.out / 'scores'}: no homogeneous / textured split in the results (the test "
+                             "set has no homogeneous/ folder?)")
+        out = {"all": {m: entry[m] for m in METRICS}}
+        out.update({region: {m: regions[region][m] for m in METRICS} for region in REGIONS[1:]})
+        return out
+
+
+def mean_std(values: list[float]) -> dict[str, float]:
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "values": values}
+
+
+def summarise(bench: Benchmark) -> dict:
+    """Per method, region and metric: mean / std over seeds, and of the paired difference to DFFNet."""
+    per_seed = {method: {seed: bench.scores(method, seed) for seed in bench.seeds} for method in METHODS}
+    table: dict = {}
+    for method in METHODS:
+        table[method] = {}
+        for region in REGIONS:
+            table[method][region] = {}
+            for metric in METRICS:
+                values = [per_seed[method][seed][region][metric] for seed in bench.seeds]
+                base = [per_seed["DFFNet"][seed][region][metric] for seed in bench.seeds]
+                table[method][region][metric] = {**mean_std(values),
+                                                 "minus_dffnet": mean_std([v - b for v, b in zip(values, base)])}
+    return table
+
+
+def print_table(table: dict) -> list[str]:
+    """The printed (and README) table: mean +/- std over seeds, and the paired difference to DFFNet."""
+    lines = ["| method | region | MAE | F-beta | IoU | MAE - DFFNet | F-beta - DFFNet | IoU - DFFNet |",
+             "|---|---|---|---|---|---|---|---|"]
+    for method in METHODS:
+        for region in REGIONS:
+            cells = table[method][region]
+            scores = [f"{cells[m]['mean']:.3f} ± {cells[m]['std']:.3f}" for m in METRICS]
+            deltas = ["" if method == "DFFNet" else
+                      f"{cells[m]['minus_dffnet']['mean']:+.3f} ± {cells[m]['minus_dffnet']['std']:.3f}"
+                      for m in METRICS]
+            lines.append(f"| {method} | {region} | " + " | ".join(scores + deltas) + " |")
+    return lines
+
+
+def bar_chart(table: dict, seeds: list[int], path: Path) -> None:
+    """MAE / F-beta / IoU per region, one bar per method (mean over seeds, std as error bar, seeds as dots)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    width = 0.8 / len(METHODS)
+    for axis, metric, label in zip(axes, METRICS, ("MAE (lower is better)", "F-beta", "IoU")):
+        for i, method in enumerate(METHODS):
+            xs = [r + (i - (len(METHODS) - 1) / 2) * width for r in range(len(REGIONS))]
+            cells = [table[method][region][metric] for region in REGIONS]
+            axis.bar(xs, [c["mean"] for c in cells], width, yerr=[c["std"] for c in cells], capsize=2,
+                     label=method, color=f"C{i}")
+            for x, cell in zip(xs, cells):
+                axis.plot([x] * len(cell["values"]), cell["values"], ".", color="black", markersize=3)
+        axis.set_xticks(range(len(REGIONS)), ["whole image", "homogeneous", "textured"])
+        axis.set_title(label)
+        axis.grid(axis="y", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    figure.suptitle(f"Depth distillation on synthetic defocus data: mean ± std over {len(seeds)} seeds "
+                    "(dots: single seeds)", fontsize=10)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--epochs", type=int, default=None, help=f"epochs of every run (default {FULL.epochs})")
+    parser.add_argument("--out", default=None, help="default bench/results/depth_effect[_quick]")
+    parser.add_argument("--amp", choices=["auto", "off", "bf16"], default="auto",
+                        help="auto: bf16 + channels-last where the CPU / GPU runs bf16 fast (as the demo)")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, to test the pipeline")
+    parser.add_argument("--overwrite", action="store_true", help="delete --out and start afresh")
+    args = parser.parse_args(argv)
+    scale = QUICK if args.quick else FULL
+    if args.epochs is not None:
+        if args.epochs < 1:
+            raise SystemExit(f"--epochs must be >= 1, got {args.epochs}")
+        scale = Scale(**{**scale.__dict__, "epochs": args.epochs})
+    if len(set(args.seeds)) != len(args.seeds):
+        raise SystemExit(f"--seeds must be distinct, got {args.seeds}")
+    out = Path(args.out or ROOT / "bench" / "results" / f"depth_effect{'_quick' if args.quick else ''}")
+    if args.overwrite and out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    amp = args.amp
+    if amp == "auto":
+        import utils.runtime as runtime
+        amp = "bf16" if runtime.bf16_is_fast(runtime.select_device("auto")) else "off"
+    config = {"scale": scale.__dict__, "seeds": args.seeds, "amp": amp, "workers": args.workers}
+    config_file = out / "config.json"
+    if config_file.is_file() and json.loads(config_file.read_text()) != config:
+        raise SystemExit(f"{out} holds a run with other settings ({config_file}); pass --overwrite or another --out")
+    config_file.write_text(json.dumps(config, indent=1))
+
+    bench = Benchmark(out, scale, args.seeds, amp, args.workers)
+    start = time.time()
+    for name, command in tqdm(bench.plan(), desc="depth effect", unit="step"):
+        bench.step(name, command)
+    table = summarise(bench)
+    lines = print_table(table)
+    from bench.common import machine
+    import torch
+    result = {"config": config, "machine": machine(torch.device("cpu")),
+              "seconds_total": sum(bench.seconds.values()), "seconds": bench.seconds,
+              "seconds_this_invocation": time.time() - start, "table": table}
+    (out / "depth_effect.json").write_text(json.dumps(result, indent=1))
+    bar_chart(table, args.seeds, out / "depth_effect.png")
+    print("\n".join(lines))
+    print(f"\nall steps: {result['seconds_total'] / 60:.1f} min of run time (sum over steps, {len(args.seeds)} seeds)")
+    print(f"wrote {out / 'depth_effect.json'} and {out / 'depth_effect.png'}")
+
+
+if __name__ == "__main__":
+    main()
