@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from datasets import DatasetError
+from datasets.files import format_names
 from datasets.polarity import STATED_POLARITIES, MaskPolarity
 from engine.evaluate import (EvalSettings, evaluate_model, evaluate_saved_maps, load_detector, predict_photos,
                              set_label)
@@ -55,6 +56,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     source.add_argument("--backbone", help="backbone of bare state_dicts")
     run = parser.add_argument_group("how")
     run.add_argument("--protocol", choices=list(PROTOCOLS), default="official")
+    run.add_argument("--raw-maps", action="store_true",
+                     help="--protocol standard: score each map as it is, without the per-map min-max normalisation "
+                          "of the salient-object toolkits (pysodmetrics, PySODEvalToolkit)")
     run.add_argument("--data-root", default="data")
     run.add_argument("--out", default="results")
     run.add_argument("--save-maps", action="store_true", help="write 8-bit maps (white = in-focus)")
@@ -88,6 +92,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         raise SystemExit(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.workers < 0:
         raise SystemExit(f"--workers must be >= 0, got {args.workers}")
+    if args.raw_maps and args.protocol != "standard":
+        raise SystemExit(f"--raw-maps applies to --protocol standard (--protocol {args.protocol} never normalises)")
+    check_set_names(args.dataset)
     check_img_size(args.img_size)
     for flag, pairs, form in (("--paper-row", args.paper_row, "LABEL=METHOD"),
                               ("--baseline", args.baseline, "LABEL=DIR")):
@@ -107,6 +114,18 @@ def checkpoint_labels(paths: list[str]) -> list[str]:
     """File stems, prefixed with the parent folder when two stems collide."""
     stems = [Path(p).stem for p in paths]
     return [f"{Path(p).parent.name}-{s}" if stems.count(s) > 1 else s for p, s in zip(paths, stems)]
+
+
+def check_set_names(exprs: list[str]) -> None:
+    """Exit in one line when two --dataset sets would share a results name (one table column, one
+    OUT/<model>/<set>/ folder)."""
+    names = [set_label(expr) for expr in exprs]
+    for name in dict.fromkeys(names):
+        sharing = [expr for expr, other in zip(exprs, names) if other == name]
+        if len(sharing) > 1:
+            raise SystemExit(f"--dataset: {' and '.join(sharing)} would both be reported as {name!r} and "
+                             "overwrite each other's results; rename one folder or evaluate it in another run "
+                             "with a different --out")
 
 
 def baseline_maps(folder: str, dataset_expr: str) -> str:
@@ -177,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     device = select_device(args.device)
     check_amp(args.amp, device)
-    settings = EvalSettings(protocol=get_protocol(args.protocol), device=device, amp=args.amp,
+    settings = EvalSettings(protocol=get_protocol(args.protocol, args.raw_maps), device=device, amp=args.amp,
                             batch_size=args.batch_size, workers=args.workers, channels_last=args.channels_last,
                             img_size=args.img_size, data_root=args.data_root, save_maps=args.save_maps,
                             grid=args.grid)
@@ -185,8 +204,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.images is not None:
             model = load_detector(args.checkpoint[0], settings, args.model, args.backbone, args.compile)
-            written = predict_photos(model, args.images, settings, out)
-            print(f"wrote {len(written) // 2} maps to {out / 'maps'} and overlays to {out / 'overlays'}")
+            report = predict_photos(model, args.images, settings, out)
+            print(f"wrote {len(report.written) // 2} maps to {out / 'maps'} and overlays to {out / 'overlays'}")
+            if report.renamed:
+                print(f"renamed to keep output names distinct: {format_names(report.renamed)}")
+            if report.skipped:
+                print(f"skipped {len(report.skipped)} files: {format_names(report.skipped)}")
+            if report.unreadable:
+                print(f"test.py: error: {len(report.unreadable)} photos could not be read (nothing written for "
+                      f"them): {format_names(report.unreadable)}", file=sys.stderr)
+                return 1
             return 0
         return run_evaluation(args, settings, out)
     except (DatasetError, CheckpointError, FileNotFoundError, ValueError) as exc:

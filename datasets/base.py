@@ -83,11 +83,15 @@ class CombinedDataset(ConcatDataset):
 
 
 class PhotoDataset(Dataset):
-    """Photos without masks (files, folders, or a mix): {"image", "image_size", "name", "path"}."""
+    """Photos without masks (files, folders, or a mix): {"image", "image_size", "name", "path"}.
+
+    A folder gives every image file directly inside it, files sharing a stem included; `skipped` names,
+    with the reason, its other files and any photo given more than once.
+    """
 
     def __init__(self, paths: str | Path | list[str | Path], img_size: int = 320) -> None:
         self.img_size = img_size
-        self.paths = _collect_photos([paths] if isinstance(paths, (str, Path)) else paths)
+        self.paths, self.skipped = _collect_photos([paths] if isinstance(paths, (str, Path)) else paths)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -99,12 +103,17 @@ class PhotoDataset(Dataset):
                 "image_size": (image.height, image.width), "name": path.name, "path": str(path)}
 
 
-def _collect_photos(paths: list[str | Path]) -> list[Path]:
+def _collect_photos(paths: list[str | Path]) -> tuple[list[Path], list[str]]:
+    """(the photos, in order, each once; the skipped files, each with the reason)."""
     found: list[Path] = []
+    skipped: list[str] = []
     for entry in map(Path, paths):
         if entry.is_dir():
             listing = list_folder(entry)
-            found.extend(sorted(listing.files.values(), key=lambda p: natural_key(p.name)))
+            images = [*listing.files.values(), *(entry / name for name in listing.duplicates)]
+            found.extend(sorted(images, key=lambda p: natural_key(p.name)))
+            kinds = "/".join(IMAGE_EXTENSIONS)
+            skipped.extend(f"{entry / name} (not a {kinds} file)" for name in listing.odd_files)
         elif entry.is_file():
             if entry.suffix.lower() not in IMAGE_EXTENSIONS:
                 raise DatasetError(f"{entry}: not an image file (expected {', '.join(IMAGE_EXTENSIONS)})")
@@ -113,7 +122,13 @@ def _collect_photos(paths: list[str | Path]) -> list[Path]:
             raise DatasetError(f"{entry}: no such file or folder")
     if not found:
         raise DatasetError(f"no images found in {', '.join(map(str, paths))}")
-    return found
+    unique: dict[Path, Path] = {}
+    for path in found:
+        if path.resolve() in unique:
+            skipped.append(f"{path} (given twice)")
+        else:
+            unique[path.resolve()] = path
+    return list(unique.values()), skipped
 
 
 class DepthDataset(Dataset):

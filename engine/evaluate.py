@@ -7,7 +7,9 @@ Saved maps are 8-bit grey PNGs at the original image resolution, white = in-focu
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
+from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +22,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from datasets import PhotoDataset, build_dataset, collate_test
+from datasets import DatasetError, PhotoDataset, build_dataset, collate_test
 from datasets.files import IMAGE_EXTENSIONS
 from datasets.polarity import STATED_POLARITIES, MaskPolarity, split_polarity
 from datasets.transforms import denormalise
@@ -272,18 +274,76 @@ def evaluate_saved_maps(pred_dir: str | Path, polarity: MaskPolarity, dataset_ex
     return entry
 
 
-def predict_photos(model: torch.nn.Module, paths: list[str], settings: EvalSettings, out: Path) -> list[Path]:
-    """Maps (8-bit, white = in-focus) and blur overlays for photos without GT. Nothing is scored, so the
-    maps are resized to the photo size smoothly, as under the standard protocol (bilinear)."""
-    dataset = PhotoDataset(paths, settings.img_size)
+@dataclass
+class PhotoReport:
+    """What predict_photos did: the maps and overlays written, the photos written under a changed name,
+    the photos that could not be read and the files skipped (each with the reason)."""
+    written: list[Path]
+    renamed: list[str]
+    unreadable: list[str]
+    skipped: list[str]
+
+
+def photo_output_stems(paths: list[Path]) -> list[str]:
+    """One output stem per photo, distinct ignoring case: the file stem; for photos whose stems clash, their
+    path below the clashing photos' common folder joined with '-' (and '-<extension>' where that still
+    clashes). Raises DatasetError naming photos no rule tells apart."""
+    stems = [p.stem for p in paths]
+    groups: dict[str, list[int]] = {}
+    for i, stem in enumerate(stems):
+        groups.setdefault(stem.casefold(), []).append(i)
+    for members in (m for m in groups.values() if len(m) > 1):
+        absolute = [paths[i].absolute() for i in members]
+        common = Path(os.path.commonpath(absolute))
+        names = ["-".join(p.relative_to(common).with_suffix("").parts) for p in absolute]
+        counts = Counter(n.casefold() for n in names)
+        for i, path, name in zip(members, absolute, names):
+            stems[i] = f"{name}-{path.suffix[1:]}" if counts[name.casefold()] > 1 else name
+    counts = Counter(s.casefold() for s in stems)
+    clashes = [str(p) for p, s in zip(paths, stems) if counts[s.casefold()] > 1]
+    if clashes:
+        raise DatasetError(f"--images: no distinct output names for {', '.join(clashes)}; rename one of them")
+    return stems
+
+
+class _PhotosOrErrors(Dataset):
+    """A PhotoDataset whose unreadable photos become blank stand-ins carrying the reason in "error"."""
+
+    def __init__(self, photos: PhotoDataset) -> None:
+        self.photos = photos
+
+    def __len__(self) -> int:
+        return len(self.photos)
+
+    def __getitem__(self, index: int) -> dict:
+        try:
+            return {**self.photos[index], "index": index, "error": ""}
+        except DatasetError as exc:
+            size = self.photos.img_size
+            path = self.photos.paths[index]
+            return {"image": torch.zeros(3, size, size), "image_size": (1, 1), "name": path.name,
+                    "path": str(path), "index": index, "error": str(exc)}
+
+
+def predict_photos(model: torch.nn.Module, paths: list[str], settings: EvalSettings, out: Path) -> PhotoReport:
+    """Maps (8-bit, white = in-focus) and blur overlays for photos without GT, each under a distinct name
+    (photo_output_stems). Nothing is scored, so the maps are resized to the photo size smoothly, as under the
+    standard protocol (bilinear). A photo that cannot be read is reported and the others are written."""
+    photos = PhotoDataset(paths, settings.img_size)
+    stems = photo_output_stems(photos.paths)
     settings = dataclasses.replace(settings, protocol=PROTOCOLS["standard"])
     maps_dir, overlay_dir = out / "maps", out / "overlays"
     maps_dir.mkdir(parents=True, exist_ok=True)
     overlay_dir.mkdir(parents=True, exist_ok=True)
-    writer, written = _FileWriter(), []
+    renamed = [f"{path} -> {stem}.png" for path, stem in zip(photos.paths, stems) if stem != path.stem]
+    report = PhotoReport(written=[], renamed=renamed, unreadable=[], skipped=photos.skipped)
+    writer = _FileWriter()
     try:
-        for item, prob in predict(model, dataset, settings, "photos"):
-            stem = Path(item["name"]).stem
+        for item, prob in predict(model, _PhotosOrErrors(photos), settings, "photos"):
+            if item["error"]:
+                report.unreadable.append(item["error"])
+                continue
+            stem = stems[item["index"]]
             grey = to_8bit(prob)
             with Image.open(item["path"]) as img:
                 photo = np.asarray(img.convert("RGB"))
@@ -291,7 +351,7 @@ def predict_photos(model: torch.nn.Module, paths: list[str], settings: EvalSetti
                                       np.repeat(grey[..., None], 3, axis=2)], axis=1)
             for path, picture in ((maps_dir / f"{stem}.png", grey), (overlay_dir / f"{stem}.jpg", overlay)):
                 writer.write(path, picture)
-                written.append(path)
+                report.written.append(path)
     finally:
         writer.close()
-    return written
+    return report

@@ -279,7 +279,8 @@ def test_photo_dataset(shared_data: Path, tmp_path: Path) -> None:
     item = photos[0]
     assert item["image"].shape == (3, 64, 64) and item["image_size"] == (320, 320)
     assert item["name"] == "1.jpg" and item["path"] == str(folder / "1.jpg")
-    assert len(PhotoDataset([folder / "2.jpg", folder], img_size=32)) == 6
+    twice = PhotoDataset([folder / "2.jpg", folder], img_size=32)
+    assert len(twice) == 5 and twice.skipped == [f"{folder / '2.jpg'} (given twice)"]
     assert collate_test([photos[0], photos[1]])["name"] == ["1.jpg", "2.jpg"]
     with pytest.raises(DatasetError, match="no such file"):
         PhotoDataset(tmp_path / "missing.jpg")

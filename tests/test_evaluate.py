@@ -99,6 +99,8 @@ def test_pred_dir_on_saved_maps_gives_the_checkpoint_numbers(setup, protocol):
                       "--protocol", protocol, *FAST])
         assert result.returncode == 0, result.stderr
         again = json.loads((out / "results.json").read_text())["results"][0]
+        assert again["map_normalisation"] == entry["map_normalisation"] == \
+            {"official": "none", "standard": "min-max"}[protocol]
         assert again["fbeta"] == pytest.approx(entry["fbeta"], abs=1e-9)
         assert again["iou"] == pytest.approx(entry["iou"], abs=1e-9)
         # official MAE uses the continuous map, saved maps are 8-bit: at most half a grey level apart
@@ -127,6 +129,84 @@ def test_images_mode_writes_maps_and_overlays_without_gt(setup, shared_data):
         assert grey.size == image.size and overlay.size == (2 * image.width, image.height)
     assert (out / "maps/2.png").is_file()
     assert read_map(out / "maps/2.png").shape == (320, 320)
+
+
+def test_images_with_clashing_names_get_distinct_outputs(setup, shared_data, tmp_path):
+    """Issue 13 item 6: x.jpg in two folders and photo.jpg + photo.png in one give four maps, not one or none;
+    the renamed and skipped files are reported."""
+    _, checkpoint, _, _ = setup
+    dut, cuhk = shared_data / "DUT-sample/image/1.jpg", shared_data / "CUHK/image/out_of_focus0001.jpg"
+    for folder, name, image in (("dA", "x.jpg", dut), ("dB", "x.jpg", cuhk), ("dB", "photo.jpg", dut),
+                                ("dB", "photo.png", cuhk)):
+        (tmp_path / folder).mkdir(exist_ok=True)
+        Image.open(image).save(tmp_path / folder / name)
+    (tmp_path / "dB/notes.txt").write_text("not a photo")
+    out = tmp_path / "out"
+    result = run(["--checkpoint", str(checkpoint), "--images", str(tmp_path / "dA"), str(tmp_path / "dB"),
+                  "--out", str(out), *FAST])
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (out / "maps").iterdir()) == ["dA-x.png", "dB-x.png", "photo-jpg.png",
+                                                                "photo-png.png"]
+    assert len(list((out / "overlays").iterdir())) == 4
+    for name, photo in (("dA-x.png", dut), ("dB-x.png", cuhk), ("photo-jpg.png", dut), ("photo-png.png", cuhk)):
+        with Image.open(out / "maps" / name) as grey, Image.open(photo) as image:
+            assert grey.size == image.size  # each map belongs to its own photo
+    assert "wrote 4 maps" in result.stdout
+    assert f"{tmp_path / 'dA/x.jpg'} -> dA-x.png" in result.stdout and "photo.png -> photo-png.png" in result.stdout
+    assert f"skipped 1 files: {tmp_path / 'dB/notes.txt'} (not a " in result.stdout
+
+
+def test_images_writes_the_good_photos_and_names_the_corrupt_one(setup, shared_data, tmp_path):
+    """Issue 13 item 8: one truncated photo among good ones: the good maps are written, the bad photo is
+    named at the end, the exit code is 1."""
+    _, checkpoint, _, _ = setup
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("1.jpg", "2.jpg"):
+        (photos / name).write_bytes((shared_data / "DUT-sample/image" / name).read_bytes())
+    (photos / "broken.jpg").write_bytes((shared_data / "DUT-sample/image/3.jpg").read_bytes()[:2000])
+    out = tmp_path / "out"
+    result = run(["--checkpoint", str(checkpoint), "--images", str(photos), "--out", str(out), *FAST])
+    assert result.returncode == 1
+    assert sorted(p.name for p in (out / "maps").iterdir()) == ["1.png", "2.png"]
+    assert "wrote 2 maps" in result.stdout
+    message = result.stderr.rsplit("\r", 1)[-1]  # after the progress bar
+    assert message.startswith("test.py: error: 1 photos could not be read") and message.count("\n") == 1
+    assert f"{photos / 'broken.jpg'}: cannot decode image" in message
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--dataset", "folder:a/test", "folder:b/test"],
+     r"^--dataset: folder:a/test and folder:b/test would both be reported as 'test' and overwrite"),
+    (["--dataset", "DUT-TE", "DUT-TE"], r"^--dataset: DUT-TE and DUT-TE would both be reported as 'DUT-TE'"),
+    (["--raw-maps"], r"^--raw-maps applies to --protocol standard \(--protocol official never normalises\)$"),
+])
+def test_test_py_refuses_clashing_set_names_and_raw_maps_outside_standard(tmp_path, flags, message):
+    """Issue 13 items 6 and 17: two sets with one results name, and --raw-maps without --protocol standard."""
+    with pytest.raises(SystemExit, match=message):
+        test_script.main(["--checkpoint", str(tmp_path / "missing.pth"), "--out", str(tmp_path / "out"), *flags])
+    assert not (tmp_path / "out").exists()
+
+
+def test_raw_maps_flag_reaches_results_json(setup, tmp_path):
+    """Issue 13 item 17: --raw-maps scores the standard protocol without normalisation, and results.json says so."""
+    _, checkpoint, _, syn = setup
+    result = run(["--checkpoint", str(checkpoint), "--dataset", syn, "--protocol", "standard", "--raw-maps",
+                  "--out", str(tmp_path), *FAST])
+    assert result.returncode == 0, result.stderr
+    entry = json.loads((tmp_path / "results.json").read_text())["results"][0]
+    assert entry["protocol"] == "standard" and entry["map_normalisation"] == "none"
+
+
+def test_results_json_is_never_written_with_nan(tmp_path):
+    """Issue 13 item 18: a NaN metric stops the write with a message naming it, instead of invalid JSON."""
+    from utils.report import write_results
+
+    entry = {"model": "DFFNet", "dataset": "CUHK-TE-1", "mae": 0.04, "s_measure": float("nan")}
+    with pytest.raises(ValueError, match=r"not written, metrics that are not finite numbers: DFFNet on "
+                                         r"CUHK-TE-1: s_measure$"):
+        write_results([entry], tmp_path / "results.json", {})
+    assert not (tmp_path / "results.json").exists()
 
 
 def test_test_sh_prints_the_table_and_names_missing_sets(setup, checkpoint_run, tmp_path):

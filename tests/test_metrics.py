@@ -10,8 +10,6 @@ from utils.metrics import (OfficialMetrics, StandardMetrics, class_histogram, fb
                            official_iou_size)
 
 EPS = 1e-9
-# py_sod_metrics' S-measure averages empty quadrants on the 2x2 maps used here (NaN, as upstream)
-pytestmark = pytest.mark.filterwarnings("ignore:Mean of empty slice", "ignore:invalid value encountered")
 
 
 def t(values) -> torch.Tensor:
@@ -61,7 +59,7 @@ def test_quirk_wins_on_an_empty_blur_prediction():
     _, official = score(OfficialMetrics(), [(pred, gt)])
     assert official["fbeta"] == pytest.approx(f_of(0.75, 1.0), abs=EPS)  # 0.7959...
     assert official["fbeta_mask"] == 0.0
-    _, standard = score(StandardMetrics(), [(pred, gt)])
+    _, standard = score(StandardMetrics(min_max=False), [(pred, gt)])
     assert standard["fbeta"] == 0.0
 
 
@@ -77,7 +75,7 @@ def test_grey_masks_quirk_loses_and_ties_at_half():
         assert official["fbeta_mask"] == pytest.approx(0.8125, abs=1e-12)
         # IoU mask {pred <= 0.5} also holds the 0.5 pixel: |{0.5, 0.25} & {0.25, 0.75}| / 3
         assert official["iou"] == pytest.approx(1 / 3)
-        _, standard = score(StandardMetrics(), [(pred, gt)])
+        _, standard = score(StandardMetrics(min_max=False), [(pred, gt)])
         # 8-bit levels 128, 223, 64, 191 (in-focus); |level / 255 - GT|
         assert standard["mae"] == pytest.approx((127 + 32 + 64 + 191) / 255 / 4, abs=1e-12)
         assert standard["fbeta"] == pytest.approx(0.8125, abs=1e-12)
@@ -92,9 +90,9 @@ def test_all_in_focus_ground_truth():
     assert official["fbeta"] == 0.0  # no blur pixel in the GT: their F is 0 whatever the prediction
     assert official["n_gt_without_blur"] == 1 and official["fbeta_gt_with_blur"] is None
     assert official["iou"] == 0.0
-    _, standard = score(StandardMetrics(), [(pred, gt)])
+    _, standard = score(StandardMetrics(min_max=False), [(pred, gt)])
     assert standard["fbeta"] == 0.0
-    _, standard = score(StandardMetrics(), [(t([[0.9, 0.8], [0.7, 0.6]]), gt)])
+    _, standard = score(StandardMetrics(min_max=False), [(t([[0.9, 0.8], [0.7, 0.6]]), gt)])
     assert standard["fbeta"] == 1.0 and standard["iou"] == 1.0  # nothing to find, nothing found
 
 
@@ -227,7 +225,7 @@ def test_standard_structure_measures_come_from_py_sod_metrics_with_blur_foregrou
     gen = torch.Generator().manual_seed(5)
     pred = torch.rand(12, 10, generator=gen)
     gt = (torch.rand(12, 10, generator=gen) > 0.5).float()
-    _, standard = score(StandardMetrics(), [(pred, gt)])
+    _, standard = score(StandardMetrics(min_max=False), [(pred, gt)])
     blur_score = (255 - torch.round(pred * 255)).double().numpy() / 255
     s, e = Smeasure(), Emeasure()
     s.step(blur_score, gt.numpy() < 0.5, normalize=False)
@@ -242,3 +240,64 @@ def test_fbeta_formula_and_bad_inputs():
         get_protocol("paper").metrics("CUHK-TE-1")
     with pytest.raises(ValueError, match="bad.png: prediction must have shape"):
         OfficialMetrics().update(torch.zeros(2, 2, 2), torch.zeros(2, 2), "bad.png")
+
+
+def test_standard_normalises_each_map_like_py_sod_metrics_by_default():
+    """Issue 13 item 17: the standard protocol scores the per-map min-max normalised map, as pysodmetrics'
+    defaults (and PySODEvalToolkit) do; --raw-maps keeps the raw variant."""
+    from py_sod_metrics import MAE, Fmeasure, FmeasureV2, FmeasureHandler
+
+    gen = torch.Generator().manual_seed(7)
+    metrics = get_protocol("standard").metrics("DUT-TE")
+    mae, e, s = MAE(), Emeasure(), Smeasure()
+    fm = FmeasureV2({"fm": FmeasureHandler(with_dynamic=True, with_adaptive=False)})
+    with pytest.warns(UserWarning, match="FmeasureV2"):
+        fm_v1 = Fmeasure()
+    rows, maps = [], []
+    for h, w in [(13, 11), (9, 16), (20, 20)]:
+        pred = 0.2 + 0.5 * torch.rand(h, w, generator=gen)  # in-focus scores in [0.2, 0.7]: far from [0, 1]
+        gt = (torch.rand(h, w, generator=gen) > 0.4).float()
+        maps.append((pred, gt))
+        rows.append(metrics.update(pred, gt, "img"))
+        blur_u8 = (255 - torch.round(pred * 255)).to(torch.uint8).numpy()  # the saved map, blur = white
+        gt_u8 = ((gt < 0.5).to(torch.uint8) * 255).numpy()
+        for tool in (mae, fm, fm_v1, e, s):
+            tool.step(blur_u8, gt_u8)  # py_sod_metrics' defaults: normalize=True
+        assert rows[-1]["mae"] == pytest.approx(mae.maes[-1], abs=1e-12)
+        assert rows[-1]["s_measure"] == pytest.approx(s.sms[-1], abs=1e-12)
+    summary = metrics.summary()
+    curve = fm.get_results()["fm"]["dynamic"]
+    assert summary["map_normalisation"] == "min-max"
+    assert summary["mae"] == pytest.approx(mae.get_results()["mae"], abs=1e-12)
+    assert summary["max_fbeta"] == pytest.approx(curve.max(), abs=1e-12)
+    assert summary["mean_fbeta"] == pytest.approx(curve.mean(), abs=1e-12)
+    assert summary["max_fbeta"] == pytest.approx(fm_v1.get_results()["fm"]["curve"].max(), abs=1e-12)
+    assert summary["s_measure"] == pytest.approx(s.get_results()["sm"], abs=1e-12)
+    assert summary["e_measure_max"] == pytest.approx(e.get_results()["em"]["curve"].max(), abs=1e-12)
+    assert summary["e_measure_mean"] == pytest.approx(e.get_results()["em"]["curve"].mean(), abs=1e-12)
+    _, raw_summary = score(get_protocol("standard", raw_maps=True).metrics("DUT-TE"), maps)
+    assert raw_summary["map_normalisation"] == "none" and abs(raw_summary["mae"] - summary["mae"]) > 0.01
+    with pytest.raises(ValueError, match="raw maps apply to the standard protocol"):
+        get_protocol("official", raw_maps=True)
+
+
+def test_s_measure_is_defined_when_the_blur_centroid_empties_a_quadrant():
+    """Issue 13 item 18: pysodmetrics' S-measure is NaN when the GT's blur centroid lies in the last row (its
+    bottom quadrants are empty); an empty quadrant has area weight 0 and adds nothing here."""
+    gt = torch.ones(8, 6)
+    gt[7, :] = 0  # blurred: the last row only
+    ramp, constant = torch.linspace(0, 1, 48).reshape(8, 6), torch.full((8, 6), 0.4)
+    for pred in (ramp, constant):  # min-max leaves both as they are: the ramp spans [0, 1], the other is constant
+        blur = (255 - torch.round(pred * 255)).double().numpy() / 255
+        upstream = Smeasure()
+        with pytest.warns(RuntimeWarning):
+            upstream.step(blur, gt.numpy() < 0.5, normalize=False)
+        assert np.isnan(upstream.sms[-1])
+        blur_gt = gt.numpy() < 0.5
+        cy, cx = 8, int(np.argwhere(blur_gt).mean(axis=0).round()[1]) + 1
+        region = (upstream.ssim(blur[:cy, :cx], blur_gt[:cy, :cx]) * cx / 6
+                  + upstream.ssim(blur[:cy, cx:], blur_gt[:cy, cx:]) * (6 - cx) / 6)
+        expected = max(0.0, 0.5 * upstream.object(blur, blur_gt) + 0.5 * region)
+        rows, summary = score(StandardMetrics(), [(pred, gt)])
+        assert rows[0]["s_measure"] == pytest.approx(expected, abs=1e-12)
+        assert np.isfinite(summary["s_measure"]) and summary["s_measure"] == pytest.approx(expected, abs=1e-12)

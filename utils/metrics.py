@@ -15,16 +15,22 @@ F-beta, IoU, PR curves, S- and E-measure treat the BLURRED class as positive (th
     for EBD sets both maps are first nearest-resized to 320x320.
 `standard` scores every image (the prediction is bilinearly resized to the GT size when they differ) on the
 map quantised to 8 bits, the form in which maps are saved and exchanged, so a checkpoint and its saved
-maps score identically:
+maps score identically. By default each 8-bit blur map is then min-max normalised to [0, 1] by its own
+extremes, as the salient-object toolkits do (py_sod_metrics' `normalize=True`, PySODEvalToolkit); a
+constant map is left as it is. `min_max=False` scores the raw map:
   - MAE, F-beta of the 0.5 blur mask (no all-blur alternative), max-F and mean-F of the image-averaged
-    F curve over the 256 thresholds k/255, IoU pooled over the set, S-measure and E-measure
-    (py_sod_metrics), and the PR curve pooled over the set.
+    F curve over the 256 thresholds k/255 (normalised values truncated to 8 bits, as py_sod_metrics),
+    IoU pooled over the set, S-measure and E-measure (py_sod_metrics), and the PR curve pooled over the set;
+  - degenerate cases: py_sod_metrics' S-measure is NaN when the GT's blur centroid falls in the last row or
+    column (an empty quadrant, weight 0); here an empty quadrant adds 0, as the area-weighted region
+    term of Fan et al. defines it. A GT with one class scores 1 - mean or the mean (their definition).
 Both protocols keep a pooled 256-level histogram per GT class, which gives the set's PR curve without
 storing any pixels. A `Protocol` (PROTOCOLS) is one whole evaluation protocol: how the network's map is
 resized to the image size (`official`: nearest, as the authors; `standard`: bilinear) and its metrics.
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -203,24 +209,53 @@ class OfficialMetrics:
             "n_gt_without_blur": self.n_without_blur,
             "fbeta_gt_with_blur": self.sum_fbeta_with_blur / n_with_blur if n_with_blur else None,
             "iou_resolution": "x".join(map(str, self.iou_size)) if self.iou_size else "original",
+            "map_normalisation": "none",
             "excluded": list(self.excluded),
             "pr_curve": pr_curve(self.hist),
         }
 
 
+def blur_level_values(hist: torch.Tensor, min_max: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Per 8-bit blur level: (the map value in [0, 1], its 8-bit code for the threshold sweep).
+
+    min_max normalises by the lowest and highest level present in `hist` ([2, 256]) with py_sod_metrics'
+    exact float64 operations (level / 255, then (x - min) / (max - min), codes by truncation), so the
+    values equal what py_sod_metrics scores; a constant map, or min_max=False, keeps level / 255.
+    """
+    values = np.arange(LEVELS) / 255
+    if min_max:
+        present = np.flatnonzero(hist.sum(0).cpu().numpy())
+        low, high = values[present[0]], values[present[-1]]
+        if high != low:
+            values = (values - low) / (high - low)
+    codes = (np.clip(values, 0, 1) * 255).astype(np.int64)
+    return values, codes
+
+
+class AreaWeightedSmeasure(Smeasure):
+    """py_sod_metrics' S-measure with an empty quadrant adding 0 to the region term (its area weight is 0)
+    instead of NaN."""
+
+    def ssim(self, pred: np.ndarray, gt: np.ndarray) -> float:
+        """SSIM of one quadrant; 0 for an empty one."""
+        return super().ssim(pred, gt) if pred.size else 0.0
+
+
 class StandardMetrics:
-    """Common DBD / salient-object metrics on every image, with the blurred class as positive."""
+    """Common DBD / salient-object metrics on every image, with the blurred class as positive; each map
+    min-max normalised first unless min_max=False."""
 
     protocol = "standard"
 
-    def __init__(self) -> None:
+    def __init__(self, min_max: bool = True) -> None:
+        self.min_max = min_max
         self.n_images = 0
         self.resized: list[str] = []
         self.sum_mae = 0.0
         self.sum_fbeta = 0.0
         self.hist: torch.Tensor | None = None
         self.sum_fbeta_curve: torch.Tensor | None = None
-        self.s_measure = Smeasure()
+        self.s_measure = AreaWeightedSmeasure()
         self.e_measure = Emeasure()
 
     def update(self, pred: torch.Tensor, gt: torch.Tensor, name: str) -> dict:
@@ -231,17 +266,21 @@ class StandardMetrics:
             self.resized.append(name)
             pred = F.interpolate(pred[None, None], size=gt.shape, mode="bilinear", align_corners=False)[0, 0]
         gt_blur = gt < 0.5
-        hist = class_histogram(pred, gt_blur)
+        level_hist = class_histogram(pred, gt_blur)
+        values, codes = blur_level_values(level_hist, self.min_max)
+        codes = torch.from_numpy(codes).to(level_hist.device)
+        hist = torch.zeros_like(level_hist).index_add_(1, codes, level_hist)
         tp, fp = counts_at_thresholds(hist)
         positives = hist[1].sum()
         curve = fbeta_curve(tp, fp, positives)
-        weights = torch.arange(LEVELS, device=hist.device, dtype=torch.float64)
-        abs_error = (hist[0].double() @ weights + hist[1].double() @ (255 - weights)) / 255
-        half = LEVELS // 2  # blur score >= 0.5 <=> level >= 128 <=> P(in-focus) < 0.5
+        blur_value = torch.from_numpy(values).to(level_hist.device)
+        abs_error = level_hist[0].double() @ blur_value + level_hist[1].double() @ (1 - blur_value)
+        half = LEVELS // 2  # code >= 128: blur score >= 128 / 255 (raw: P(in-focus) < 0.5)
         stats = torch.stack([abs_error / gt.numel(), curve[half], tp[half].double(), fp[half].double(),
                              positives.double()]).tolist()
         mae, f_half, tp_half, fp_half, n_pos = stats
-        blur_score = (255 - pred.mul(255).round_().clamp_(0, 255)).double().div_(255).cpu().numpy()
+        blur_level = (255 - pred.mul(255).round_().clamp_(0, 255)).to(torch.int64).cpu().numpy()
+        blur_score = values[blur_level]
         gt_blur_np = gt_blur.cpu().numpy()
         self.s_measure.step(blur_score, gt_blur_np, normalize=False)
         self.e_measure.step(blur_score, gt_blur_np, normalize=False)
@@ -277,6 +316,7 @@ class StandardMetrics:
             "s_measure": float(self.s_measure.get_results()["sm"]),
             "e_measure_max": float(np.max(e_curve)),
             "e_measure_mean": float(np.mean(e_curve)),
+            "map_normalisation": "min-max" if self.min_max else "none",
             "resized_to_gt": list(self.resized),
             "excluded": [],
             "pr_curve": pr_curve(self.hist),
@@ -308,8 +348,13 @@ PROTOCOLS = {
 }
 
 
-def get_protocol(name: str) -> Protocol:
-    """The protocol called `name` (official | standard)."""
+def get_protocol(name: str, raw_maps: bool = False) -> Protocol:
+    """The protocol called `name` (official | standard); raw_maps: the standard protocol without its per-map
+    min-max normalisation."""
     if name not in PROTOCOLS:
         raise ValueError(f"unknown protocol {name!r}; choose one of {', '.join(PROTOCOLS)}")
-    return PROTOCOLS[name]
+    if not raw_maps:
+        return PROTOCOLS[name]
+    if name != "standard":
+        raise ValueError(f"raw maps apply to the standard protocol; the {name} protocol never normalises maps")
+    return dataclasses.replace(PROTOCOLS[name], metrics=lambda _: StandardMetrics(min_max=False))

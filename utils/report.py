@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -15,7 +16,12 @@ SUMMARY_KEYS = ("mae", "fbeta", "iou")
 
 
 def write_results(entries: list[dict], path: Path, run: dict) -> Path:
-    """Atomically write results.json: the run description and one entry per (model, data set)."""
+    """Atomically write results.json: the run description and one entry per (model, data set). Refuses an
+    entry with a NaN or infinite metric (ValueError naming it) rather than write it."""
+    not_finite = [f"{e['model']} on {e['dataset']}: {key}" for e in entries for key, value in e.items()
+                  if isinstance(value, float) and not math.isfinite(value)]
+    if not_finite:
+        raise ValueError(f"{path}: not written, metrics that are not finite numbers: {', '.join(not_finite)}")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".results.", suffix=".json", dir=path.parent)
     with os.fdopen(fd, "w") as f:
