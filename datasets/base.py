@@ -14,7 +14,7 @@ from tqdm import tqdm
 from .files import (IMAGE_EXTENSIONS, DatasetError, Pair, list_folder, load_mask, load_region_mask, load_rgb,
                     natural_key)
 from .polarity import MaskPolarity
-from .transforms import augment_pair, mask_tensor, normalise, resize_image, resize_mask
+from .transforms import draw_flip, flip_pair, jitter, mask_tensor, normalise, resize_image, resize_mask
 
 
 class PairDataset(Dataset):
@@ -22,13 +22,15 @@ class PairDataset(Dataset):
 
     train: {"image": float[3,S,S], "mask": float[1,S,S], "name"}; test: the mask at its original size
     and "image_size" (H, W) of the original image, plus "homogeneous" (bool[H,W], the pixels whose surface
-    is nearly textureless) when `homogeneous` lists a region mask per pair. `cache` decodes and resizes
-    everything once, up front.
+    is nearly textureless) when `homogeneous` lists a region mask per pair. With `augment`, a sample is
+    flipped at full size, then resized, then jittered (the authors' order). `cache` decodes and resizes
+    everything once, up front (both orientations when augmenting). `corrupt` names the files left out
+    because they do not decode.
     """
 
     def __init__(self, name: str, pairs: list[Pair], polarity: MaskPolarity, train: bool,
                  img_size: int = 320, augment: bool = False, cache: bool = False,
-                 homogeneous: list[Path] | None = None) -> None:
+                 corrupt: list[str] | None = None, homogeneous: list[Path] | None = None) -> None:
         if augment and not train:
             raise ValueError(f"{name}: test items are never augmented (augment=True with split 'test')")
         self.name = name
@@ -37,30 +39,44 @@ class PairDataset(Dataset):
         self.train = train
         self.img_size = img_size
         self.augment = augment
+        self.corrupt = corrupt or []
         self.homogeneous = homogeneous
         self.size_mismatch = [p.name for p in pairs if p.image_size != p.mask_size]
-        self._cache: list[tuple[np.ndarray, np.ndarray]] | None = None
+        self._cache: list[tuple[tuple[np.ndarray, np.ndarray], ...]] | None = None
         if cache:
-            self._cache = _decode_all(self._decode, len(pairs), f"caching {name}")
+            self._cache = _decode_all(self._decode_orientations, len(pairs), f"caching {name}")
 
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def _decode(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """Resized RGB image and the mask (resized for training, original size for testing)."""
+    def _load(self, index: int) -> tuple[Image.Image, np.ndarray]:
         pair = self.pairs[index]
-        image = np.asarray(resize_image(load_rgb(pair.image), self.img_size))
-        mask = load_mask(pair.mask, self.polarity)
+        return load_rgb(pair.image), load_mask(pair.mask, self.polarity)
+
+    def _resize(self, image: Image.Image, mask: np.ndarray, flip: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Flipped at full size when asked, then the image resized and the mask resized for training (kept at
+        its original size for testing)."""
+        if flip:
+            image, mask = flip_pair(image, mask)
         if self.train:
             mask = resize_mask(mask, self.img_size)
-        return image, mask
+        return np.asarray(resize_image(image, self.img_size)), mask
+
+    def _decode_orientations(self, index: int) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+        """(as stored, flipped) when augmenting, else (as stored,)."""
+        image, mask = self._load(index)
+        return tuple(self._resize(image, mask, flip) for flip in ((False, True) if self.augment else (False,)))
 
     def __getitem__(self, index: int) -> dict:
-        image, mask = self._cache[index] if self._cache is not None else self._decode(index)
+        flip = self.augment and draw_flip()
+        if self._cache is not None:
+            image, mask = self._cache[index][flip]
+        else:
+            image, mask = self._resize(*self._load(index), flip)
         pil = Image.fromarray(image)
-        pair = self.pairs[index]
         if self.augment:
-            pil, mask = augment_pair(pil, mask)
+            pil = jitter(pil)
+        pair = self.pairs[index]
         item = {"image": normalise(pil), "mask": mask_tensor(mask), "name": pair.name}
         if not self.train:
             item["image_size"] = pair.image_size
@@ -135,7 +151,8 @@ class DepthDataset(Dataset):
     """Synthetic images with their depth: {"image": float[3,S,S], "depth": float[1,S,S], "name"}.
 
     `depth` is inverse depth in 1/m (the quantity MiDaS predicts), decoded from the 16-bit PNGs in
-    depth/ that store depth in millimetres (see datasets.synthetic). Flip and jitter when `augment`.
+    depth/ that store depth in millimetres (see datasets.synthetic). With `augment`: flip (before resizing,
+    as for the pairs) and jitter.
     """
 
     def __init__(self, root: str | Path, img_size: int = 320, augment: bool = True) -> None:
@@ -159,14 +176,17 @@ class DepthDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         image_path, depth_path = self.items[index]
-        image = resize_image(load_rgb(image_path), self.img_size)
+        image = load_rgb(image_path)
         depth_mm = np.asarray(Image.open(depth_path), dtype=np.float32)
         if depth_mm.min() <= 0:
             raise DatasetError(f"{depth_path}: depth must be positive millimetres")
+        if self.augment and draw_flip():
+            image, depth_mm = flip_pair(image, depth_mm)
+        image = resize_image(image, self.img_size)
         depth = np.asarray(Image.fromarray(1000.0 / depth_mm).resize(
             (self.img_size, self.img_size), Image.Resampling.NEAREST))
         if self.augment:
-            image, depth = augment_pair(image, depth)
+            image = jitter(image)
         return {"image": normalise(image), "depth": torch.from_numpy(depth.astype(np.float32))[None],
                 "name": image_path.name}
 

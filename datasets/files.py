@@ -1,14 +1,17 @@
 """File discovery, stem pairing, split lists and image/mask decoding shared by every data set."""
 from __future__ import annotations
 
+import os
 import re
 import warnings
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 if TYPE_CHECKING:
     from .polarity import MaskPolarity
@@ -66,39 +69,98 @@ def list_folder(folder: Path) -> FolderListing:
     return FolderListing(files, duplicates, odd)
 
 
+EXIF_ORIENTATION_TAG = 0x0112
+EXIF_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+                  4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+                  6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
+SIDEWAYS_ORIENTATIONS = (5, 6, 7, 8)
+DECODE_ERRORS = (OSError, SyntaxError, ValueError)
+DECODE_THREADS = min(8, os.cpu_count() or 1)
+MASK_RANGES = {1: "0/1", 255: "0-255", 65535: "0-65535"}
+
+
+def exif_orientation(img: Image.Image) -> int:
+    """EXIF orientation (1-8) of an opened file, read from its header; 1 when absent or invalid."""
+    if img.format == "PNG" and "exif" not in img.info:
+        return 1  # an eXIf chunk after the pixels is not in the header; Pillow would decode the file to find it
+    orientation = img.getexif().get(EXIF_ORIENTATION_TAG, 1)
+    return orientation if orientation in EXIF_TRANSPOSE else 1
+
+
+def _upright(img: Image.Image, orientation: int) -> Image.Image:
+    """The picture as viewers show it: `img` turned / mirrored as its EXIF orientation says."""
+    return img.transpose(EXIF_TRANSPOSE[orientation]) if orientation in EXIF_TRANSPOSE else img
+
+
 def image_size(path: Path) -> tuple[int, int]:
-    """(H, W) from the file header; raises DatasetError naming an unreadable file."""
+    """(H, W) as shown (EXIF orientation applied) from the file header; raises DatasetError naming an
+    unreadable file."""
     try:
         with Image.open(path) as img:
             width, height = img.size
-    except (OSError, UnidentifiedImageError) as exc:
+            sideways = exif_orientation(img) in SIDEWAYS_ORIENTATIONS
+    except DECODE_ERRORS as exc:
         raise DatasetError(f"{path}: not a readable image ({exc})") from None
-    return height, width
+    return (width, height) if sideways else (height, width)
+
+
+def _decode_rgb(path: Path) -> Image.Image:
+    with Image.open(path) as img:
+        return _upright(img.convert("RGB"), exif_orientation(img))
 
 
 def load_rgb(path: Path) -> Image.Image:
-    """Decode an image as 8-bit RGB."""
+    """Decode an image as 8-bit RGB, upright as its EXIF orientation says."""
     try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except (OSError, UnidentifiedImageError) as exc:
+        return _decode_rgb(path)
+    except DECODE_ERRORS as exc:
         raise DatasetError(f"{path}: cannot decode image ({exc})") from None
+
+
+@dataclass(frozen=True)
+class MaskValues:
+    """A mask's grey values as stored (upright), the value that stands for white, the range's name
+    ('0/1', '0-255', '0-65535' or '0.0-1.0') and the file's PIL mode."""
+    values: np.ndarray
+    white: float
+    range_label: str
+    mode: str
+
+    def is_white(self) -> np.ndarray:
+        """Boolean whiteness: at or above half of the white value (the authors' round for 0-255)."""
+        return self.values >= self.white / 2
+
+
+def _decode_mask_values(path: Path) -> MaskValues:
+    with Image.open(path) as img:
+        orientation = exif_orientation(img)
+        grey = img if img.mode.startswith("I") or img.mode == "F" else img.convert("L")
+        values = np.asarray(_upright(grey, orientation))
+        mode = img.mode
+    if mode == "F":
+        return MaskValues(values, 1.0, "0.0-1.0", mode)
+    top = int(values.max()) if values.size else 0
+    if top == 0:
+        white = 255 if values.dtype == np.uint8 else 65535
+    else:
+        white = 1 if top == 1 else 255 if top <= 255 else 65535
+    return MaskValues(values, white, MASK_RANGES[white], mode)
+
+
+def read_mask_values(path: Path) -> MaskValues:
+    """Grey values of a mask by their real range: at most 1 is a 0/1 mask, up to 255 an 8-bit one (also
+    when stored in 16 bits), above 255 a 16-bit one (white 65535); an all-0 mask has its storage's range;
+    float masks are 0.0-1.0."""
+    try:
+        return _decode_mask_values(path)
+    except DECODE_ERRORS as exc:
+        raise DatasetError(f"{path}: cannot decode mask ({exc})") from None
 
 
 def load_mask(path: Path, polarity: MaskPolarity) -> np.ndarray:
     """Decode a mask stored in `polarity` to uint8 {0,1} with 1 = in-focus: grey (RGB/RGBA via luma),
-    binarised at 0.5."""
-    try:
-        with Image.open(path) as img:
-            if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
-                white = np.asarray(img, dtype=np.float64) >= 32767.5
-            elif img.mode == "F":
-                white = np.asarray(img, dtype=np.float64) >= 0.5
-            else:
-                white = np.asarray(img.convert("L")) >= 128
-    except (OSError, UnidentifiedImageError) as exc:
-        raise DatasetError(f"{path}: cannot decode mask ({exc})") from None
-    return polarity.to_in_focus(white).astype(np.uint8)
+    binarised at half of its white value (read_mask_values)."""
+    return polarity.to_in_focus(read_mask_values(path).is_white()).astype(np.uint8)
 
 
 def read_split_list(path: Path) -> list[str]:
@@ -127,17 +189,47 @@ class Pair:
 
 @dataclass
 class Pairing:
-    """Result of pairing an image folder with a mask folder by file stem."""
+    """Result of pairing an image folder with a mask folder by file stem; `decode_all` adds what decoding
+    every pair in full finds."""
     pairs: list[Pair] = field(default_factory=list)
     images_without_mask: list[str] = field(default_factory=list)
     masks_without_image: list[str] = field(default_factory=list)
     unreadable: list[str] = field(default_factory=list)
     duplicates: list[str] = field(default_factory=list)
     odd_files: list[str] = field(default_factory=list)
+    corrupt: dict[str, str] = field(default_factory=dict)
+    one_class_masks: dict[str, str] = field(default_factory=dict)
+    mask_ranges: Counter = field(default_factory=Counter)
+    mask_modes: Counter = field(default_factory=Counter)
 
     @property
     def size_mismatch(self) -> list[Pair]:
         return [p for p in self.pairs if p.image_size != p.mask_size]
+
+    @property
+    def every_mask_one_class(self) -> bool:
+        """True when there are pairs and none of their masks holds both classes."""
+        return bool(self.pairs) and len(self.one_class_masks) == len(self.pairs)
+
+    def one_class_summary(self) -> str:
+        """'all black: 3, all white: 1' over the one-class masks."""
+        return ", ".join(f"{which}: {count}" for which, count in sorted(Counter(self.one_class_masks.values()).items()))
+
+    def decode_all(self) -> None:
+        """Decode every pair in full on a thread pool (Pillow releases the GIL while decoding). Pairs with a
+        file that fails move from `pairs` to `corrupt`; masks of one class, value ranges and modes are noted."""
+        with ThreadPoolExecutor(max_workers=DECODE_THREADS) as pool:
+            decoded = list(pool.map(decode_pair, self.pairs))
+        self.pairs = []
+        for result in decoded:
+            if result.failures:
+                self.corrupt.update(result.failures)
+                continue
+            self.pairs.append(result.pair)
+            self.mask_ranges[result.mask_range] += 1
+            self.mask_modes[result.mask_mode] += 1
+            if result.single_class is not None:
+                self.one_class_masks[folder_and_name(result.pair.mask)] = result.single_class
 
     def problems(self) -> list[str]:
         """Human-readable list of everything that keeps files out of the set."""
@@ -150,7 +242,45 @@ class Pairing:
             out.append(f"unreadable files: {format_names(self.unreadable)}")
         if self.duplicates:
             out.append(f"several files with the same stem: {format_names(self.duplicates)}")
+        if self.corrupt:
+            failures = [f"{name} ({reason})" for name, reason in self.corrupt.items()]
+            out.append(f"files that do not decode: {format_names(failures)}")
         return out
+
+
+@dataclass(frozen=True)
+class DecodedPair:
+    """What decoding a pair in full found: the files that fail ("folder/name" -> reason), else the mask's
+    value range, mode and, when it holds one class only, which ("all white" or "all black")."""
+    pair: Pair
+    failures: dict[str, str]
+    mask_range: str = ""
+    mask_mode: str = ""
+    single_class: str | None = None
+
+
+def folder_and_name(path: Path) -> str:
+    """'gt/3.png': a file named with its folder, as the reports list them."""
+    return f"{path.parent.name}/{path.name}"
+
+
+def decode_pair(pair: Pair) -> DecodedPair:
+    """Decode the image and the mask of `pair` to the last byte (headers alone miss truncated files)."""
+    failures = {}
+    try:
+        with Image.open(pair.image) as img:
+            img.load()
+    except DECODE_ERRORS as exc:
+        failures[folder_and_name(pair.image)] = str(exc)
+    try:
+        mask = _decode_mask_values(pair.mask)
+    except DECODE_ERRORS as exc:
+        failures[folder_and_name(pair.mask)] = str(exc)
+    if failures:
+        return DecodedPair(pair, failures)
+    white = mask.is_white()
+    single_class = "all white" if white.all() else "all black" if not white.any() else None
+    return DecodedPair(pair, failures, mask.range_label, mask.mode, single_class)
 
 
 def pair_folders(image_dir: Path, mask_dir: Path, keys: list[str] | None = None) -> Pairing:

@@ -7,7 +7,7 @@ from pathlib import Path
 from torch.utils.data import Dataset
 
 from .base import CombinedDataset, PairDataset, read_meta
-from .files import (HOMOGENEOUS_DIR, DatasetError, format_names, list_folder, natural_key, pair_folders,
+from .files import (HOMOGENEOUS_DIR, DatasetError, Pairing, format_names, list_folder, natural_key, pair_folders,
                     read_split_list, stem_key, warn)
 from .polarity import STATED_POLARITIES, MaskPolarity, estimate_polarity, split_polarity
 
@@ -113,6 +113,7 @@ def _build_term(term: str, train: bool, root: Path, img_size: int, cache: bool, 
         raise DatasetError(f"unknown data set {term!r}; known: {', '.join(REGISTRY)}, "
                            f"folder:PATH[:{STATED_FORMS}], synthetic:PATH")
     pairing = pair_folders(image_dir, mask_dir, keys)
+    pairing.decode_all()
     _apply_rules(term, pairing, train, image_dir)
     if polarity is None:
         polarity = _estimated_polarity(term, pairing.pairs)
@@ -120,7 +121,8 @@ def _build_term(term: str, train: bool, root: Path, img_size: int, cache: bool, 
         warn(f"{term}: {len(pairing.pairs)} pairs in {image_dir.parent}, the paper's set has "
              f"{REGISTRY[term].expected_pairs}")
     regions = None if train else homogeneous_masks(mask_dir.parent / HOMOGENEOUS_DIR, pairing.pairs)
-    return PairDataset(term, pairing.pairs, polarity, train, img_size, augment, cache, homogeneous=regions)
+    return PairDataset(term, pairing.pairs, polarity, train, img_size, augment, cache, list(pairing.corrupt),
+                       homogeneous=regions)
 
 
 def homogeneous_masks(folder: Path, pairs: list) -> list[Path] | None:
@@ -224,20 +226,25 @@ def _select_keys(spec: BenchmarkSet, root: Path, image_dir: Path,
     return listed
 
 
-def _apply_rules(term: str, pairing, train: bool, image_dir: Path) -> None:
-    """Training refuses any unusable or mismatched file; testing warns and says what was done."""
+def _apply_rules(term: str, pairing: Pairing, train: bool, image_dir: Path) -> None:
+    """Training refuses any unusable or mismatched file and a set of one-class masks; testing warns and
+    says what was done."""
     problems = pairing.problems()
     mismatch = [f"{p.name} (image {p.image_size[0]}x{p.image_size[1]}, mask "
                 f"{p.mask_size[0]}x{p.mask_size[1]})" for p in pairing.size_mismatch]
+    one_class = (f"every one of the {len(pairing.pairs)} masks is a single class ({pairing.one_class_summary()}); "
+                 "check how they are stored with tools/check_dataset.py" if pairing.every_mask_one_class else "")
     if pairing.odd_files:
         warn(f"{term}: ignoring files that are not images: {format_names(pairing.odd_files)}")
-    if train and (problems or mismatch):
+    if train and (problems or mismatch or one_class):
         details = problems + ([f"masks whose size differs from the image: {format_names(mismatch)}"]
-                              if mismatch else [])
+                              if mismatch else []) + ([one_class] if one_class else [])
         raise DatasetError(f"{term} ({image_dir.parent}) cannot be used for training: "
                            + "; ".join(details))
     if problems:
         warn(f"{term}: left out of the test set: " + "; ".join(problems))
+    if one_class:
+        warn(f"{term}: {one_class}. F-beta and IoU mean nothing on such a set")
     if mismatch:
         warn(f"{term}: masks whose size differs from the image are kept and listed in "
              f"dataset.size_mismatch (the official protocol skips them): {format_names(mismatch)}")

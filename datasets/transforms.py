@@ -1,4 +1,5 @@
-"""The authors' preprocessing: PIL bilinear / nearest resize, flip, colour jitter, ImageNet normalisation."""
+"""The authors' preprocessing, in their order: flip, PIL bilinear / nearest resize, colour jitter, ImageNet
+normalisation."""
 from __future__ import annotations
 
 import numpy as np
@@ -39,9 +40,16 @@ def mask_tensor(mask: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(mask.astype(np.float32))[None]
 
 
-def augment_pair(image: Image.Image, mask: np.ndarray) -> tuple[Image.Image, np.ndarray]:
-    """Horizontal flip of both with p = 0.5, then colour jitter 0.1/0.1/0.1 of the image (torch RNG)."""
-    if torch.rand(()) < 0.5:
-        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        mask = mask[:, ::-1]
-    return COLOR_JITTER(image), mask
+def draw_flip() -> bool:
+    """The authors' horizontal flip decision, p = 0.5 (torch RNG)."""
+    return bool(torch.rand(()) < 0.5)
+
+
+def flip_pair(image: Image.Image, mask: np.ndarray) -> tuple[Image.Image, np.ndarray]:
+    """Image and mask (or depth) mirrored left-right; the authors flip before resizing."""
+    return image.transpose(Image.Transpose.FLIP_LEFT_RIGHT), np.ascontiguousarray(mask[:, ::-1])
+
+
+def jitter(image: Image.Image) -> Image.Image:
+    """The authors' colour jitter 0.1/0.1/0.1 of the (resized) image (torch RNG)."""
+    return COLOR_JITTER(image)

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from datasets import DatasetError, PhotoDataset, build_dataset, collate_test
-from datasets.files import IMAGE_EXTENSIONS
+from datasets.files import IMAGE_EXTENSIONS, load_rgb
 from datasets.polarity import STATED_POLARITIES, MaskPolarity, split_polarity
 from datasets.transforms import denormalise
 from models import load_model
@@ -192,7 +192,9 @@ def evaluate_model(model: torch.nn.Module, label: str, checkpoint: str, dataset_
     name = set_label(dataset_expr)
     out_dir = out / label / name
     summary, rows = score_model(model, dataset, name, settings, out_dir, desc=f"{label} on {name}")
-    return _entry(summary, rows, label, checkpoint, dataset_expr, out_dir, settings, settings.protocol.upsampling)
+    entry = _entry(summary, rows, label, checkpoint, dataset_expr, out_dir, settings, settings.protocol.upsampling)
+    entry["corrupt_left_out"] = dataset.corrupt
+    return entry
 
 
 class SavedMapDataset(Dataset):
@@ -271,6 +273,7 @@ def evaluate_saved_maps(pred_dir: str | Path, polarity: MaskPolarity, dataset_ex
     summary, rows = _score(pairs(), name, settings, out_dir)
     entry = _entry(summary, rows, label, str(pred_dir), dataset_expr, out_dir, settings, "none (saved maps)")
     entry["pred_polarity"] = polarity.label
+    entry["corrupt_left_out"] = dataset.dataset.corrupt
     return entry
 
 
@@ -345,8 +348,7 @@ def predict_photos(model: torch.nn.Module, paths: list[str], settings: EvalSetti
                 continue
             stem = stems[item["index"]]
             grey = to_8bit(prob)
-            with Image.open(item["path"]) as img:
-                photo = np.asarray(img.convert("RGB"))
+            photo = np.asarray(load_rgb(Path(item["path"])))
             overlay = np.concatenate([blur_overlay(photo, grey / 255.0),
                                       np.repeat(grey[..., None], 3, axis=2)], axis=1)
             for path, picture in ((maps_dir / f"{stem}.png", grey), (overlay_dir / f"{stem}.jpg", overlay)):

@@ -284,3 +284,106 @@ def test_photo_dataset(shared_data: Path, tmp_path: Path) -> None:
     assert collate_test([photos[0], photos[1]])["name"] == ["1.jpg", "2.jpg"]
     with pytest.raises(DatasetError, match="no such file"):
         PhotoDataset(tmp_path / "missing.jpg")
+
+
+def write_oriented_jpeg(path: Path, orientation: int, width: int = 64, height: int = 40) -> np.ndarray:
+    """A JPEG whose stored pixel array is height x width, tagged with EXIF `orientation`; returns the
+    decoded stored array (before orientation)."""
+    pixels = np.random.default_rng(orientation).integers(0, 255, (height, width, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(pixels).save(path, exif=exif.tobytes(), quality=95)
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB"))
+
+
+def truncate(path: Path) -> None:
+    """Keep the first half of a file, as an interrupted download does."""
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize("rotations", [(6, -1), (8, 1)])
+def test_exif_orientation_is_applied_to_photos_and_test_images(tmp_path: Path, rotations) -> None:
+    orientation, quarter_turns = rotations
+    (tmp_path / "image").mkdir()
+    (tmp_path / "gt").mkdir()
+    stored = write_oriented_jpeg(tmp_path / "image" / "phone.jpg", orientation)
+    shown = np.rot90(stored, quarter_turns)  # 6: turn clockwise, 8: counter-clockwise, as viewers do
+    assert shown.shape == (64, 40, 3)
+    photo = PhotoDataset(tmp_path / "image" / "phone.jpg", img_size=32)[0]
+    assert photo["image_size"] == (64, 40)
+    expected = TF.normalize(TF.to_tensor(resize_image(Image.fromarray(np.ascontiguousarray(shown)), 32)),
+                            IMAGENET_MEAN, IMAGENET_STD)
+    assert torch.equal(photo["image"], expected)
+    mask = np.zeros((64, 40), np.uint8)
+    mask[:32] = 255
+    Image.fromarray(mask).save(tmp_path / "gt" / "phone.png")
+    test = build_dataset(f"folder:{tmp_path}:white=in-focus", "test", img_size=32)
+    assert test.size_mismatch == [] and test[0]["image_size"] == (64, 40)
+    assert torch.equal(test[0]["image"], expected)
+
+
+@pytest.mark.parametrize("dtype, white", [(np.uint8, 1), (np.uint16, 1), (np.uint16, 255), (np.uint16, 65535),
+                                          (np.uint8, 255)])
+def test_masks_are_read_by_their_value_range(tmp_path: Path, dtype, white: int) -> None:
+    path = tmp_path / "m.png"
+    Image.fromarray(np.array([[0, white], [white, 0]], dtype)).save(path)
+    assert load_mask(path, MaskPolarity.WHITE_IN_FOCUS).tolist() == [[0, 1], [1, 0]]
+    assert load_mask(path, MaskPolarity.WHITE_BLURRED).tolist() == [[1, 0], [0, 1]]
+
+
+def test_sixteen_bit_masks_are_binarised_at_half_of_65535(tmp_path: Path) -> None:
+    path = tmp_path / "m.png"
+    Image.fromarray(np.array([[0, 32767, 32768, 65535]], np.uint16)).save(path)
+    assert load_mask(path, MaskPolarity.WHITE_IN_FOCUS).tolist() == [[0, 0, 1, 1]]
+
+
+def test_zero_one_masks_train_with_both_classes(dut_copy: Path) -> None:
+    for path in (dut_copy / "gt").iterdir():
+        Image.fromarray((np.asarray(Image.open(path)) >= 128).astype(np.uint8)).save(path.with_suffix(".png"))
+        path.unlink()
+    ds = build_dataset(f"folder:{dut_copy}:white=in-focus", "train", augment=False, img_size=32)
+    assert all(0 < item["mask"].mean() < 1 for item in ds)
+
+
+def test_training_refuses_a_set_whose_masks_are_all_one_class(dut_copy: Path) -> None:
+    for path in (dut_copy / "gt").iterdir():
+        Image.fromarray(np.zeros((320, 320), np.uint8)).save(path)
+    expr = f"folder:{dut_copy}:white=in-focus"
+    with pytest.raises(DatasetError, match=r"cannot be used for training: every one of the 5 masks is a single "
+                                           r"class \(all black: 5\)"):
+        build_dataset(expr, "train")
+    with pytest.warns(DatasetWarning, match=r"every one of the 5 masks is a single class \(all black: 5\)"):
+        build_dataset(expr, "test")
+
+
+def test_truncated_files_are_refused_for_training_and_left_out_of_a_test_set(dut_copy: Path) -> None:
+    truncate(dut_copy / "image" / "2.jpg")
+    truncate(dut_copy / "gt" / "4.bmp")
+    expr = f"folder:{dut_copy}:white=in-focus"
+    with pytest.raises(DatasetError, match=r"cannot be used for training: files that do not decode: image/2\.jpg "
+                                           r"\(image file is truncated.*\), gt/4\.bmp \(image file is truncated"):
+        build_dataset(expr, "train")
+    with pytest.warns(DatasetWarning, match=r"left out of the test set: files that do not decode: image/2\.jpg "
+                                            r"\(image file is truncated.*\), gt/4\.bmp"):
+        ds = build_dataset(expr, "test", img_size=32)
+    assert [p.name for p in ds.pairs] == ["1.jpg", "3.jpg", "5.jpg"]
+    assert ds.corrupt == ["image/2.jpg", "gt/4.bmp"]
+    assert [item["name"] for item in ds] == ["1.jpg", "3.jpg", "5.jpg"]
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_flipped_sample_mask_is_flip_then_resize(shared_data: Path, cache: bool) -> None:
+    """The authors flip the full-size mask, then resize it nearest-neighbour (data.py)."""
+    size = 96
+    ds = build_dataset(f"folder:{shared_data / 'CUHK'}:white=blurred", "train", augment=True, img_size=size,
+                       cache=cache)
+    with Image.open(shared_data / "CUHK" / "gt" / "out_of_focus0001.png") as raw:
+        grey = raw.convert("L")
+    plain = np.asarray(grey.resize((size, size), Image.NEAREST)) < 128  # CUHK white = blurred
+    flipped = np.asarray(grey.transpose(Image.Transpose.FLIP_LEFT_RIGHT).resize((size, size), Image.NEAREST)) < 128
+    assert not np.array_equal(flipped, plain[:, ::-1])  # the two orders differ on this image
+    torch.manual_seed(0)
+    masks = [ds[0]["mask"][0].numpy().astype(bool) for _ in range(8)]
+    assert all(np.array_equal(m, plain) or np.array_equal(m, flipped) for m in masks)
+    assert 0 < sum(np.array_equal(m, flipped) for m in masks) < 8

@@ -7,6 +7,7 @@ import importlib.util
 import io
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -207,6 +208,33 @@ def test_results_json_is_never_written_with_nan(tmp_path):
                                          r"CUHK-TE-1: s_measure$"):
         write_results([entry], tmp_path / "results.json", {})
     assert not (tmp_path / "results.json").exists()
+
+
+def test_images_mode_follows_the_exif_orientation(setup, tmp_path):
+    tmp, checkpoint, _, _ = setup
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 64 wide x 40 high, shown 40 wide x 64 high
+    Image.new("RGB", (64, 40), (200, 30, 30)).save(tmp_path / "phone.jpg", exif=exif.tobytes())
+    result = run(["--checkpoint", str(checkpoint), "--images", str(tmp_path / "phone.jpg"), "--out",
+                  str(tmp_path / "out"), *FAST])
+    assert result.returncode == 0, result.stderr
+    with Image.open(tmp_path / "out/maps/phone.png") as grey, \
+            Image.open(tmp_path / "out/overlays/phone.jpg") as overlay:
+        assert grey.size == (40, 64) and overlay.size == (80, 64)
+
+
+def test_a_corrupt_test_image_is_left_out_named_and_counted(setup, shared_data, tmp_path):
+    _, checkpoint, _, _ = setup
+    copy = Path(shutil.copytree(shared_data / "DUT-sample", tmp_path / "dut"))
+    broken = copy / "image" / "3.jpg"
+    broken.write_bytes(broken.read_bytes()[: broken.stat().st_size // 2])
+    out = tmp_path / "res"
+    with pytest.warns(UserWarning, match=r"left out of the test set: files that do not decode: image/3\.jpg"):
+        result = run(["--checkpoint", str(checkpoint), "--dataset", f"folder:{copy}:white=in-focus",
+                      "--skip-missing", "--out", str(out), *FAST])
+    assert result.returncode == 0, result.stderr
+    entry = json.loads((out / "results.json").read_text())["results"][0]
+    assert entry["n_images"] == 4 and entry["corrupt_left_out"] == ["image/3.jpg"]
 
 
 def test_test_sh_prints_the_table_and_names_missing_sets(setup, checkpoint_run, tmp_path):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -214,6 +215,16 @@ def test_bad_input_gives_a_clear_message(data: Path, depth_teacher: Path, tmp_pa
                                                      "--depth-teacher", str(depth_teacher)])
     with pytest.raises(SystemExit, match="--train-set"):
         train_single.main(common_args(tmp_path / "nothing", tmp_path))
+
+
+def test_a_truncated_training_file_is_refused_at_start_by_name(data: Path, tmp_path: Path):
+    copy = Path(shutil.copytree(data, tmp_path / "set"))
+    broken = copy / "image" / "003.png"
+    broken.write_bytes(broken.read_bytes()[: broken.stat().st_size // 2])
+    with pytest.raises(SystemExit, match=r"^--train-set / --data-root: synthetic:.* cannot be used for training: "
+                                         r"files that do not decode: image/003\.png \(image file is truncated\)$"):
+        train_single.main(common_args(copy, tmp_path) + ["--epochs", "1"])
+    assert not (tmp_path / "model.pth").exists()
 
 
 def test_a_new_run_refuses_to_replace_an_existing_save(data: Path, tmp_path: Path):

@@ -1,9 +1,10 @@
-"""Check a defocus data set folder: pairs, unpaired and mismatched files, formats, mask polarity.
+"""Check a defocus data set folder: pairs, problem files by name, formats, one-class masks, mask polarity.
 
     python tools/check_dataset.py PATH [--json] [--max-images 100]
 
-PATH holds an image folder (image/ or images/) and a mask folder (gt/ or masks/). Exit status 1 when
-files are unpaired, unreadable, ambiguous or of mismatched size, 2 when PATH is not a data set.
+PATH holds an image folder (image/ or images/) and a mask folder (gt/ or masks/); every file is decoded
+in full. Exit status 1 when files are unpaired, unreadable, corrupt, ambiguous or of mismatched size, or
+when every mask is one class; 2 when PATH is not a data set.
 """
 from __future__ import annotations
 
