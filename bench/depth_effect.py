@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,16 +60,24 @@ FULL = Scale(train_n=1024, test_n=256, img_size=160, epochs=5, depth_epochs=2, b
 QUICK = Scale(train_n=8, test_n=6, img_size=64, epochs=1, depth_epochs=1, batch=4)
 
 
-def run(command: list[str], log: Path) -> float:
-    """Run a command from the repository root with its output in `log`; its wall-clock seconds."""
+@dataclass(frozen=True)
+class Step:
+    """One command of the benchmark and the steps that must be done before it."""
+    name: str
+    command: list[str]
+    needs: tuple[str, ...] = ()
+
+
+def run(command: list[str], log: Path, env: dict[str, str]) -> dict[str, float]:
+    """Run a command from the repository root with its output in `log`; its start and end times."""
     log.parent.mkdir(parents=True, exist_ok=True)
     start = time.time()
     with log.open("w") as handle:
-        done = subprocess.run(command, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT)
+        done = subprocess.run(command, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT, env=env)
     if done.returncode:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-5:])
         raise SystemExit(f"{' '.join(command)} failed (exit {done.returncode}); see {log}:\n{tail}")
-    return time.time() - start
+    return {"start": start, "end": time.time()}
 
 
 def run_name(method: str, seed: int) -> str:
@@ -87,52 +97,78 @@ class Benchmark:
         if amp == "bf16":
             self.common.append("--channels-last")
         self.amp, self.workers = amp, workers
-        self.seconds: dict[str, float] = {}
+        self.times: dict[str, dict[str, float]] = {}
 
-    def step(self, name: str, command: list[str]) -> None:
-        """Run `command` unless `name` is already done; record its time."""
-        marker = self.out / "done" / f"{name}.json"
-        if marker.is_file():
-            self.seconds[name] = json.loads(marker.read_text())["seconds"]
-            return
-        seconds = run(command, self.logs / f"{name}.log")
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text(json.dumps({"seconds": seconds}))
-        self.seconds[name] = seconds
-        tqdm.write(f"{name:<28} {seconds:6.0f} s")
-
-    def plan(self) -> list[tuple[str, list[str]]]:
-        """Every step in order: data, depth teacher, then per seed DFFNet and the four stage-2 variants,
-        then the scores."""
+    def plan(self) -> list[Step]:
+        """Every step with the steps it needs: data, the depth teacher, per seed DFFNet and the four
+        stage-2 variants (after that seed's DFFNet and the depth teacher), then the scores."""
         py, s = sys.executable, self.scale
-        steps = [(f"data_{part}", [py, "tools/make_synthetic.py", str(self.data / part), "--n", str(n), "--seed",
-                                   str(seed), "--size", str(s.img_size), "--workers", "2", "--overwrite"])
+        steps = [Step(f"data_{part}", [py, "tools/make_synthetic.py", str(self.data / part), "--n", str(n), "--seed",
+                                       str(seed), "--size", str(s.img_size), "--workers", "2", "--overwrite"])
                  for part, n, seed in (("train", s.train_n, 1), ("test", s.test_n, 2))]
         midas = self.checkpoints / "midas_small.pth"
-        steps.append(("depth_teacher", [
+        steps.append(Step("depth_teacher", [
             py, "train_depth.py", "--data", str(self.data / "train"), "--val-data", str(self.data / "test"),
             "--encoder", "resnet18", "--features", "64", "--img-size", str(s.img_size), "--epochs",
             str(s.depth_epochs), "--batch-size", str(s.batch), "--lr", "5e-4", "--workers", str(self.workers),
-            "--amp", self.amp, "--save", str(midas), "--log-dir", str(self.logs / "depth_teacher"), "--overwrite"]))
+            "--amp", self.amp, "--save", str(midas), "--log-dir", str(self.logs / "depth_teacher"), "--overwrite"],
+            needs=("data_train", "data_test")))
         train_set = ["--train-set", f"synthetic:{self.data / 'train'}"]
         for seed in self.seeds:
-            teacher = self.checkpoints / f"{run_name('DFFNet', seed)}.pth"
+            teacher = run_name("DFFNet", seed)
             for method in METHODS:
                 name = run_name(method, seed)
-                script = "train_single.py" if method == "DFFNet" else "train_kd.py"
-                extra = [] if method == "DFFNet" else [*STAGE2_FLAGS[method], "--teacher", str(teacher),
-                                                        "--depth-teacher", str(midas), "--teacher-bn", "batch"]
-                steps.append((name, [py, script, *train_set, *self.common, "--seed", str(seed), *extra,
-                                     "--save", str(self.checkpoints / f"{name}.pth"),
-                                     "--log-dir", str(self.logs / name)]))
+                if method == "DFFNet":
+                    script, extra, needs = "train_single.py", [], ("data_train",)
+                else:
+                    script, needs = "train_kd.py", ("depth_teacher", teacher)
+                    extra = [*STAGE2_FLAGS[method], "--teacher", str(self.checkpoints / f"{teacher}.pth"),
+                             "--depth-teacher", str(midas), "--teacher-bn", "batch"]
+                steps.append(Step(name, [py, script, *train_set, *self.common, "--seed", str(seed), *extra,
+                                         "--save", str(self.checkpoints / f"{name}.pth"),
+                                         "--log-dir", str(self.logs / name)], needs=needs))
         for seed in self.seeds:
             for method in METHODS:
                 name = run_name(method, seed)
-                steps.append((f"score_{name}", [
+                steps.append(Step(f"score_{name}", [
                     py, "test.py", "--checkpoint", str(self.checkpoints / f"{name}.pth"), "--dataset",
-                    f"synthetic:{self.data / 'test'}", "--img-size", str(s.img_size), "--grid", "0",
-                    "--out", str(self.out / "scores" / name)]))
+                    f"synthetic:{self.data / 'test'}", "--img-size", str(s.img_size), "--grid", "0", "--workers", "0",
+                    "--out", str(self.out / "scores" / name)], needs=(name, "data_test")))
         return steps
+
+    def run_all(self, jobs: int) -> None:
+        """Run every step not yet done, up to `jobs` at once, each as soon as the steps it needs are done
+        (each with cores / jobs threads)."""
+        steps = {step.name: step for step in self.plan()}
+        done = {name for name in steps if self.is_done(name)}
+        for name in done:
+            self.times[name] = json.loads(self.marker(name).read_text())
+        threads = str(max(1, (os.cpu_count() or 1) // jobs))
+        env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+        running: dict[Future, str] = {}
+        with ThreadPoolExecutor(jobs) as pool, tqdm(total=len(steps), initial=len(done), desc="depth effect",
+                                                     unit="step") as progress:
+            while len(done) < len(steps):
+                ready = [s for s in steps.values() if s.name not in done and s.name not in running.values()
+                         and all(n in done for n in s.needs)]
+                for step in ready[:jobs - len(running)]:
+                    running[pool.submit(run, step.command, self.logs / f"{step.name}.log", env)] = step.name
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    name = running.pop(future)
+                    self.times[name] = future.result()
+                    self.marker(name).parent.mkdir(parents=True, exist_ok=True)
+                    self.marker(name).write_text(json.dumps(self.times[name]))
+                    done.add(name)
+                    progress.update()
+                    seconds = self.times[name]["end"] - self.times[name]["start"]
+                    tqdm.write(f"{time.strftime('%H:%M:%S')} {name:<28} {seconds:6.0f} s")
+
+    def marker(self, name: str) -> Path:
+        return self.out / "done" / f"{name}.json"
+
+    def is_done(self, name: str) -> bool:
+        return self.marker(name).is_file()
 
     def scores(self, method: str, seed: int) -> dict[str, dict[str, float]]:
         """{region: {metric: value}} of one trained run, from its results.json."""
@@ -217,7 +253,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default=None, help="default bench/results/depth_effect[_quick]")
     parser.add_argument("--amp", choices=["auto", "off", "bf16"], default="auto",
                         help="auto: bf16 + channels-last where the CPU / GPU runs bf16 fast (as the demo)")
-    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=1, help="data-loading processes of each training run")
+    parser.add_argument("--jobs", type=int, default=2,
+                        help="runs at once, each with cores / jobs threads (2 single-thread runs use 2 cores "
+                             "better than one 2-thread run on a CPU)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, to test the pipeline")
     parser.add_argument("--overwrite", action="store_true", help="delete --out and start afresh")
     args = parser.parse_args(argv)
@@ -236,6 +275,8 @@ def main(argv: list[str] | None = None) -> None:
     if amp == "auto":
         import utils.runtime as runtime
         amp = "bf16" if runtime.bf16_is_fast(runtime.select_device("auto")) else "off"
+    if args.jobs < 1:
+        raise SystemExit(f"--jobs must be >= 1, got {args.jobs}")
     config = {"scale": scale.__dict__, "seeds": args.seeds, "amp": amp, "workers": args.workers}
     config_file = out / "config.json"
     if config_file.is_file() and json.loads(config_file.read_text()) != config:
@@ -244,19 +285,22 @@ def main(argv: list[str] | None = None) -> None:
 
     bench = Benchmark(out, scale, args.seeds, amp, args.workers)
     start = time.time()
-    for name, command in tqdm(bench.plan(), desc="depth effect", unit="step"):
-        bench.step(name, command)
+    bench.run_all(args.jobs)
     table = summarise(bench)
     lines = print_table(table)
     from bench.common import machine
     import torch
-    result = {"config": config, "machine": machine(torch.device("cpu")),
-              "seconds_total": sum(bench.seconds.values()), "seconds": bench.seconds,
+    seconds = {name: t["end"] - t["start"] for name, t in bench.times.items()}
+    wall = max(t["end"] for t in bench.times.values()) - min(t["start"] for t in bench.times.values())
+    result = {"config": config, "jobs": args.jobs, "machine": machine(torch.device("cpu")),
+              "wall_clock_seconds": wall, "step_seconds_sum": sum(seconds.values()), "step_seconds": seconds,
               "seconds_this_invocation": time.time() - start, "table": table}
     (out / "depth_effect.json").write_text(json.dumps(result, indent=1))
     bar_chart(table, args.seeds, out / "depth_effect.png")
     print("\n".join(lines))
-    print(f"\nall steps: {result['seconds_total'] / 60:.1f} min of run time (sum over steps, {len(args.seeds)} seeds)")
+    print(f"\nwall clock {wall / 60:.1f} min from the first step's start to the last step's end ({args.jobs} jobs at "
+          f"once; {sum(seconds.values()) / 60:.1f} min summed over the steps; includes any pause between "
+          "interrupted and resumed invocations)")
     print(f"wrote {out / 'depth_effect.json'} and {out / 'depth_effect.png'}")
 
 
