@@ -67,7 +67,7 @@ stamp "4/5 stage 2: D-DFFNet (train_kd.py)"
 $PY train_kd.py --train-set "synthetic:$DATA/train" --backbone "$BACKBONE" --pretrained "$PRETRAINED" \
     --img-size "$IMG" --batch-size "$BATCH" --lr "$LR" --epochs "$KD_EPOCHS" --schedule-epochs 16 \
     --workers "$WORKERS" "${FAST[@]}" --teacher "$CKPT/DFFNet.pth" --depth-teacher "$DEPTH_TEACHER" \
-    --save "$CKPT/D-DFFNet.pth" --log-dir "$LOGS/D-DFFNet" --overwrite
+    --teacher-bn eval --save "$CKPT/D-DFFNet.pth" --log-dir "$LOGS/D-DFFNet" --overwrite
 
 stamp "5/5 evaluation (test.sh) with two trivial baselines"
 for baseline in all-in-focus prior; do

@@ -16,7 +16,7 @@ import torch.nn as nn
 from engine.options import bad_input, pretrained_argument
 from engine.train import Stage, make_train_loader, prepare_trained_module, run_stage, start_training
 from losses import Projectors, SegmentationCriterion, feature_distillation_loss, response_distillation_loss
-from models import build_model, load_midas, load_model, make_frozen_teacher
+from models import VARIANTS, build_model, load_midas, load_model, make_frozen_teacher
 from utils.distributed import DistributedContext, unwrap_model
 from utils.optim import adam
 from utils.runtime import autocast
@@ -36,6 +36,15 @@ def segmentation_criterion(args: argparse.Namespace, ctx: DistributedContext,
     processes x --accumulate so that a split batch gives the whole batch's loss."""
     return SegmentationCriterion(args.loss, final_weight=final_weight, reduction=args.edge_reduction,
                                  edge_sum_scale=ctx.world_size * args.accumulate)
+
+
+def distillation_final_weight(args: argparse.Namespace, student: nn.Module) -> float:
+    """Stage 2's weight of the final map: --final-weight, by default the authors' 1.1 when the student has
+    side outputs and 1.0 without. The value used is written to args.final_weight, so that the log and the
+    checkpoint's config record it."""
+    if args.final_weight is None:
+        args.final_weight = 1.1 if VARIANTS[student.config["name"]].side_outputs else 1.0
+    return args.final_weight
 
 
 def training_mae(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
@@ -99,9 +108,9 @@ class DistillationStudent(nn.Module):
 def build_feature_distill_stage(args: argparse.Namespace, ctx: DistributedContext, defocus_teacher: nn.Module,
                                 depth_teacher: nn.Module) -> Stage:
     """D-DFFNet: loss = final_weight x L(final) + sum_k L(side_k) + alpha(epoch) x (defocus + depth
-    distillation). The teachers (frozen, on the device) run once per batch under inference mode,
-    MiDaS its encoder only; the projectors have their own Adam (constant lr, not clamped). The
-    stage logs its alpha with every step and epoch."""
+    distillation), final_weight from `distillation_final_weight`. The teachers (frozen, on the device) run
+    once per batch under inference mode, MiDaS its encoder only; the projectors have their own Adam
+    (constant lr, not clamped). The stage logs its alpha with every step and epoch."""
     student = build_student(args)
     to_defocus = Projectors(student.feature_channels, defocus_teacher.feature_channels)
     to_depth = Projectors(student.feature_channels, depth_teacher.feature_channels)
@@ -110,7 +119,7 @@ def build_feature_distill_stage(args: argparse.Namespace, ctx: DistributedContex
     optimizer = adam(combined.student.parameters(), lr=args.lr)
     projector_params = [*combined.to_defocus.parameters(), *combined.to_depth.parameters()]
     projector_optimizer = adam(projector_params, lr=args.projector_lr, weight_decay=args.projector_wd)
-    criterion = segmentation_criterion(args, ctx, final_weight=args.final_weight)
+    criterion = segmentation_criterion(args, ctx, final_weight=distillation_final_weight(args, student))
 
     def alpha(epoch: int) -> float:
         return distill_alpha(epoch, args.schedule_epochs)
@@ -141,7 +150,7 @@ def build_response_distill_stage(args: argparse.Namespace, ctx: DistributedConte
     network = prepare_trained_module(build_student(args, depth_heads=True), args, ctx)
     student = unwrap_model(network)
     optimizer = adam(student.parameters(), lr=args.lr)
-    criterion = segmentation_criterion(args, ctx, final_weight=args.final_weight)
+    criterion = segmentation_criterion(args, ctx, final_weight=distillation_final_weight(args, student))
 
     def loss_fn(images: torch.Tensor, masks: torch.Tensor, epoch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         with torch.inference_mode(), autocast(ctx.device, args.amp):
@@ -166,11 +175,12 @@ def train_distill(args: argparse.Namespace) -> Path:
     if args.distill == "response":
         stage = build_response_distill_stage(args, ctx, depth_teacher)
         return run_stage(stage, args, ctx, loader, sampler, f"R-DFFNet: {args.model} / {args.backbone}, "
-                         f"depth teacher {args.depth_teacher}")
+                         f"final weight {args.final_weight}, depth teacher {args.depth_teacher}")
     if not args.teacher:
         raise SystemExit("--distill feature needs --teacher (the stage-1 checkpoint, e.g. checkpoint/DFFNet.pth)")
     with bad_input("--teacher"):
         defocus_teacher = prepare_teacher(load_model(args.teacher), args, ctx)
     stage = build_feature_distill_stage(args, ctx, defocus_teacher, depth_teacher)
-    return run_stage(stage, args, ctx, loader, sampler, f"D-DFFNet: {args.model} / {args.backbone}, teacher "
-                     f"{args.teacher} (bn {args.teacher_bn}), depth teacher {args.depth_teacher}")
+    return run_stage(stage, args, ctx, loader, sampler, f"D-DFFNet: {args.model} / {args.backbone}, final weight "
+                     f"{args.final_weight}, teacher {args.teacher} (bn {args.teacher_bn}), depth teacher "
+                     f"{args.depth_teacher}")
