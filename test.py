@@ -23,7 +23,7 @@ from datasets.files import format_names
 from datasets.polarity import STATED_POLARITIES, MaskPolarity
 from engine.evaluate import (EvalSettings, evaluate_model, evaluate_saved_maps, load_detector, predict_photos,
                              set_label)
-from engine.options import check_img_size
+from engine.options import check_img_size, check_writable
 from utils.checkpoint import CheckpointError
 from utils.metrics import PROTOCOLS, get_protocol
 from utils.paper_results import PAPER_SETS, TABLES
@@ -196,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     device = select_device(args.device)
     check_amp(args.amp, device)
+    check_writable(args.out, "--out", folder=True)
     settings = EvalSettings(protocol=get_protocol(args.protocol, args.raw_maps), device=device, amp=args.amp,
                             batch_size=args.batch_size, workers=args.workers, channels_last=args.channels_last,
                             img_size=args.img_size, data_root=args.data_root, save_maps=args.save_maps,

@@ -3,10 +3,13 @@
 `--distill feature` (default, D-DFFNet): a fresh student (ImageNet backbone, not the teacher's
 weights, as the authors) learns loss = 1.1 x L(final) + sum_k L(side_k) + alpha(epoch) x (defocus +
 depth distillation), the projectors with their own Adam (lr 0.1, weight decay 5e-4, constant,
-not clamped). Teachers run frozen under inference mode; MiDaS runs its encoder only.
-`--teacher-bn eval` (default) uses the teachers' running BatchNorm statistics; `--teacher-bn batch`
-reproduces the authors' scripts, which never called .eval() on the teachers (BatchNorm then
-normalises with each batch's statistics and drifts its running statistics).
+not clamped). The 1.1 is the authors' weight for a student with side outputs; without them
+(e.g. --model dffnet_no_side) it is 1.0, as in their code (--final-weight sets it).
+Teachers run frozen under inference mode; MiDaS runs its encoder only.
+`--teacher-bn batch` (default) reproduces the authors' scripts, which never called .eval() on the
+teachers: BatchNorm normalises with each batch's statistics (so a target depends on the other images
+of its batch) and drifts its running statistics. `--teacher-bn eval` (recommended) uses the teachers'
+running statistics: each image's targets are fixed, as the teachers compute them at test time.
 
 `--distill response` (R-DFFNet, appendix B-C, one stage): the student has 1x1 depth heads on the final
 layer and on each decoder branch, supervised by MiDaS depth maps (scale-and-shift-invariant MSE on

@@ -23,7 +23,7 @@ from datasets import DepthDataset
 from engine.options import bad_input, check_depth_teacher_arguments, log_dir, pretrained_argument
 from losses.depth import mean_anchor_loss, scale_shift_invariant_loss
 from models import build_midas
-from utils.checkpoint import model_checkpoint, save_checkpoint
+from utils.checkpoint import first_non_finite, last_good_checkpoint, model_checkpoint, save_checkpoint
 from utils.depth_metrics import relative_depth_errors
 from utils.log import TrainingLogger
 from utils.optim import adam, set_lr
@@ -49,7 +49,7 @@ def evaluate_depth(model: torch.nn.Module, loader: DataLoader, device: torch.dev
 
 
 def train_depth_teacher(args: argparse.Namespace) -> Path:
-    """Train, saving a checkpoint (our format) after every epoch; returns its path."""
+    """Train, saving a checkpoint (our format) after every epoch whose weights are all finite; returns its path."""
     device = select_device(args.device)
     check_depth_teacher_arguments(args, device)
     configure_backends(device)
@@ -86,8 +86,8 @@ def train_depth_teacher(args: argparse.Namespace) -> Path:
                 loss = (scale_shift_invariant_loss(depth, target, grad_weight=args.grad_weight)
                         + args.anchor_weight * mean_anchor_loss(depth, target))
                 if not math.isfinite(loss.item()):
-                    raise SystemExit(f"non-finite depth loss at epoch {epoch}, step {step}; stopping "
-                                     f"(last good checkpoint: {args.save} if an epoch completed)")
+                    raise SystemExit(f"non-finite depth loss at epoch {epoch}, step {step}; stopping. Last good "
+                                     f"checkpoint: {last_good_checkpoint(args.save, epoch - 1)}")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -95,6 +95,11 @@ def train_depth_teacher(args: argparse.Namespace) -> Path:
                 logger.step({"epoch": epoch, "step": step, "global_step": (epoch - 1) * len(loader) + step,
                              "lr": lr, "loss": loss.item()})
                 bar.set_postfix(loss=f"{loss.item():.4f}")
+            bad_weight = first_non_finite(model.state_dict())
+            if bad_weight is not None:
+                raise SystemExit(f"non-finite weights after epoch {epoch}: {bad_weight}; stopping without saving "
+                                 "(the run diverged: lower --lr?). Last good checkpoint: "
+                                 f"{last_good_checkpoint(args.save, epoch - 1)}")
             summary = {"epoch": epoch, "lr": lr, "loss": running / len(loader), "seconds": time.time() - start}
             summary.update(evaluate_depth(model, val_loader, device, args.amp) if val_loader
                            else {"abs_rel": "", "delta1": ""})

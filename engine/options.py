@@ -9,6 +9,7 @@ import argparse
 import contextlib
 import math
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -72,9 +73,13 @@ def add_distillation_arguments(parser: argparse.ArgumentParser) -> None:
                         help="stage-1 checkpoint (ours or the authors' DFFNet.pth)")
     parser.add_argument("--depth-teacher", default="depth_pretrained/midas_v21-f6b98070.pt",
                         help="MiDaS weights (the authors' midas_v21-f6b98070.pt or our checkpoint)")
-    parser.add_argument("--teacher-bn", choices=["eval", "batch"], default="eval",
-                        help="teacher BatchNorm: running statistics (eval) or batch statistics (the authors')")
-    parser.add_argument("--final-weight", type=float, default=1.1, help="weight of the final map's loss")
+    parser.add_argument("--teacher-bn", choices=["eval", "batch"], default="batch",
+                        help="teacher BatchNorm: batch statistics (the authors': teachers left in train mode, "
+                             "targets depend on which images share a batch and the running statistics drift) "
+                             "or eval (recommended: running statistics, the targets of each image fixed)")
+    parser.add_argument("--final-weight", type=float, default=None,
+                        help="weight of the final map's loss (default: the authors' 1.1 when the student has "
+                             "side outputs, 1.0 without)")
     parser.add_argument("--projector-lr", type=float, default=0.1)
     parser.add_argument("--projector-wd", type=float, default=5e-4)
 
@@ -125,6 +130,47 @@ def check_save_is_new(args: argparse.Namespace) -> None:
     raise SystemExit(f"--save {args.save} already exists: pass {choices} to replace it, or choose another --save")
 
 
+def check_writable(path: str | os.PathLike, flag: str, folder: bool = False) -> None:
+    """Exit with one line naming `flag` unless a file can be created at `path` (a file path, or with
+    folder=True a folder to write into). A probe file is created and removed, and any folder made for it
+    is removed again: an unwritable output is found before the work instead of after it."""
+    path = Path(path)
+    if folder and path.exists() and not path.is_dir():
+        raise SystemExit(f"{flag} {path}: is a file, expected a folder")
+    if not folder and path.is_dir():
+        raise SystemExit(f"{flag} {path}: is a folder, expected a file path")
+    destination = path if folder else path.parent
+    missing: list[Path] = []
+    ancestor = destination
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        missing.append(ancestor)
+        ancestor = ancestor.parent
+    made: list[Path] = []
+    try:
+        for directory in reversed(missing):
+            try:
+                directory.mkdir()
+            except OSError as e:
+                raise SystemExit(f"{flag} {path}: cannot create the folder {directory} ({e.strerror})") from None
+            made.append(directory)
+        try:
+            fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=destination)
+        except OSError as e:
+            raise SystemExit(f"{flag} {path}: cannot write in {destination} ({e.strerror})") from None
+        os.close(fd)
+        os.unlink(probe)
+    finally:
+        for directory in reversed(made):
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """--save and --log-dir must be writable: checked now, not after the first epoch."""
+    check_writable(args.save, "--save")
+    check_writable(log_dir(args), "--log-dir", folder=True)
+
+
 def check_training_arguments(args: argparse.Namespace, ctx: DistributedContext) -> None:
     """Reject train_single.py / train_kd.py settings that cannot run, with a message naming the flag."""
     if args.epochs < 1:
@@ -144,6 +190,8 @@ def check_training_arguments(args: argparse.Namespace, ctx: DistributedContext) 
     if args.val_every < 1:
         raise SystemExit(f"--val-every must be >= 1, got {args.val_every}")
     check_amp(args.amp, ctx.device)
+    if ctx.is_main:
+        check_outputs(args)
     check_save_is_new(args)
 
 
@@ -152,6 +200,7 @@ def check_depth_teacher_arguments(args: argparse.Namespace, device: torch.device
     check_batch_and_lr(args)
     check_img_size(args.img_size)
     check_amp(args.amp, device)
+    check_outputs(args)
     check_save_is_new(args)
 
 

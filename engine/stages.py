@@ -16,7 +16,7 @@ import torch.nn as nn
 from engine.options import bad_input, pretrained_argument
 from engine.train import Stage, make_train_loader, prepare_trained_module, run_stage, start_training
 from losses import Projectors, SegmentationCriterion, feature_distillation_loss, response_distillation_loss
-from models import build_model, load_midas, load_model, make_frozen_teacher
+from models import VARIANTS, build_model, load_midas, load_model, make_frozen_teacher
 from utils.distributed import DistributedContext, unwrap_model
 from utils.optim import adam
 from utils.runtime import autocast
@@ -36,6 +36,15 @@ def segmentation_criterion(args: argparse.Namespace, ctx: DistributedContext,
     processes x --accumulate so that a split batch gives the whole batch's loss."""
     return SegmentationCriterion(args.loss, final_weight=final_weight, reduction=args.edge_reduction,
                                  edge_sum_scale=ctx.world_size * args.accumulate)
+
+
+def distillation_final_weight(args: argparse.Namespace, student: nn.Module) -> float:
+    """Stage 2's weight of the final map: --final-weight, by default the authors' 1.1 when the student has
+    side outputs and 1.0 without. The value used is written to args.final_weight, so that the log and the
+    checkpoint's config record it."""
+    if args.final_weight is None:
+        args.final_weight = 1.1 if VARIANTS[student.config["name"]].side_outputs else 1.0
+    return args.final_weight
 
 
 def training_mae(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
@@ -100,10 +109,10 @@ class DistillationStudent(nn.Module):
 def build_feature_distill_stage(args: argparse.Namespace, ctx: DistributedContext,
                                 teachers: dict[str, nn.Module]) -> Stage:
     """D-DFFNet: loss = final_weight x L(final) + sum_k L(side_k) + alpha(epoch) x sum over `teachers`
-    ("defocus": the stage-1 DFFNet, "depth": MiDaS; the paper uses both) of their feature distillation.
-    The teachers (frozen, on the device) run once per batch under inference mode, MiDaS its encoder
-    only; the projectors have their own Adam (constant lr, not clamped). The stage logs its alpha with
-    every step and epoch."""
+    ("defocus": the stage-1 DFFNet, "depth": MiDaS; the paper uses both) of their feature distillation,
+    final_weight from `distillation_final_weight`. The teachers (frozen, on the device) run once per batch
+    under inference mode, MiDaS its encoder only; the projectors have their own Adam (constant lr, not
+    clamped). The stage logs its alpha with every step and epoch."""
     student = build_student(args)
     projectors = {name: Projectors(student.feature_channels, teacher.feature_channels)
                   for name, teacher in teachers.items()}
@@ -111,7 +120,7 @@ def build_feature_distill_stage(args: argparse.Namespace, ctx: DistributedContex
     combined = unwrap_model(network)
     optimizer = adam(combined.student.parameters(), lr=args.lr)
     projector_optimizer = adam(combined.projectors.parameters(), lr=args.projector_lr, weight_decay=args.projector_wd)
-    criterion = segmentation_criterion(args, ctx, final_weight=args.final_weight)
+    criterion = segmentation_criterion(args, ctx, final_weight=distillation_final_weight(args, student))
 
     def alpha(epoch: int) -> float:
         return distill_alpha(epoch, args.schedule_epochs)
@@ -140,7 +149,7 @@ def build_response_distill_stage(args: argparse.Namespace, ctx: DistributedConte
     network = prepare_trained_module(build_student(args, depth_heads=True), args, ctx)
     student = unwrap_model(network)
     optimizer = adam(student.parameters(), lr=args.lr)
-    criterion = segmentation_criterion(args, ctx, final_weight=args.final_weight)
+    criterion = segmentation_criterion(args, ctx, final_weight=distillation_final_weight(args, student))
 
     def loss_fn(images: torch.Tensor, masks: torch.Tensor, epoch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         with torch.inference_mode(), autocast(ctx.device, args.amp):
@@ -169,7 +178,7 @@ def train_distill(args: argparse.Namespace) -> Path:
     if args.distill == "response":
         stage = build_response_distill_stage(args, ctx, depth_teacher)
         return run_stage(stage, args, ctx, loader, sampler, f"R-DFFNet: {args.model} / {args.backbone}, "
-                         f"depth teacher {args.depth_teacher}")
+                         f"final weight {args.final_weight}, depth teacher {args.depth_teacher}")
     teachers, described = {}, []
     if args.teachers in ("both", "defocus"):
         if not args.teacher:
@@ -183,4 +192,4 @@ def train_distill(args: argparse.Namespace) -> Path:
         described.append(f"depth teacher {args.depth_teacher}")
     stage = build_feature_distill_stage(args, ctx, teachers)
     return run_stage(stage, args, ctx, loader, sampler, f"D-DFFNet: {args.model} / {args.backbone}, "
-                     f"{', '.join(described)} (bn {args.teacher_bn})")
+                     f"final weight {args.final_weight}, {', '.join(described)} (bn {args.teacher_bn})")

@@ -2,8 +2,8 @@
 
 Per epoch `fit` sets the poly learning rate, runs `train_step` (one optimiser step over `--accumulate`
 micro-batches, element-wise clamp of the model's gradients; the step bench/train_speed.py times), logs,
-optionally validates, and writes a resumable checkpoint. What a stage trains and its loss come from
-engine.stages as a `Stage`; the flags and their checks are in engine.options.
+checks that every weight is finite, optionally validates, and writes a resumable checkpoint. What a stage
+trains and its loss come from engine.stages as a `Stage`; the flags and their checks are in engine.options.
 
 Batch semantics: `--batch-size` is the GLOBAL batch (the paper's 6), split over torchrun processes
 and `--accumulate` steps. A batch-summed loss term (the authors' DOF-edge dice) is scaled by
@@ -33,7 +33,8 @@ from tqdm import tqdm
 from datasets import build_dataset
 from engine.evaluate import EvalSettings, score_model
 from engine.options import bad_input, check_training_arguments, log_dir
-from utils.checkpoint import CheckpointError, model_checkpoint, read_training_checkpoint, save_checkpoint
+from utils.checkpoint import (CheckpointError, first_non_finite, last_good_checkpoint, model_checkpoint,
+                              read_training_checkpoint, save_checkpoint)
 from utils.distributed import (DistributedContext, EpochShuffleSampler, all_reduce_sum, barrier,
                                cleanup_distributed, setup_distributed)
 from utils.log import TrainingLogger
@@ -48,6 +49,11 @@ RESUME_MUST_MATCH = ("model", "backbone", "train_set", "batch_size", "accumulate
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the run stops and the last good checkpoint stays."""
+
+
+class NonFiniteWeightsError(RuntimeError):
+    """A parameter or buffer became NaN or infinite (e.g. a BatchNorm running variance, which the loss in
+    training mode does not see); the run stops without saving and the last good checkpoint stays."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -228,6 +234,20 @@ def resume_from(path: Path, stage: Stage, args: argparse.Namespace, scaler: torc
     return int(state["epoch"]), state["best_val_mae"]
 
 
+def first_non_finite_weight(stage: Stage, ctx: DistributedContext) -> str | None:
+    """The first parameter or buffer of the stage's model or extra modules that holds NaN or inf on any
+    process ('name (NaN|inf)'), else None."""
+    tensors = dict(stage.dbd_model.state_dict())
+    for name, module in stage.extra_modules.items():
+        tensors.update({f"{name}.{key}": value for key, value in module.state_dict().items()})
+    bad = first_non_finite(tensors)
+    if ctx.enabled:
+        bad_processes = all_reduce_sum(torch.tensor([float(bad is not None)], device=ctx.device)).item()
+        if bad_processes and bad is None:
+            bad = "a weight of another process"
+    return bad
+
+
 def train_step(stage: Stage, micro_batches: Iterator[dict[str, Any]], epoch: int, args: argparse.Namespace,
                ctx: DistributedContext, scaler: torch.amp.GradScaler) -> dict[str, float]:
     """One optimiser step over `args.accumulate` micro-batches: forward, loss, backward, element-wise clamp
@@ -285,9 +305,9 @@ def fit(stage: Stage, args: argparse.Namespace, ctx: DistributedContext, loader:
             try:
                 terms_this_step = train_step(stage, micro_batches, epoch, args, ctx, scaler)
             except NonFiniteLossError as e:
-                last = f"{save_path} (epoch {last_saved})" if last_saved else "none: no epoch completed"
                 raise NonFiniteLossError(f"non-finite loss at epoch {epoch}, step {step}/{steps_per_epoch} "
-                                         f"({e}); stopping. Last good checkpoint: {last}") from None
+                                         f"({e}); stopping. Last good checkpoint: "
+                                         f"{last_good_checkpoint(save_path, last_saved)}") from None
             row = {"epoch": epoch, "step": step, "global_step": (epoch - 1) * steps_per_epoch + step, "lr": lr,
                    **stage.epoch_values(epoch)}
             row.update(terms_this_step)
@@ -295,6 +315,11 @@ def fit(stage: Stage, args: argparse.Namespace, ctx: DistributedContext, loader:
             for name, value in terms_this_step.items():
                 sums[name] = sums.get(name, 0.0) + value
             bar.set_postfix(loss=f"{terms_this_step['loss']:.4f}")
+        bad_weight = first_non_finite_weight(stage, ctx)
+        if bad_weight is not None:
+            raise NonFiniteWeightsError(f"non-finite weights after epoch {epoch}: {bad_weight}; stopping without "
+                                        "saving (the run diverged: lower --lr?). Last good checkpoint: "
+                                        f"{last_good_checkpoint(save_path, last_saved)}")
         summary: dict[str, Any] = {"epoch": epoch, "lr": lr, **stage.epoch_values(epoch)}
         summary.update({name: total / steps_per_epoch for name, total in sums.items()})
         summary["seconds"] = time.time() - epoch_start
@@ -322,7 +347,7 @@ def fit(stage: Stage, args: argparse.Namespace, ctx: DistributedContext, loader:
 def run_stage(stage: Stage, args: argparse.Namespace, ctx: DistributedContext, loader: DataLoader,
               sampler: EpochShuffleSampler, description: str) -> Path:
     """Resume if asked, log the set-up, run the loop, and always leave the process group. A non-finite loss
-    ends the process with a one-line message naming the last good checkpoint."""
+    or weight ends the process with a one-line message naming the last good checkpoint."""
     scaler = torch.amp.GradScaler(ctx.device.type, enabled=args.amp == "fp16")
     start_epoch, best_val_mae = 1, None
     if args.resume is not None:
@@ -341,7 +366,7 @@ def run_stage(stage: Stage, args: argparse.Namespace, ctx: DistributedContext, l
             return Path(args.save)
         try:
             path = fit(stage, args, ctx, loader, sampler, logger, start_epoch, best_val_mae, scaler)
-        except NonFiniteLossError as e:
+        except (NonFiniteLossError, NonFiniteWeightsError) as e:
             raise SystemExit(str(e)) from None
         logger.info(f"saved {path}")
         return path

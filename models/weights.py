@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from utils.checkpoint import CHECKPOINT_FORMAT, CheckpointError, is_model_checkpoint, read_checkpoint
+from utils.checkpoint import CHECKPOINT_FORMAT, CheckpointError, check_finite, is_model_checkpoint, read_checkpoint
 
 from .dbdnet import DBDNet, build_model
 from .midas import MidasNet, build_midas
@@ -168,6 +168,7 @@ def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], path: Pa
 
 def _load_into(model: nn.Module, obj: Any, path: Path) -> dict[str, Any]:
     state, metadata = unpack_checkpoint(obj, path)
+    check_finite(state, path)
     stored_config = metadata.get("model_config")
     config = getattr(model, "config", None)
     if stored_config is not None and config is not None and stored_config != config:
@@ -207,6 +208,30 @@ def authors_variant(state: dict[str, torch.Tensor]) -> str:
     return "dffnet"
 
 
+def own_variant(state: dict[str, torch.Tensor]) -> str:
+    """The registry name for a bare state_dict in this code's key layout (encoder./reducers./decoder.),
+    from the decoder parts it holds."""
+    keys = set(state)
+    if any(k.startswith("encoder.model.features_") for k in keys):
+        return "dffnet_vgg16"
+    if "reducers.0.weight" in keys:
+        return "pdnet"
+    if not any(k.startswith("decoder.fusion.") for k in keys):
+        return "dffnet_wo_dffm"
+    if not any(k.startswith("decoder.side_heads.") for k in keys):
+        return "dffnet_no_side"
+    if not any(k.startswith("decoder.side_attention.") for k in keys):
+        return "dffnet_no_attention"
+    return "dffnet"
+
+
+def stored_variant(state: dict[str, torch.Tensor]) -> str:
+    """The registry name (or 'midas') of a bare state_dict, in the authors' key layout or in ours."""
+    if is_authors_layout(state) or any(k.startswith("scratch.") for k in state):
+        return authors_variant(state)
+    return own_variant(state)
+
+
 def build_from_config(config: dict[str, Any]) -> nn.Module:
     """build_model / build_midas from a stored `model.config`."""
     config = dict(config)
@@ -218,7 +243,8 @@ def load_model(path: str | os.PathLike, name: str | None = None, backbone: str |
                map_location: str | torch.device = "cpu") -> nn.Module:
     """Build the network stored in `path` and load it (train mode). Our checkpoints carry their
     `model_config`; for bare state_dicts the network is `name` / `backbone`, by default the variant the
-    keys identify (dffnet for the authors' DFFNet.pth / D-DFFNet.pth) with its default backbone."""
+    keys identify, in the authors' layout or ours (dffnet for the authors' DFFNet.pth / D-DFFNet.pth), with
+    its default backbone, and with R-DFFNet depth heads when the keys hold them."""
     path = Path(path)
     obj = read_checkpoint(path, map_location=map_location)
     state, metadata = unpack_checkpoint(obj, path)
@@ -231,11 +257,11 @@ def load_model(path: str | os.PathLike, name: str | None = None, backbone: str |
             raise _error(path, f"holds a model with backbone '{stored_backbone}', but '{backbone}' was asked for")
         model = build_from_config(config)
     else:
-        name = name or authors_variant(state)
+        name = name or stored_variant(state)
         if name == "midas":
             model = build_midas(encoder=backbone or "resnext101_32x8d")
         else:
-            model = build_model(name, backbone)
+            model = build_model(name, backbone, depth_heads=any(k.startswith("decoder.depth_heads.") for k in state))
     _load_into(model, obj, path)
     return model.to(map_location).train()
 

@@ -17,7 +17,8 @@ from torch import nn
 
 from models import build_model, list_models, load_checkpoint, load_model
 from models.weights import authors_key, authors_variant
-from utils.checkpoint import CHECKPOINT_FORMAT, CheckpointError, save_checkpoint
+from utils.checkpoint import (CHECKPOINT_FORMAT, CheckpointError, model_checkpoint, read_training_checkpoint,
+                              save_checkpoint)
 
 SMALL_BACKBONE = {name: "resnest14d" for name in list_models()} | {"dffnet_vgg16": "vgg16"}
 DEAD = {
@@ -315,3 +316,35 @@ def test_our_checkpoint_round_trip(tmp_path):
         load_checkpoint(build_model("dffnet", "resnest14d"), path)
     with pytest.raises(CheckpointError, match=r"holds a 'dffnet' model, but 'pdnet' was asked for"):
         load_model(path, name="pdnet")
+
+
+# ---------------------------------------------------------------- non-finite weights, bare files in our layout
+
+
+@pytest.mark.parametrize("value, kind", [(float("inf"), "inf"), (float("nan"), "NaN")])
+def test_a_checkpoint_with_non_finite_weights_is_refused_in_one_line(tmp_path, value, kind):
+    """A diverged run's file (e.g. an inf BatchNorm variance) is named at loading, not by a metric's traceback."""
+    model = build_model("dffnet_no_side", "resnest14d")
+    model.decoder.refine.bn.running_var[3] = value
+    ours = save_checkpoint(model_checkpoint(model, {}, 1, optimizers={"model": {}}), tmp_path / "diverged.pth")
+    bare = tmp_path / "bare.pth"
+    torch.save(model.state_dict(), bare)
+    for path, load in ((ours, load_model), (bare, load_model), (ours, read_training_checkpoint)):
+        with pytest.raises(CheckpointError, match=rf"^{re.escape(str(path))}: holds non-finite weights, first "
+                                                  rf"decoder\.refine\.bn\.running_var \({kind}\): the run that wrote "
+                                                  r"it diverged; use an earlier checkpoint or train again with a "
+                                                  r"lower --lr$"):
+            load(path)
+
+
+@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("depth_heads", [False, True])
+def test_a_bare_state_dict_in_our_layout_builds_its_own_variant(tmp_path, name, depth_heads):
+    """`torch.save(model.state_dict())` of any variant loads without --model (not only the authors' layout)."""
+    model = build_model(name, SMALL_BACKBONE[name], depth_heads=depth_heads)
+    state = _randomised(model, seed=3)
+    torch.save({"module." + k: v for k, v in state.items()}, tmp_path / "bare.pth")
+    loaded = load_model(tmp_path / "bare.pth", backbone=SMALL_BACKBONE[name])
+    assert loaded.config == {"name": name, "backbone": SMALL_BACKBONE[name], "depth_heads": depth_heads}
+    for key, value in loaded.state_dict().items():
+        assert torch.equal(value, state[key]), key

@@ -83,3 +83,38 @@ def test_mean_anchor_loss_value_and_gradient_to_the_offset():
     loss.backward()
     assert (pred.grad < 0).all()  # pushes a collapsed (zero) map back up; the invariant loss alone cannot
     assert scale_shift_invariant_loss(pred, target).item() == 0.0
+
+
+def test_train_depth_stops_on_non_finite_weights_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    """A BatchNorm running variance turning inf in epoch 2: no save, the epoch-1 file survives byte for byte."""
+    import pytest
+
+    import engine.depth
+    from datasets.synthetic import generate_dataset
+    from train_depth import main
+
+    data = generate_dataset(tmp_path / "syn", n=4, seed=3, size=64)
+    save = tmp_path / "midas_small.pth"
+    built, epoch1_file = [], []
+    real_build, real_set_lr = engine.depth.build_midas, engine.depth.set_lr
+
+    def build_and_keep(*args, **kwargs):
+        built.append(real_build(*args, **kwargs))
+        return built[-1]
+
+    def set_lr_then_diverge(optimizer, lr):
+        if epoch1_file == [] and save.exists():  # the start of epoch 2
+            epoch1_file.append(save.read_bytes())
+            built[0].get_submodule(first_bn).running_var.fill_(float("inf"))
+        real_set_lr(optimizer, lr)
+
+    first_bn = next(name for name, m in real_build("resnet18", features=16).named_modules()
+                    if isinstance(m, torch.nn.BatchNorm2d))
+    monkeypatch.setattr(engine.depth, "build_midas", build_and_keep)
+    monkeypatch.setattr(engine.depth, "set_lr", set_lr_then_diverge)
+    with pytest.raises(SystemExit, match=rf"^non-finite weights after epoch 2: {first_bn}\.running_var \(inf\); "
+                                         r"stopping without saving .* Last good checkpoint: .*midas_small\.pth "
+                                         r"\(epoch 1\)$"):
+        main(["--data", str(data), "--img-size", "64", "--epochs", "3", "--batch-size", "2", "--features", "16",
+              "--workers", "0", "--device", "cpu", "--save", str(save), "--log-dir", str(tmp_path / "log")])
+    assert save.read_bytes() == epoch1_file[0]

@@ -20,7 +20,7 @@ import engine.train
 import losses.segmentation
 import train_kd
 import train_single
-from models import build_midas, load_model
+from models import build_midas, build_model, load_model, make_frozen_teacher
 from utils.checkpoint import read_checkpoint, save_checkpoint
 from utils.distributed import DistributedContext
 
@@ -285,3 +285,77 @@ def test_sigkill_mid_epoch_resumes_from_the_last_complete_checkpoint(data: Path,
     assert done.returncode == 0, done.stderr[-2000:]
     assert_same_state(read_checkpoint(tmp_path / "model.pth")["model"],
                       read_checkpoint(two_epoch_run / "model.pth")["model"])
+
+
+def test_nonfinite_weights_stop_before_saving_and_keep_the_last_good_checkpoint(
+        data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A BatchNorm running variance turning inf in epoch 2 (the loss, in train mode, stays finite): the run
+    stops naming the tensor and the epoch-1 file survives byte for byte."""
+    real_build = engine.stages.build_stage1
+    epoch1_file = []
+
+    def build_with_diverging_variance(args, ctx):
+        stage = real_build(args, ctx)
+        real_loss_fn, calls = stage.loss_fn, []
+
+        def loss_fn(images, masks, epoch):
+            calls.append(epoch)
+            if len(calls) == 3:  # epoch 2, step 1 of 2
+                epoch1_file.append((tmp_path / "model.pth").read_bytes())
+                stage.dbd_model.decoder.refine.bn.running_var.fill_(float("inf"))
+            return real_loss_fn(images, masks, epoch)
+
+        stage.loss_fn = loss_fn
+        return stage
+
+    monkeypatch.setattr(engine.stages, "build_stage1", build_with_diverging_variance)
+    with pytest.raises(SystemExit, match=r"^non-finite weights after epoch 2: decoder\.refine\.bn\.running_var "
+                                         r"\(inf\); stopping without saving \(the run diverged: lower --lr\?\)\. "
+                                         rf"Last good checkpoint: {tmp_path / 'model.pth'} \(epoch 1\)$"):
+        train_single.main(common_args(data, tmp_path, batch=4) + ["--epochs", "3", "--backbone", "resnet18"])
+    assert (tmp_path / "model.pth").read_bytes() == epoch1_file[0]
+    assert read_checkpoint(tmp_path / "model.pth")["epoch"] == 1
+    assert [r["epoch"] for r in read_csv(tmp_path / "log" / "epochs.csv")] == ["1"]
+
+
+CPU = DistributedContext(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+
+
+def test_stage2_teachers_use_batch_statistics_by_default(tmp_path: Path):
+    """The authors never call .eval() on the teachers: by default their BatchNorm uses (and drifts with) each
+    batch's statistics; --teacher-bn eval keeps the running statistics."""
+    args = train_kd.parse_args(["--save", str(tmp_path / "m.pth")])
+    assert args.teacher_bn == "batch"
+    teacher = engine.stages.prepare_teacher(build_model("dffnet", "resnet18"), args, CPU)
+    assert teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    running_mean = teacher.encoder.model.bn1.running_mean.clone()
+    with torch.inference_mode():
+        teacher.features(torch.randn(2, 3, 64, 64))
+    assert not torch.equal(teacher.encoder.model.bn1.running_mean, running_mean)
+    eval_args = train_kd.parse_args(["--save", str(tmp_path / "m.pth"), "--teacher-bn", "eval"])
+    assert not engine.stages.prepare_teacher(build_model("dffnet", "resnet18"), eval_args, CPU).training
+
+
+@pytest.mark.parametrize("distill", ["feature", "response"])
+@pytest.mark.parametrize("model_name, flags, final_weight", [
+    ("dffnet", [], 1.1),                              # the authors' weight with side outputs
+    ("dffnet_no_side", [], 1.0),                      # ... and without
+    ("dffnet_no_side", ["--final-weight", "1.3"], 1.3),
+])
+def test_stage2_final_weight_follows_the_side_outputs(tmp_path: Path, distill: str, model_name: str,
+                                                      flags: list[str], final_weight: float):
+    args = train_kd.parse_args(["--model", model_name, "--backbone", "resnet18", "--pretrained", "none",
+                                "--distill", distill, "--save", str(tmp_path / "m.pth"), *flags])
+    torch.manual_seed(0)
+    depth_teacher = make_frozen_teacher(build_midas("resnet18", features=16))
+    if distill == "feature":
+        defocus_teacher = make_frozen_teacher(build_model("dffnet", "resnet18"))
+        stage = engine.stages.build_feature_distill_stage(args, CPU, {"defocus": defocus_teacher, "depth": depth_teacher})
+    else:
+        stage = engine.stages.build_response_distill_stage(args, CPU, depth_teacher)
+    batch = torch.utils.data.default_collate([write_tiny_item(seed) for seed in range(2)])
+    _, terms = stage.loss_fn(batch["image"], batch["mask"], 1)
+    sides = [value.item() for name, value in terms.items() if name.startswith("side")]
+    assert len(sides) == (4 if model_name == "dffnet" else 0)
+    assert terms["seg"].item() == pytest.approx(final_weight * terms["final"].item() + sum(sides), rel=1e-5)
+    assert args.final_weight == final_weight  # what the log and the checkpoint's config record

@@ -16,6 +16,7 @@ sys.path.insert(0, str(ROOT))
 
 from datasets import DatasetError  # noqa: E402
 from engine.baselines import BASELINES, write_baseline_maps  # noqa: E402
+from engine.options import check_writable  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -27,6 +28,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--img-size", type=int, default=320)
     parser.add_argument("--out", required=True, help="folder for the maps")
     args = parser.parse_args(argv)
+    check_writable(args.out, "--out", folder=True)
     try:
         out = write_baseline_maps(args.name, args.test_set, args.out, args.data_root, args.train_set, args.img_size)
     except (DatasetError, ValueError) as e:

@@ -14,6 +14,7 @@ sys.path.insert(0, str(ROOT))
 
 from datasets import DatasetError  # noqa: E402
 from engine.figures import comparison_figure  # noqa: E402
+from engine.options import check_writable  # noqa: E402
 from utils.checkpoint import CheckpointError  # noqa: E402
 
 
@@ -31,6 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     if any("=" not in pair for pair in args.checkpoint):
         parser.error("--checkpoint takes LABEL=PATH pairs")
     checkpoints = dict(pair.split("=", 1) for pair in args.checkpoint)
+    check_writable(args.out, "--out")
     try:
         path = comparison_figure(args.dataset, checkpoints, args.out, args.depth_teacher, args.count,
                                  args.data_root, args.img_size, args.device)

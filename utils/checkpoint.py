@@ -11,6 +11,7 @@ import pickle
 import re
 import tempfile
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +81,27 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         ) from None
 
 
+def first_non_finite(tensors: Mapping[str, torch.Tensor]) -> str | None:
+    """'name (NaN)' or 'name (inf)' of the first floating-point tensor holding a NaN or an infinity, else None."""
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            return f"{name} ({'NaN' if torch.isnan(tensor).any() else 'inf'})"
+    return None
+
+
+def check_finite(state: Mapping[str, torch.Tensor], path: str | os.PathLike) -> None:
+    """Refuse a checkpoint whose weights hold NaN or inf (written by a diverged run) in one line."""
+    bad = first_non_finite(state)
+    if bad is not None:
+        raise CheckpointError(f"{path}: holds non-finite weights, first {bad}: the run that wrote it diverged; "
+                              "use an earlier checkpoint or train again with a lower --lr")
+
+
+def last_good_checkpoint(path: str | os.PathLike, last_saved_epoch: int | None) -> str:
+    """What a stopped run leaves behind, for its closing message: 'PATH (epoch N)' or that there is none."""
+    return f"{path} (epoch {last_saved_epoch})" if last_saved_epoch else "none: no epoch completed"
+
+
 def current_umask() -> int:
     """The process's umask (reading it means setting it, so it is set straight back)."""
     mask = os.umask(0o022)
@@ -103,4 +125,5 @@ def read_training_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     state = read_checkpoint(path, map_location="cpu")
     if not is_model_checkpoint(state) or "optimizers" not in state:
         raise CheckpointError(f"{path}: not a training checkpoint of this code (no optimiser state)")
+    check_finite(state["model"], path)
     return state
