@@ -122,7 +122,7 @@ def main() -> None:
     result = {"machine": machine(), "metric_threads": 1, "quick": args.quick, "maps_per_measurement": n_maps,
               "metrics": rows, "end_to_end": e2e, "target": "official metrics for a 1600x1024 map < 20 ms, one core"}
     print(f"machine: {result['machine']['cpu']} ({result['machine']['cores']} cores), metrics on 1 thread")
-    print(f"| maps | method | ms / image | images / s |\n|---|---|---|---|")
+    print("| maps | method | ms / image | images / s |\n|---|---|---|---|")
     for row in rows:
         print(f"| {row['maps']} | {row['method']} | {row['ms_per_image']:.1f} | {row['images_per_s']:.1f} |")
     print(f"\nend to end (test.py engine, resnest14d DFFNet, 320x320 synthetic, CPU, {e2e['threads']} threads, "

@@ -329,5 +329,5 @@ def load_region_mask(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as img:
             return np.asarray(img if img.mode.startswith("I") else img.convert("L")) > 0
-    except (OSError, UnidentifiedImageError) as exc:
+    except DECODE_ERRORS as exc:
         raise DatasetError(f"{path}: cannot decode region mask ({exc})") from None

@@ -111,3 +111,6 @@ def test_missing_or_mis_sized_region_masks_are_named(tmp_path: Path):
     dataset = build_dataset(expr, "test")
     with pytest.raises(DatasetError, match=r"b\.png: region mask 4x5 but the GT mask is 4x4"):
         dataset[1]
+    (tmp_path / "set" / "homogeneous" / "b.png").write_text("not a PNG")
+    with pytest.raises(DatasetError, match=r"b\.png: cannot decode region mask"):
+        build_dataset(expr, "test")[1]
