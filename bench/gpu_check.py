@@ -71,6 +71,7 @@ sys.path.insert(0, str(ROOT))
 import train_single  # noqa: E402
 from bench.common import (build_stage, machine, peak_memory_gb, random_batches, reset_peak_memory,  # noqa: E402
                           stage_argv, time_steps)
+from datasets.files import HOMOGENEOUS_DIR  # noqa: E402
 from datasets.synthetic import generate_dataset  # noqa: E402
 from engine.options import log_dir  # noqa: E402
 from engine.stages import build_stage1  # noqa: E402
@@ -197,8 +198,9 @@ def run_command(name: str, command: list[str], cfg: argparse.Namespace, env: dic
 
 
 def crop_rows(root: Path, height: int) -> None:
-    """Crop every image, mask and depth map of a square synthetic set to its central `height` rows."""
-    for folder in ("image", "gt", "depth"):
+    """Crop every image, mask, depth map and region mask of a square synthetic set to its central `height`
+    rows."""
+    for folder in ("image", "gt", "depth", HOMOGENEOUS_DIR):
         for path in (root / folder).iterdir():
             data = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
             top = (data.shape[0] - height) // 2

@@ -7,8 +7,8 @@ from pathlib import Path
 from torch.utils.data import Dataset
 
 from .base import CombinedDataset, PairDataset, read_meta
-from .files import (HOMOGENEOUS_DIR, DatasetError, Pairing, format_names, list_folder, natural_key, pair_folders,
-                    read_split_list, stem_key, warn)
+from .files import (HOMOGENEOUS_DIR, DatasetError, Pairing, format_names, image_size, list_folder, natural_key,
+                    pair_folders, read_split_list, stem_key, warn)
 from .polarity import STATED_POLARITIES, MaskPolarity, estimate_polarity, split_polarity
 
 IMAGE_DIRS = ("image", "images", "img")
@@ -135,7 +135,16 @@ def homogeneous_masks(folder: Path, pairs: list) -> list[Path] | None:
     if missing:
         raise DatasetError(f"{folder}: no homogeneous-region mask for {len(missing)} of {len(paths)} test images "
                            f"(expected <mask stem>.png): {format_names(missing, 10)}")
+    mis_sized = [f"{path.name} ({_wxh(image_size(path))}, GT {_wxh(pair.mask_size)})"
+                 for path, pair in zip(paths, pairs) if image_size(path) != pair.mask_size]
+    if mis_sized:
+        raise DatasetError(f"{folder}: region masks whose size differs from their GT mask: "
+                           f"{format_names(mis_sized, 10)}")
     return paths
+
+
+def _wxh(size: tuple[int, int]) -> str:
+    return f"{size[1]}x{size[0]}"
 
 
 def _parse_folder(term: str) -> tuple[Path, MaskPolarity | None]:
