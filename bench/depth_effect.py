@@ -1,6 +1,6 @@
 """Does depth distillation help where defocus cues vanish? A controlled, multi-seed test of the paper's claim.
 
-    python bench/depth_effect.py [--seeds 1 2 3] [--epochs 5] [--out bench/results/depth_effect] [--quick]
+    python bench/depth_effect.py [--seeds 1 2 3] [--epochs 4] [--out bench/results/depth_effect] [--quick]
 
 On the synthetic defocus data (datasets/synthetic.py, which also writes which pixels show a nearly
 textureless surface: homogeneous/), at the demo's scale and with the demo's depth teacher (MiDaS v2.1

@@ -1,4 +1,5 @@
-"""Qualitative comparison figure: image, ground truth, each detector's map and the depth teacher's depth.
+"""Qualitative comparison figure: image, ground truth, the nearly textureless pixels (where the set has them),
+each detector's map and the depth teacher's depth.
 
 Command line: tools/figures.py.
 """
@@ -38,7 +39,8 @@ def _true_inverse_depth(folder: str, items: list[dict], img_size: int) -> list[t
 @torch.inference_mode()
 def comparison_figure(dataset_expr: str, checkpoints: dict[str, str], out: str | Path, depth_teacher: str | None = None,
                       count: int = 6, root: str = "data", img_size: int = 320, device: str = "auto") -> Path:
-    """Save a grid of `count` evenly spaced test images (rows) x [image, GT, detectors..., depth] (columns)."""
+    """Save a grid of `count` evenly spaced test images (rows) x [image, GT, nearly textureless pixels (sets with
+    region masks), detectors..., depth] (columns)."""
     dev = select_device(device)
     dataset = build_dataset(dataset_expr, "test", root=root, img_size=img_size)
     picks = np.linspace(0, len(dataset) - 1, num=min(count, len(dataset))).round().astype(int)
@@ -46,6 +48,8 @@ def comparison_figure(dataset_expr: str, checkpoints: dict[str, str], out: str |
     images = torch.stack([item["image"] for item in items]).to(dev)
     columns = {"image": [_displayed_image(item["image"]) for item in items],
                "ground truth (white = in-focus)": [item["mask"][0].numpy() for item in items]}
+    if all("homogeneous" in item for item in items):
+        columns["textureless (white)"] = [item["homogeneous"].numpy().astype(np.float32) for item in items]
     for label, path in checkpoints.items():
         model = load_model(path, map_location=dev).eval()
         probs = torch.sigmoid(model(images).logits.float())

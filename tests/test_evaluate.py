@@ -300,3 +300,18 @@ def test_pr_figure_draws_a_constant_map_as_one_point() -> None:
     smooth_recall = np.linspace(1.0, 0.0, 256)
     r, p, is_curve = drawn_pr_points(smooth_recall, np.linspace(0.5, 1.0, 256))
     assert is_curve and len(r) == 255 and r.min() > 0
+
+
+def test_figure_shows_the_textureless_pixels_where_the_set_has_them(setup, monkeypatch, tmp_path):
+    import engine.figures
+    tmp, checkpoint, dut, syn = setup
+    drawn = {}
+    monkeypatch.setattr(engine.figures, "labelled_grid", lambda rows, labels, out: drawn.setdefault(out, (rows, labels)))
+    for name, expr in {"syn": syn, "dut": dut}.items():
+        engine.figures.comparison_figure(expr, {"D-DFFNet": str(checkpoint)}, tmp_path / name, count=2, img_size=64,
+                                         device="cpu")
+    rows, labels = drawn[tmp_path / "syn"]
+    assert labels == ["image", "ground truth (white = in-focus)", "textureless (white)", "D-DFFNet"]
+    region = np.array(Image.open(tmp / "syn" / "homogeneous" / "00000.png")) > 127
+    assert np.array_equal(rows[0][2], region.astype(np.float32))
+    assert drawn[tmp_path / "dut"][1] == ["image", "ground truth (white = in-focus)", "D-DFFNet"]
