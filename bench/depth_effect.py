@@ -274,6 +274,8 @@ def main(argv: list[str] | None = None) -> None:
         scale = Scale(**{**scale.__dict__, "epochs": args.epochs})
     if len(set(args.seeds)) != len(args.seeds):
         raise SystemExit(f"--seeds must be distinct, got {args.seeds}")
+    if args.jobs < 1:
+        raise SystemExit(f"--jobs must be >= 1, got {args.jobs}")
     out = Path(args.out or ROOT / "bench" / "results" / f"depth_effect{'_quick' if args.quick else ''}")
     if args.overwrite and out.exists():
         shutil.rmtree(out)
@@ -282,8 +284,6 @@ def main(argv: list[str] | None = None) -> None:
     if amp == "auto":
         import utils.runtime as runtime
         amp = "bf16" if runtime.bf16_is_fast(runtime.select_device("auto")) else "off"
-    if args.jobs < 1:
-        raise SystemExit(f"--jobs must be >= 1, got {args.jobs}")
     config = {"scale": scale.__dict__, "seeds": args.seeds, "amp": amp, "workers": args.workers}
     config_file = out / "config.json"
     if config_file.is_file() and json.loads(config_file.read_text()) != config:

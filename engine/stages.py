@@ -182,8 +182,8 @@ def train_distill(args: argparse.Namespace) -> Path:
     teachers, described = {}, []
     if args.teachers in ("both", "defocus"):
         if not args.teacher:
-            raise SystemExit("--teachers {} needs --teacher (the stage-1 checkpoint, e.g. checkpoint/DFFNet.pth)"
-                             .format(args.teachers))
+            raise SystemExit(f"--teachers {args.teachers} needs --teacher (the stage-1 checkpoint, e.g. "
+                             "checkpoint/DFFNet.pth)")
         with bad_input("--teacher"):
             teachers["defocus"] = prepare_teacher(load_model(args.teacher), args, ctx)
         described.append(f"teacher {args.teacher}")

@@ -18,6 +18,8 @@ the image's) are left out of the split as well.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from utils.metrics import fbeta
@@ -27,12 +29,33 @@ DEFINITION = ("pooled over the region's pixels of all scored images; blur = P(in
               "MAE on the continuous map")
 
 
+@dataclass
+class RegionCounts:
+    """What one region has gathered over the set so far."""
+    error_sum: float = 0.0  # sum of |P(in-focus) - GT| over its pixels
+    pixels: int = 0
+    true_blur: int = 0  # predicted blur that is GT blur
+    predicted_blur: int = 0
+    gt_blur: int = 0
+    images: int = 0  # images with at least one pixel of the region
+
+    def scores(self) -> dict:
+        """mae, fbeta and iou of the blur class (None without pixels)."""
+        if not self.pixels:
+            return {"mae": None, "fbeta": None, "iou": None}
+        tp, predicted, positives = self.true_blur, self.predicted_blur, self.gt_blur
+        union = predicted + positives - tp
+        return {"mae": self.error_sum / self.pixels,
+                "fbeta": 1.0 if predicted == positives == 0 else
+                fbeta(tp / predicted if predicted else 0.0, tp / positives if positives else 0.0),
+                "iou": tp / union if union else 1.0}
+
+
 class RegionMetrics:
     """Streaming split metrics of one data set over its homogeneous and textured pixels."""
 
     def __init__(self) -> None:
-        # per region: sum |pred - gt|, pixels, TP, predicted blur, GT blur, images with pixels of the region
-        self.sums = {region: [0.0, 0, 0, 0, 0, 0] for region in REGIONS}
+        self.counts = {region: RegionCounts() for region in REGIONS}
 
     def update(self, pred: torch.Tensor, gt: torch.Tensor, homogeneous: torch.Tensor, name: str) -> dict:
         """Add one image (maps [H, W] or [1, H, W] of the same size); returns its per-image MAE per region
@@ -47,28 +70,26 @@ class RegionMetrics:
         homogeneous = homogeneous.bool()
         row = {}
         for region, inside in (("homogeneous", homogeneous), ("textured", ~homogeneous)):
-            counts = torch.stack([inside.sum(), (inside & pred_blur & gt_blur).sum(), (inside & pred_blur).sum(),
-                                  (inside & gt_blur).sum()]).tolist()
-            error_sum = float(error[inside].double().sum()) if counts[0] else 0.0
-            pixels, tp, predicted, positives = counts
-            acc = self.sums[region]
-            for i, value in enumerate((error_sum, pixels, tp, predicted, positives, int(pixels > 0))):
-                acc[i] += value
+            pixels, tp, predicted, positives = torch.stack([
+                inside.sum(), (inside & pred_blur & gt_blur).sum(), (inside & pred_blur).sum(),
+                (inside & gt_blur).sum()]).tolist()
+            error_sum = float(error[inside].double().sum()) if pixels else 0.0
+            acc = self.counts[region]
+            acc.error_sum += error_sum
+            acc.pixels += pixels
+            acc.true_blur += tp
+            acc.predicted_blur += predicted
+            acc.gt_blur += positives
+            acc.images += int(pixels > 0)
             row[f"mae_{region}"] = error_sum / pixels if pixels else None
         return row
 
     def summary(self) -> dict:
         """{"homogeneous": {...}, "textured": {...}, "definition": ...}: mae, fbeta, iou (None for a region
         without pixels), pixels, share of the scored pixels, images with pixels of the region."""
-        total = sum(acc[1] for acc in self.sums.values())
+        total = sum(acc.pixels for acc in self.counts.values())
         out: dict = {"definition": DEFINITION}
-        for region, (error_sum, pixels, tp, predicted, positives, images) in self.sums.items():
-            scores = {"mae": None, "fbeta": None, "iou": None}
-            if pixels:
-                union = predicted + positives - tp
-                scores = {"mae": error_sum / pixels,
-                          "fbeta": 1.0 if predicted == positives == 0 else
-                          fbeta(tp / predicted if predicted else 0.0, tp / positives if positives else 0.0),
-                          "iou": tp / union if union else 1.0}
-            out[region] = {**scores, "pixels": pixels, "share": pixels / total if total else 0.0, "images": images}
+        for region, acc in self.counts.items():
+            out[region] = {**acc.scores(), "pixels": acc.pixels, "share": acc.pixels / total if total else 0.0,
+                           "images": acc.images}
         return out
