@@ -6,6 +6,7 @@
 #   3. stage 1, train_single.py: DFFNet
 #   4. stage 2, train_kd.py: D-DFFNet distilled from DFFNet and the depth teacher
 #   5. test.sh on the synthetic test set, with two trivial baselines; PR curves and a qualitative grid
+#   6. the real-photo DFFNet this repository ships (checkpoint/release/) on redistributable sample photos
 # Every step runs the same scripts a user runs on the real data. The settings are the demo's own: from
 # scratch on a CPU (no ImageNet weights) the paper's fine-tuning settings barely move in 15 minutes, so
 # the backbone, resolution, learning rate and step counts below come from bench/demo_sweep.py.
@@ -34,13 +35,14 @@ DATA=$OUT/data
 CKPT=$OUT/checkpoints
 LOGS=$OUT/logs
 REAL_MIDAS=depth_pretrained/midas_v21-f6b98070.pt
+SHIPPED=checkpoint/release/dffnet_cuhk_cpu.pth
 stamp() { printf '\n[%s] == %s\n' "$(date +%H:%M:%S)" "$*"; }
 
 echo "D-DFFNet demo: synthetic data, $BACKBONE at ${IMG}px, $EPOCHS + $KD_EPOCHS epochs, amp $AMP, on $($PY -c 'import torch; print("CUDA" if torch.cuda.is_available() else "the CPU")')."
 echo "This takes about $MINUTES minutes on a 2-core CPU. Results go to $OUT/."
 mkdir -p "$CKPT" "$LOGS"
 
-stamp "1/5 synthetic defocus data: $TRAIN_N training and $TEST_N test images"
+stamp "1/6 synthetic defocus data: $TRAIN_N training and $TEST_N test images"
 $PY tools/make_synthetic.py "$DATA/train" --n "$TRAIN_N" --seed 1 --size "$IMG" --workers 2 --overwrite
 $PY tools/make_synthetic.py "$DATA/test" --n "$TEST_N" --seed 2 --size "$IMG" --workers 2 --overwrite
 
@@ -48,28 +50,28 @@ PRETRAINED=$($PY -c 'import sys, models; print("imagenet" if models.pretrained_a
 echo "backbone initialisation: $PRETRAINED (ImageNet weights are used when they are in the local cache)"
 
 if [[ -f $REAL_MIDAS ]]; then
-  stamp "2/5 depth teacher: $REAL_MIDAS (the released MiDaS v2.1)"
+  stamp "2/6 depth teacher: $REAL_MIDAS (the released MiDaS v2.1)"
   DEPTH_TEACHER=$REAL_MIDAS
 else
-  stamp "2/5 depth teacher: $REAL_MIDAS is absent; training MiDaS v2.1 / resnet18 on the synthetic depth maps"
+  stamp "2/6 depth teacher: $REAL_MIDAS is absent; training MiDaS v2.1 / resnet18 on the synthetic depth maps"
   DEPTH_TEACHER=$CKPT/midas_small.pth
   $PY train_depth.py --data "$DATA/train" --val-data "$DATA/test" --encoder resnet18 --features 64 \
       --img-size "$IMG" --epochs "$DEPTH_EPOCHS" --batch-size "$BATCH" --lr 5e-4 --workers "$WORKERS" \
       --amp "$AMP" --save "$DEPTH_TEACHER" --log-dir "$LOGS/depth_teacher" --overwrite
 fi
 
-stamp "3/5 stage 1: DFFNet (train_single.py)"
+stamp "3/6 stage 1: DFFNet (train_single.py)"
 $PY train_single.py --train-set "synthetic:$DATA/train" --backbone "$BACKBONE" --pretrained "$PRETRAINED" \
     --img-size "$IMG" --batch-size "$BATCH" --lr "$LR" --epochs "$EPOCHS" --schedule-epochs "$EPOCHS" \
     --workers "$WORKERS" "${FAST[@]}" --save "$CKPT/DFFNet.pth" --log-dir "$LOGS/DFFNet" --overwrite
 
-stamp "4/5 stage 2: D-DFFNet (train_kd.py)"
+stamp "4/6 stage 2: D-DFFNet (train_kd.py)"
 $PY train_kd.py --train-set "synthetic:$DATA/train" --backbone "$BACKBONE" --pretrained "$PRETRAINED" \
     --img-size "$IMG" --batch-size "$BATCH" --lr "$LR" --epochs "$KD_EPOCHS" --schedule-epochs 16 \
     --workers "$WORKERS" "${FAST[@]}" --teacher "$CKPT/DFFNet.pth" --depth-teacher "$DEPTH_TEACHER" \
     --save "$CKPT/D-DFFNet.pth" --log-dir "$LOGS/D-DFFNet" --overwrite
 
-stamp "5/5 evaluation (test.sh) with two trivial baselines"
+stamp "5/6 evaluation (test.sh) with two trivial baselines"
 for baseline in all-in-focus prior; do
   $PY tools/baselines.py "$baseline" --train-set "synthetic:$DATA/train" --test-set "synthetic:$DATA/test" \
       --img-size "$IMG" --out "$OUT/baselines/$baseline"
@@ -81,8 +83,13 @@ $PY tools/figures.py --dataset "synthetic:$DATA/test" --img-size "$IMG" --count 
     --checkpoint "DFFNet=$CKPT/DFFNet.pth" "D-DFFNet=$CKPT/D-DFFNet.pth" \
     --depth-teacher "$DEPTH_TEACHER" --out "$OUT/qualitative.png"
 
+stamp "6/6 the shipped real-photo model on redistributable photos (scikit-image's CC0 / public-domain samples)"
+$PY tools/sample_photos.py "$OUT/photos"
+$PY tools/figures.py --photos "$OUT/photos" --checkpoint "shipped=$SHIPPED" --out "$OUT/real_photos.png"
+
 stamp "done"
 echo "table:             $OUT/table.md"
 echo "PR curves:         $OUT/eval/pr_curves.png"
 echo "qualitative grid:  $OUT/qualitative.png"
+echo "real photos:       $OUT/real_photos.png (the shipped model; licences in $OUT/photos/LICENCES.md)"
 echo "checkpoints, logs: $CKPT/, $LOGS/"

@@ -11,6 +11,7 @@ the paper's table with the paper's rows. Saved maps: 8-bit PNG, white = in-focus
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 import sys
 import time
@@ -24,6 +25,7 @@ from datasets.polarity import STATED_POLARITIES, MaskPolarity
 from engine.evaluate import (EvalSettings, evaluate_model, evaluate_saved_maps, load_detector, predict_photos,
                              set_label)
 from engine.options import check_img_size, check_writable
+from models.shipped import default_detector
 from utils.checkpoint import CheckpointError
 from utils.metrics import PROTOCOLS, get_protocol
 from utils.paper_results import PAPER_SETS, TABLES
@@ -31,7 +33,7 @@ from utils.report import (markdown_table, paper_set_order, pr_figure, read_resul
                           write_results)
 from utils.runtime import AMP_DTYPES, check_amp, select_device
 
-DEFAULT_CHECKPOINT = "checkpoint/D-DFFNet.pth"
+DEFAULT_IMG_SIZE = 320
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -39,7 +41,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_argument_group("what to evaluate")
     source.add_argument("--checkpoint", nargs="+", default=None,
-                        help=f"checkpoint files (ours or the authors'); default {DEFAULT_CHECKPOINT}")
+                        help="checkpoint files (ours or the authors'); default: the authors' checkpoint/D-DFFNet.pth "
+                             "when present, else the model this repository ships (checkpoint/release/)")
     source.add_argument("--pred-dir", help="folder of another method's saved maps, <image stem>.<ext>")
     source.add_argument("--pred-polarity", choices=[p.label for p in STATED_POLARITIES],
                         default=MaskPolarity.WHITE_IN_FOCUS.label,
@@ -71,7 +74,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run.add_argument("--compile", action="store_true")
     run.add_argument("--workers", type=int, default=2)
     run.add_argument("--batch-size", type=int, default=8)
-    run.add_argument("--img-size", type=int, default=320)
+    run.add_argument("--img-size", type=int, default=None,
+                     help=f"network input size (default: each checkpoint's training size when it records one, "
+                          f"else {DEFAULT_IMG_SIZE})")
     table = parser.add_argument_group("table")
     table.add_argument("--paper-table", choices=list(TABLES), default="I",
                        help="paper table to compare with (I: CUHK-TR-1, II: CUHK-TR-1 & DUT-TR)")
@@ -95,13 +100,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.raw_maps and args.protocol != "standard":
         raise SystemExit(f"--raw-maps applies to --protocol standard (--protocol {args.protocol} never normalises)")
     check_set_names(args.dataset)
-    check_img_size(args.img_size)
+    if args.img_size is not None:
+        check_img_size(args.img_size)
     for flag, pairs, form in (("--paper-row", args.paper_row, "LABEL=METHOD"),
                               ("--baseline", args.baseline, "LABEL=DIR")):
         for pair in pairs:
             if "=" not in pair:
                 parser.error(f"{flag} takes {form}, got {pair!r}")
-    args.checkpoint = args.checkpoint or ([] if args.pred_dir else [DEFAULT_CHECKPOINT])
+    if not args.checkpoint and not args.pred_dir:
+        path, note = default_detector()
+        print(f"test.py: no --checkpoint: {note}", flush=True)
+        args.checkpoint = [str(path)]
+    args.checkpoint = args.checkpoint or []
     if args.images is not None and (len(args.checkpoint) != 1 or args.baseline):
         parser.error("--images runs one checkpoint (no --baseline)")
     labels = checkpoint_labels(args.checkpoint) + [pair.split("=", 1)[0] for pair in args.baseline]
@@ -134,6 +144,12 @@ def baseline_maps(folder: str, dataset_expr: str) -> str:
     return str(per_set) if per_set.is_dir() else folder
 
 
+def model_settings(settings: EvalSettings, model: torch.nn.Module, img_size: int | None) -> EvalSettings:
+    """The settings for one network: --img-size, else the input size it was trained at, else 320."""
+    size = img_size or getattr(model, "training_config", {}).get("img_size") or DEFAULT_IMG_SIZE
+    return dataclasses.replace(settings, img_size=size)
+
+
 def run_evaluation(args: argparse.Namespace, settings: EvalSettings, out: Path) -> int:
     """Evaluate every source on every test set, write results.json, print the paper's table."""
     entries, missing, failed = [], [], []
@@ -147,7 +163,8 @@ def run_evaluation(args: argparse.Namespace, settings: EvalSettings, out: Path) 
         for expr in args.dataset:
             try:
                 if model is not None:
-                    entry = evaluate_model(model, label, checkpoint, expr, settings, out)
+                    entry = evaluate_model(model, label, checkpoint, expr, model_settings(settings, model, args.img_size),
+                                           out)
                 else:
                     maps = baseline_maps(source, expr) if is_baseline else source
                     entry = evaluate_saved_maps(maps, polarity, expr, settings, out, label)
@@ -168,7 +185,8 @@ def run_evaluation(args: argparse.Namespace, settings: EvalSettings, out: Path) 
                 continue
             entries.append(entry)
             print(summary_line(entry), flush=True)
-    run = {"protocol": args.protocol, "device": str(settings.device), "amp": args.amp, "img_size": args.img_size,
+    run = {"protocol": args.protocol, "device": str(settings.device), "amp": args.amp,
+           "img_size": args.img_size or "each checkpoint's training size (320 when it records none)",
            "data_root": args.data_root, "command": sys.argv, "torch": torch.__version__,
            "time": time.strftime("%Y-%m-%d %H:%M:%S"), "missing": missing}
     write_results(entries, out / "results.json", run)
@@ -199,13 +217,14 @@ def main(argv: list[str] | None = None) -> int:
     check_writable(args.out, "--out", folder=True)
     settings = EvalSettings(protocol=get_protocol(args.protocol, args.raw_maps), device=device, amp=args.amp,
                             batch_size=args.batch_size, workers=args.workers, channels_last=args.channels_last,
-                            img_size=args.img_size, data_root=args.data_root, save_maps=args.save_maps,
+                            img_size=args.img_size or DEFAULT_IMG_SIZE, data_root=args.data_root,
+                            save_maps=args.save_maps,
                             grid=args.grid)
     out = Path(args.out)
     try:
         if args.images is not None:
             model = load_detector(args.checkpoint[0], settings, args.model, args.backbone, args.compile)
-            report = predict_photos(model, args.images, settings, out)
+            report = predict_photos(model, args.images, model_settings(settings, model, args.img_size), out)
             print(f"wrote {len(report.written) // 2} maps to {out / 'maps'} and overlays to {out / 'overlays'}")
             if report.renamed:
                 print(f"renamed to keep output names distinct: {format_names(report.renamed)}")

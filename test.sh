@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Reproduce the paper's tables (MAE / F-beta / IoU, official protocol) for our checkpoints.
 #
-#   bash test.sh                          # checkpoint/D-DFFNet.pth, and checkpoint/DFFNet.pth when present
+#   bash test.sh                          # checkpoint/D-DFFNet.pth (+ DFFNet.pth) when present, else the shipped
+#                                         # CPU model (checkpoint/release/, see its MODEL_CARD.md)
 #   bash test.sh a.pth b.pth --workers 4  # these checkpoints; any --flag is passed on to test.py
 #
 # Every present test set is evaluated; each missing one is named in one line with where it should be.
@@ -13,7 +14,7 @@
 #   DATA_ROOT   data root                   (default: data)
 #   OUT         output folder               (default: results/paper)
 #   PROTOCOL    official | standard         (default: official)
-#   IMG_SIZE    network input size          (default: 320)
+#   IMG_SIZE    network input size          (default: each checkpoint's training size, else 320)
 #   BASELINES   space-separated LABEL=DIR of other methods' saved maps (white = in-focus), passed to
 #               test.py --baseline and added as rows; DIR/<set name>/ is used when it exists, else DIR
 #   PYTHON      interpreter                 (default: .venv/bin/python, else python3)
@@ -27,7 +28,7 @@ checkpoints=()
 while [[ $# -gt 0 && "$1" != --* ]]; do checkpoints+=("$1"); shift; done
 if [[ ${#checkpoints[@]} -eq 0 && -n "${CHECKPOINTS:-}" ]]; then
     read -r -a checkpoints <<< "$CHECKPOINTS"
-elif [[ ${#checkpoints[@]} -eq 0 ]]; then
+elif [[ ${#checkpoints[@]} -eq 0 && -f checkpoint/D-DFFNet.pth ]]; then
     checkpoints=(checkpoint/D-DFFNet.pth)
     [[ -f checkpoint/DFFNet.pth ]] && checkpoints+=(checkpoint/DFFNet.pth)
 fi
@@ -38,8 +39,9 @@ for checkpoint in "${checkpoints[@]}"; do
         exit 2
     fi
 done
-args=(--checkpoint "${checkpoints[@]}" --out "${OUT:-results/paper}" --data-root "${DATA_ROOT:-data}"
-      --protocol "${PROTOCOL:-official}" --img-size "${IMG_SIZE:-320}" --skip-missing)
+args=(--out "${OUT:-results/paper}" --data-root "${DATA_ROOT:-data}" --protocol "${PROTOCOL:-official}" --skip-missing)
+[[ ${#checkpoints[@]} -gt 0 ]] && args+=(--checkpoint "${checkpoints[@]}")
+[[ -n "${IMG_SIZE:-}" ]] && args+=(--img-size "$IMG_SIZE")
 test_sets="${TEST_SETS:-${DATASETS:-}}"
 if [[ -n "$test_sets" ]]; then
     read -r -a sets <<< "$test_sets"

@@ -14,7 +14,7 @@ from tqdm import tqdm
 from .files import (IMAGE_EXTENSIONS, DatasetError, Pair, list_folder, load_mask, load_region_mask, load_rgb,
                     natural_key)
 from .polarity import MaskPolarity
-from .transforms import draw_flip, flip_pair, jitter, mask_tensor, normalise, resize_image, resize_mask
+from .transforms import crop_pair, draw_crop, draw_flip, flip_pair, jitter, mask_tensor, normalise, resize_image, resize_mask
 
 
 class PairDataset(Dataset):
@@ -23,22 +23,29 @@ class PairDataset(Dataset):
     train: {"image": float[3,S,S], "mask": float[1,S,S], "name"}; test: the mask at its original size
     and "image_size" (H, W) of the original image, plus "homogeneous" (bool[H,W], the pixels whose surface
     is nearly textureless) when `homogeneous` lists a region mask per pair. With `augment`, a sample is
-    flipped at full size, then resized, then jittered (the authors' order). `cache` decodes and resizes
-    everything once, up front (both orientations when augmenting). `corrupt` names the files left out
+    flipped at full size, then resized, then jittered (the authors' order); `crop_scale` < 1 adds a random
+    crop of at least that share of the image area after the flip (not the authors'). `cache` decodes and
+    resizes everything once, up front (both orientations when augmenting; not with crops). `corrupt` names the files left out
     because they do not decode.
     """
 
     def __init__(self, name: str, pairs: list[Pair], polarity: MaskPolarity, train: bool,
                  img_size: int = 320, augment: bool = False, cache: bool = False,
-                 corrupt: list[str] | None = None, homogeneous: list[Path] | None = None) -> None:
+                 corrupt: list[str] | None = None, homogeneous: list[Path] | None = None,
+                 crop_scale: float = 1.0) -> None:
         if augment and not train:
             raise ValueError(f"{name}: test items are never augmented (augment=True with split 'test')")
+        if not 0 < crop_scale <= 1:
+            raise ValueError(f"{name}: crop_scale must be in (0, 1], got {crop_scale}")
+        if cache and augment and crop_scale < 1:
+            raise ValueError(f"{name}: random crops need the full-size images; cache=True stores resized ones")
         self.name = name
         self.pairs = pairs
         self.polarity = polarity
         self.train = train
         self.img_size = img_size
         self.augment = augment
+        self.crop_scale = crop_scale if augment else 1.0
         self.corrupt = corrupt or []
         self.homogeneous = homogeneous
         self.size_mismatch = [p.name for p in pairs if p.image_size != p.mask_size]
@@ -58,6 +65,8 @@ class PairDataset(Dataset):
         its original size for testing)."""
         if flip:
             image, mask = flip_pair(image, mask)
+        if self.crop_scale < 1:
+            image, mask = crop_pair(image, mask, draw_crop(image.width, image.height, self.crop_scale))
         if self.train:
             mask = resize_mask(mask, self.img_size)
         return np.asarray(resize_image(image, self.img_size)), mask

@@ -16,6 +16,8 @@ MASK_DIRS = ("gt", "GT", "mask", "masks")
 CUHK_DIRS = ("CUHK", "shidatatset", "shidataset")
 EBD_WIDE_DOF = 300
 POLARITY_MIN_CONFIDENCE = 0.75
+# this repository's fixed validation split of CUHK-TR-1 (100 names drawn once with random.Random(2023))
+CUHK_VALIDATION_LIST = Path(__file__).resolve().parent / "splits" / "cuhk_tr1_val.txt"
 STATED_FORMS = "|".join(p.label for p in STATED_POLARITIES)
 
 
@@ -32,9 +34,10 @@ class BenchmarkSet:
     layouts: tuple[tuple[str, str], ...]
     polarity: MaskPolarity
     expected_pairs: int | None
-    selection: str = "all"              # all | split-test | split-train | ebd-shallow
+    selection: str = "all"              # all | split-test | split-train | ebd-shallow | own-list
     split_names: tuple[str, ...] = ()   # split-list file names searched under the set and the root
     stem_prefix: str = ""
+    own_list: Path | None = None        # a list shipped here: held out of split-train, the set of own-list
 
 
 _DUT_AUTHORS = ("DUT/DUT-DBD_Dataset", "DUT-DBD_Dataset")
@@ -44,6 +47,10 @@ REGISTRY: dict[str, BenchmarkSet] = {s.name: s for s in (
                  ("cuhk_te1.txt", "split.txt"), "out_of_focus"),
     BenchmarkSet("CUHK-TE-1", _layouts(CUHK_DIRS), _BLURRED, 100, "split-test",
                  ("cuhk_te1.txt", "split.txt"), "out_of_focus"),
+    BenchmarkSet("CUHK-TR-1-FIT", _layouts(CUHK_DIRS), _BLURRED, 504, "split-train",
+                 ("cuhk_te1.txt", "split.txt"), "out_of_focus", CUHK_VALIDATION_LIST),
+    BenchmarkSet("CUHK-TR-1-VAL", _layouts(CUHK_DIRS), _BLURRED, 100, "own-list", (), "out_of_focus",
+                 CUHK_VALIDATION_LIST),
     BenchmarkSet("CUHK-TR-2", _layouts(CUHK_DIRS), _BLURRED, None, "split-train",
                  ("cuhk_te2.txt",), "out_of_focus"),
     BenchmarkSet("CUHK-TE-2", _layouts(CUHK_DIRS), _BLURRED, None, "split-test",
@@ -66,12 +73,13 @@ def dataset_names() -> list[str]:
 
 def build_dataset(expr: str, split: str, root: str | Path = "data", img_size: int = 320,
                   cache: bool = False, augment: bool | None = None,
-                  split_file: str | Path | None = None) -> Dataset:
+                  split_file: str | Path | None = None, crop_scale: float = 1.0) -> Dataset:
     """Data set for an expression such as 'CUHK-TR-1+DUT-TR' or 'folder:PATH:white=blurred'.
 
     split 'train': augmented img_size^2 pairs, any problem is an error; 'test': mask at its original
     size, unusable files are left out with a warning, size mismatches kept in `size_mismatch`.
-    `split_file` overrides the split list of the CUHK / EBD-1305 entry.
+    `split_file` overrides the split list of the CUHK / EBD-1305 entry; `crop_scale` < 1 adds random crops
+    to the training augmentation (datasets.base.PairDataset).
     """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
@@ -86,12 +94,12 @@ def build_dataset(expr: str, split: str, root: str | Path = "data", img_size: in
     if split_file is not None and len(listed) != 1:
         raise DatasetError(f"{expr}: split_file applies to exactly one CUHK or EBD-1305 term, found "
                            f"{len(listed)}")
-    parts = [_build_term(t, train, Path(root), img_size, cache, augment, split_file) for t in terms]
+    parts = [_build_term(t, train, Path(root), img_size, cache, augment, split_file, crop_scale) for t in terms]
     return parts[0] if len(parts) == 1 else CombinedDataset(expr, parts)
 
 
 def _build_term(term: str, train: bool, root: Path, img_size: int, cache: bool, augment: bool,
-                split_file: str | Path | None) -> PairDataset:
+                split_file: str | Path | None, crop_scale: float = 1.0) -> PairDataset:
     if term.startswith("folder:"):
         path, polarity = _parse_folder(term)
         image_dir, mask_dir = find_pair_dirs(path)
@@ -122,7 +130,7 @@ def _build_term(term: str, train: bool, root: Path, img_size: int, cache: bool, 
              f"{REGISTRY[term].expected_pairs}")
     regions = None if train else homogeneous_masks(mask_dir.parent / HOMOGENEOUS_DIR, pairing.pairs)
     return PairDataset(term, pairing.pairs, polarity, train, img_size, augment, cache, list(pairing.corrupt),
-                       homogeneous=regions)
+                       homogeneous=regions, crop_scale=crop_scale)
 
 
 def homogeneous_masks(folder: Path, pairs: list) -> list[Path] | None:
@@ -207,6 +215,8 @@ def _select_keys(spec: BenchmarkSet, root: Path, image_dir: Path,
             warn(f"{spec.name}: ignoring {len(others)} files of {image_dir} that are not "
                  f"{spec.stem_prefix}* images: {format_names(others, 20)}")
         keys = [k for k in keys if k.startswith(spec.stem_prefix)]
+    if spec.selection == "own-list":
+        return _listed_keys(spec, spec.own_list, images, image_dir)
     list_path = _split_list_path(spec, root, image_dir, split_file)
     if spec.selection == "all":
         return keys
@@ -223,11 +233,18 @@ def _select_keys(spec: BenchmarkSet, root: Path, image_dir: Path,
             f"{spec.name} needs the split list {' or '.join(spec.split_names)} (one image name per "
             f"line); looked in {format_names([str(p) for p in places])}. Put it there or pass "
             "split_file (BTBNet's CUHK-TE-1 list is not part of the CUHK release; see data/README.md)")
+    if spec.selection == "split-train":
+        excluded = {stem_key(n) for n in read_split_list(list_path)}
+        if spec.own_list is not None:
+            excluded |= set(_listed_keys(spec, spec.own_list, images, image_dir))
+        return [k for k in keys if k not in excluded]
+    return _listed_keys(spec, list_path, images, image_dir)
+
+
+def _listed_keys(spec: BenchmarkSet, list_path: Path, images: dict, image_dir: Path) -> list[str]:
+    """The stems a split list names, all of which must be in the image folder."""
     names = read_split_list(list_path)
     listed = [stem_key(n) for n in names]
-    if spec.selection == "split-train":
-        excluded = set(listed)
-        return [k for k in keys if k not in excluded]
     missing = [n for n, k in zip(names, listed) if k not in images]
     if missing:
         raise DatasetError(f"{spec.name}: {len(missing)} of the {len(names)} images named in "

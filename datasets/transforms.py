@@ -50,6 +50,28 @@ def flip_pair(image: Image.Image, mask: np.ndarray) -> tuple[Image.Image, np.nda
     return image.transpose(Image.Transpose.FLIP_LEFT_RIGHT), np.ascontiguousarray(mask[:, ::-1])
 
 
+def draw_crop(width: int, height: int, min_area: float) -> tuple[int, int, int, int]:
+    """A random crop box (left, top, right, bottom) covering a share of the image area drawn from
+    [min_area, 1], with an aspect ratio in [3/4, 4/3] of the image's own (torch RNG); the whole image
+    when min_area >= 1."""
+    if min_area >= 1:
+        return 0, 0, width, height
+    area = float(torch.empty(()).uniform_(min_area, 1.0))
+    log_ratio = float(torch.empty(()).uniform_(np.log(3 / 4), np.log(4 / 3)))
+    scale_w = min(1.0, np.sqrt(area * np.exp(log_ratio)))
+    scale_h = min(1.0, area / scale_w)
+    crop_w, crop_h = max(1, round(width * scale_w)), max(1, round(height * scale_h))
+    left = int(torch.randint(0, width - crop_w + 1, ()))
+    top = int(torch.randint(0, height - crop_h + 1, ()))
+    return left, top, left + crop_w, top + crop_h
+
+
+def crop_pair(image: Image.Image, mask: np.ndarray, box: tuple[int, int, int, int]) -> tuple[Image.Image, np.ndarray]:
+    """Image and mask cut to the same box (left, top, right, bottom) at full resolution."""
+    left, top, right, bottom = box
+    return image.crop(box), np.ascontiguousarray(mask[top:bottom, left:right])
+
+
 def jitter(image: Image.Image) -> Image.Image:
     """The authors' colour jitter 0.1/0.1/0.1 of the (resized) image (torch RNG)."""
     return COLOR_JITTER(image)

@@ -1,5 +1,5 @@
-"""Qualitative comparison figure: image, ground truth, the nearly textureless pixels (where the set has them),
-each detector's map and the depth teacher's depth.
+"""Qualitative figures: a test set's image, ground truth, the nearly textureless pixels (where the set has them),
+each detector's map and the depth teacher's depth; photos without ground truth with one detector's map.
 
 Command line: tools/figures.py.
 """
@@ -11,10 +11,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from datasets import DepthDataset, build_dataset
+from datasets import DepthDataset, PhotoDataset, build_dataset
+from datasets.files import load_rgb
 from datasets.transforms import denormalise
+from engine.evaluate import EvalSettings, predict
 from models import load_midas, load_model
-from utils.plots import labelled_grid
+from utils.metrics import PROTOCOLS
+from utils.plots import blur_overlay, labelled_grid
 from utils.runtime import select_device
 
 
@@ -65,3 +68,20 @@ def comparison_figure(dataset_expr: str, checkpoints: dict[str, str], out: str |
     rows = [[column[r] for column in columns.values()] for r in range(len(items))]
     return labelled_grid(rows, list(columns), out)
 
+
+
+@torch.inference_mode()
+def photo_figure(photos: list[str | Path], checkpoint: str | Path, out: str | Path, img_size: int | None = None,
+                 device: str = "auto") -> Path:
+    """Save a grid of photos without ground truth (rows) x [photo, P(in-focus) map, blurred regions tinted red]
+    (columns) from one detector, at the input size it was trained at unless `img_size` is given."""
+    dev = select_device(device)
+    model = load_model(checkpoint, map_location=dev).eval()
+    size = img_size or model.training_config.get("img_size") or 320
+    settings = EvalSettings(protocol=PROTOCOLS["standard"], device=dev, workers=0, img_size=size)
+    rows = []
+    for item, prob in predict(model, PhotoDataset(photos, size), settings, "photos"):
+        in_focus = prob[0, 0].cpu().numpy()
+        photo = np.asarray(load_rgb(Path(item["path"])))
+        rows.append([photo, in_focus, blur_overlay(photo, in_focus)])
+    return labelled_grid(rows, ["photo", "P(in-focus), white = sharp", "predicted blur (red)"], out)

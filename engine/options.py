@@ -33,6 +33,12 @@ def add_common_arguments(parser: argparse.ArgumentParser, save: str) -> None:
     parser.add_argument("--data-root", default="data")
     parser.add_argument("--img-size", type=int, default=320)
     parser.add_argument("--no-augment", action="store_true", help="no flip / colour jitter (tests, ablations)")
+    parser.add_argument("--crop-scale", type=float, default=1.0,
+                        help="random crops of at least this share of the image area before the resize (1 = none, "
+                             "the authors'; the shipped CPU model's recipe uses less)")
+    parser.add_argument("--init", default=None, metavar="PATH",
+                        help="start from all the weights of this checkpoint of the same model and backbone (e.g. a "
+                             "synthetic pre-training); optimiser and schedule start afresh")
     parser.add_argument("--epochs", type=int, default=74,
                         help="epochs actually run, numbered 1..N (the authors' `--epoch 75` ran 74)")
     parser.add_argument("--schedule-epochs", type=int, default=75,
@@ -189,6 +195,10 @@ def check_training_arguments(args: argparse.Namespace, ctx: DistributedContext) 
                          f"{DISTILL_ALPHA_HOLD} and needs more than {DISTILL_ALPHA_HOLD} (or --epochs below it)")
     if args.val_every < 1:
         raise SystemExit(f"--val-every must be >= 1, got {args.val_every}")
+    if not 0 < args.crop_scale <= 1:
+        raise SystemExit(f"--crop-scale must be in (0, 1], got {args.crop_scale}")
+    if args.init is not None and not Path(args.init).is_file():
+        raise SystemExit(f"--init {args.init}: no such file")
     check_amp(args.amp, ctx.device)
     if ctx.is_main:
         check_outputs(args)

@@ -16,7 +16,7 @@ import torch.nn as nn
 from engine.options import bad_input, pretrained_argument
 from engine.train import Stage, make_train_loader, prepare_trained_module, run_stage, start_training
 from losses import Projectors, SegmentationCriterion, feature_distillation_loss, response_distillation_loss
-from models import VARIANTS, build_model, load_midas, load_model, make_frozen_teacher
+from models import VARIANTS, build_model, load_checkpoint, load_midas, load_model, make_frozen_teacher
 from utils.distributed import DistributedContext, unwrap_model
 from utils.optim import adam
 from utils.runtime import autocast
@@ -24,10 +24,14 @@ from utils.schedule import distill_alpha
 
 
 def build_student(args: argparse.Namespace, depth_heads: bool = False) -> nn.Module:
-    """The trained network from --model / --backbone / --pretrained."""
+    """The trained network from --model / --backbone / --pretrained, then --init's weights when given."""
     with bad_input("--model / --backbone / --pretrained"):
-        return build_model(args.model, backbone=args.backbone, pretrained=pretrained_argument(args.pretrained),
-                           depth_heads=depth_heads)
+        model = build_model(args.model, backbone=args.backbone, pretrained=pretrained_argument(args.pretrained),
+                            depth_heads=depth_heads)
+    if getattr(args, "init", None):
+        with bad_input("--init"):
+            load_checkpoint(model, args.init)
+    return model
 
 
 def segmentation_criterion(args: argparse.Namespace, ctx: DistributedContext,

@@ -111,7 +111,7 @@ def make_train_loader(args: argparse.Namespace, ctx: DistributedContext) -> tupl
     """Shuffled loader of this process's share of every global batch, in micro-batches."""
     with bad_input("--train-set / --data-root"):
         dataset = build_dataset(args.train_set, "train", root=args.data_root, img_size=args.img_size,
-                                augment=False if args.no_augment else None)
+                                augment=False if args.no_augment else None, crop_scale=args.crop_scale)
     sampler = EpochShuffleSampler(len(dataset), args.batch_size, ctx.rank, ctx.world_size, args.seed)
     loader = DataLoader(dataset, batch_size=args.batch_size // (ctx.world_size * args.accumulate), sampler=sampler,
                         num_workers=args.workers, pin_memory=ctx.device.type == "cuda", drop_last=False)

@@ -244,7 +244,8 @@ def load_model(path: str | os.PathLike, name: str | None = None, backbone: str |
     """Build the network stored in `path` and load it (train mode). Our checkpoints carry their
     `model_config`; for bare state_dicts the network is `name` / `backbone`, by default the variant the
     keys identify, in the authors' layout or ours (dffnet for the authors' DFFNet.pth / D-DFFNet.pth), with
-    its default backbone, and with R-DFFNet depth heads when the keys hold them."""
+    its default backbone, and with R-DFFNet depth heads when the keys hold them. `model.training_config` is
+    the resolved training configuration our checkpoints carry ({} for bare state_dicts)."""
     path = Path(path)
     obj = read_checkpoint(path, map_location=map_location)
     state, metadata = unpack_checkpoint(obj, path)
@@ -262,7 +263,7 @@ def load_model(path: str | os.PathLike, name: str | None = None, backbone: str |
             model = build_midas(encoder=backbone or "resnext101_32x8d")
         else:
             model = build_model(name, backbone, depth_heads=any(k.startswith("decoder.depth_heads.") for k in state))
-    _load_into(model, obj, path)
+    model.training_config = _load_into(model, obj, path).get("config") or {}
     return model.to(map_location).train()
 
 

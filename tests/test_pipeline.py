@@ -26,7 +26,8 @@ def test_demo_pipeline_runs_end_to_end(tmp_path):
     assert "This takes about" in run.stdout and f"{out}/qualitative.png" in run.stdout
     check_table((out / "table.md").read_text(), out / "data" / "test" / "gt")
     check_checkpoints(out)
-    for figure in (out / "eval" / "pr_curves.png", out / "qualitative.png"):
+    assert len(list((out / "photos").glob("*.png"))) == 4 and "CC0" in (out / "photos" / "LICENCES.md").read_text()
+    for figure in (out / "eval" / "pr_curves.png", out / "qualitative.png", out / "real_photos.png"):
         with Image.open(figure) as image:
             assert image.format == "PNG" and 300 <= image.width <= 3000 and 300 <= image.height <= 3000, figure
             image.load()  # decodes every chunk: a truncated or corrupt file fails here

@@ -1,7 +1,10 @@
-"""Draw the qualitative comparison grid: image, ground truth, each detector's map, the depth teacher's depth.
+"""Draw a qualitative grid: a test set's image, ground truth, each detector's map and the depth teacher's depth;
+or photos without ground truth with one detector's map and its blur overlay.
 
     python tools/figures.py --dataset synthetic:data/demo/test --checkpoint DFFNet=a.pth D-DFFNet=b.pth \\
         --depth-teacher depth_pretrained/midas_v21-f6b98070.pt --out results/qualitative.png
+    python tools/figures.py --photos photos/ --checkpoint model=checkpoint/release/dffnet_cuhk_cpu.pth \\
+        --out results/photos.png
 """
 from __future__ import annotations
 
@@ -13,29 +16,38 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from datasets import DatasetError  # noqa: E402
-from engine.figures import comparison_figure  # noqa: E402
+from engine.figures import comparison_figure, photo_figure  # noqa: E402
 from engine.options import check_writable  # noqa: E402
 from utils.checkpoint import CheckpointError  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--dataset", required=True, help="test-set expression")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--dataset", help="test-set expression")
+    source.add_argument("--photos", nargs="+", help="photos or folders without ground truth (one --checkpoint)")
     parser.add_argument("--checkpoint", nargs="+", required=True, metavar="LABEL=PATH")
     parser.add_argument("--depth-teacher", default=None, help="MiDaS file whose depth maps form the last column")
     parser.add_argument("--count", type=int, default=6, help="rows (test images)")
     parser.add_argument("--data-root", default="data")
-    parser.add_argument("--img-size", type=int, default=320)
+    parser.add_argument("--img-size", type=int, default=None,
+                        help="network input size (default: 320 for --dataset, the checkpoint's training size "
+                             "for --photos)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", required=True, help="PNG file")
     args = parser.parse_args(argv)
     if any("=" not in pair for pair in args.checkpoint):
         parser.error("--checkpoint takes LABEL=PATH pairs")
+    if args.photos and len(args.checkpoint) != 1:
+        parser.error("--photos draws one --checkpoint")
     checkpoints = dict(pair.split("=", 1) for pair in args.checkpoint)
     check_writable(args.out, "--out")
     try:
-        path = comparison_figure(args.dataset, checkpoints, args.out, args.depth_teacher, args.count,
-                                 args.data_root, args.img_size, args.device)
+        if args.photos:
+            path = photo_figure(args.photos, next(iter(checkpoints.values())), args.out, args.img_size, args.device)
+        else:
+            path = comparison_figure(args.dataset, checkpoints, args.out, args.depth_teacher, args.count,
+                                     args.data_root, args.img_size or 320, args.device)
     except (DatasetError, CheckpointError, ValueError) as e:
         raise SystemExit(f"{parser.prog}: {e}") from None
     print(f"wrote {path}")

@@ -1,0 +1,178 @@
+"""Which from-scratch CPU recipe makes the best real-photo DFFNet? The comparison behind the shipped model.
+
+    python bench/release_recipes.py [--data-root data] [--out bench/results/release_recipes] [--jobs 2]
+    python bench/release_recipes.py --dry-run          # print the commands only
+
+Every recipe trains DFFNet (train_single.py, from scratch: no ImageNet weights) on CUHK-TR-1-FIT (CUHK-TR-1
+minus this repository's 100-image validation split, datasets/splits/cuhk_tr1_val.txt) for about the same CPU
+time: 2,016 steps of resnest14d at 160 px, batch 8, or as many steps of another network as take as long
+(measured on one thread: resnest14d 160 px 0.75 s / step, resnet18 224 px 0.82 s / step, bf16 + AMX). Each is
+validated every 4 epochs on CUHK-TR-1-VAL during training (the learning curve) and scored at the end with
+test.py (official protocol) on CUHK-TR-1-VAL. Recipes:
+
+    scratch 160       resnest14d at 160 px, the authors' flips and colour jitter
+    resnet18 224      resnet18 at 224 px (cheaper backbone, more pixels)
+    synthetic + real  resnest14d at 160 px: 1,024 steps on 4,096 synthetic images (tools/make_synthetic.py),
+                      then 1,008 steps on the real set starting from those weights (--init)
+    crops 160         as scratch 160, plus random crops of at least half the image area (--crop-scale 0.5)
+
+Runs are subprocesses of the scripts a user runs, one thread each, --jobs at a time; finished runs are kept
+(a marker beside each), so an interrupted comparison continues. Prints a table, writes JSON and a figure of the
+validation curves (MAE against training steps).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+FIT, VAL = "CUHK-TR-1-FIT", "CUHK-TR-1-VAL"
+FIT_IMAGES, BATCH = 504, 8
+COMMON = ["--pretrained", "none", "--batch-size", str(BATCH), "--lr", "5e-4", "--amp", "bf16", "--channels-last",
+          "--workers", "1", "--val-set", VAL, "--val-every", "4"]
+SYNTHETIC_IMAGES = 4096
+# name -> (backbone, input size, stages: (label, flags))
+RECIPES: dict[str, tuple[str, int, list[tuple[str, list[str]]]]] = {
+    "scratch 160": ("resnest14d", 160, [("real", ["--epochs", "32", "--schedule-epochs", "32"])]),
+    "resnet18 224": ("resnet18", 224, [("real", ["--epochs", "29", "--schedule-epochs", "29"])]),
+    "synthetic + real": ("resnest14d", 160, [
+        ("synthetic", ["--epochs", "2", "--schedule-epochs", "2"]),
+        ("real", ["--epochs", "16", "--schedule-epochs", "16"])]),
+    "crops 160": ("resnest14d", 160, [("real", ["--epochs", "32", "--schedule-epochs", "32", "--crop-scale", "0.5"])]),
+}
+
+
+def slug(name: str) -> str:
+    return name.replace(" + ", "_").replace(" ", "_")
+
+
+def recipe_commands(name: str, out: Path, data_root: str) -> list[tuple[Path, list[str]]]:
+    """(checkpoint, command) of each stage of a recipe, in order."""
+    backbone, size, stages = RECIPES[name]
+    python = sys.executable
+    commands, previous = [], None
+    for label, flags in stages:
+        save = out / "runs" / f"{slug(name)}_{label}.pth"
+        train_set = f"synthetic:{out / 'synthetic'}" if label == "synthetic" else FIT
+        command = [python, "train_single.py", *COMMON, "--backbone", backbone, "--img-size", str(size),
+                   "--train-set", train_set, "--data-root", data_root, *flags, "--save", str(save),
+                   "--log-dir", str(out / "logs" / save.stem), "--overwrite"]
+        if label == "synthetic":
+            command[command.index("--val-set"):command.index("--val-set") + 4] = []
+        if previous is not None:
+            command += ["--init", str(previous)]
+        commands.append((save, command))
+        previous = save
+    return commands
+
+
+def run(command: list[str], log: Path) -> None:
+    """Run one command from the repository root on one thread, its output in `log`."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w") as handle:
+        done = subprocess.run(command, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if done.returncode:
+        raise SystemExit(f"{' '.join(command)} failed (exit {done.returncode}); see {log}")
+
+
+def train_recipe(name: str, out: Path, data_root: str) -> dict:
+    """Train every stage not yet done; the wall-clock seconds of each stage."""
+    seconds = {}
+    for save, command in recipe_commands(name, out, data_root):
+        marker = save.with_suffix(".done")
+        if not marker.exists():
+            start = time.time()
+            run(command, out / "logs" / f"{save.stem}.log")
+            marker.write_text(json.dumps({"seconds": time.time() - start}))
+        seconds[save.stem] = json.loads(marker.read_text())["seconds"]
+    return seconds
+
+
+def learning_curve(out: Path, name: str) -> list[dict]:
+    """(steps, validation MAE / F-beta) of a recipe from its epochs.csv files; the steps of an earlier stage are
+    added, so that recipes line up by total training steps."""
+    points, offset = [], 0
+    for save, _ in recipe_commands(name, out, "data"):
+        steps_per_epoch = math.ceil((SYNTHETIC_IMAGES if save.stem.endswith("_synthetic") else FIT_IMAGES) / BATCH)
+        with open(out / "logs" / save.stem / "epochs.csv") as f:
+            rows = list(csv.DictReader(f))
+        points += [{"steps": offset + int(row["epoch"]) * steps_per_epoch, "val_mae": float(row["val_mae"]),
+                    "val_fbeta": float(row["val_fbeta"])} for row in rows if row.get("val_mae")]
+        offset += len(rows) * steps_per_epoch
+    return points
+
+
+def score(name: str, out: Path, data_root: str) -> dict:
+    """test.py (official protocol) of the recipe's final model on CUHK-TR-1-VAL."""
+    save = recipe_commands(name, out, data_root)[-1][0]
+    result_dir = out / "scores" / slug(name)
+    if not (result_dir / "results.json").exists():
+        run([sys.executable, "test.py", "--checkpoint", str(save), "--dataset", VAL, "--data-root", data_root,
+             "--out", str(result_dir), "--workers", "1", "--grid", "0"], out / "logs" / f"score_{slug(name)}.log")
+    entry = json.loads((result_dir / "results.json").read_text())["results"][0]
+    return {key: entry[key] for key in ("mae", "fbeta", "iou")}
+
+
+def curves_figure(table: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for name, row in table.items():
+        ax.plot([p["steps"] for p in row["curve"]], [p["val_mae"] for p in row["curve"]], marker="o", label=name)
+    ax.set_xlabel("training steps (batch 8; synthetic steps included)")
+    ax.set_ylabel("validation MAE (CUHK-TR-1-VAL, 100 images)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data-root", default="data", help="holds CUHK/ with its split list (data/README.md)")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "release_recipes"))
+    parser.add_argument("--jobs", type=int, default=2, help="recipes trained at once (one thread each)")
+    parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
+    parser.add_argument("--dry-run", action="store_true", help="print the commands and stop")
+    args = parser.parse_args(argv)
+    if args.jobs < 1:
+        raise SystemExit(f"--jobs must be >= 1, got {args.jobs}")
+    out = Path(args.out)
+    synthetic = [sys.executable, "tools/make_synthetic.py", str(out / "synthetic"), "--n", str(SYNTHETIC_IMAGES),
+                 "--seed", "11", "--size", "160", "--workers", "1", "--overwrite"]
+    if args.dry_run:
+        print(" ".join(synthetic))
+        for name in args.recipes:
+            for _, command in recipe_commands(name, out, args.data_root):
+                print(" ".join(command))
+        return
+    if "synthetic + real" in args.recipes and not (out / "synthetic" / "meta.json").exists():
+        run(synthetic, out / "logs" / "synthetic.log")
+    with ThreadPoolExecutor(args.jobs) as pool:
+        seconds = dict(zip(args.recipes, pool.map(lambda n: train_recipe(n, out, args.data_root), args.recipes)))
+    table = {name: {**score(name, out, args.data_root), "seconds": seconds[name], "curve": learning_curve(out, name)}
+             for name in args.recipes}
+    print(f"{'recipe':<18} {'val MAE':>8} {'F-beta':>7} {'IoU':>6} {'minutes':>8}")
+    for name, row in table.items():
+        print(f"{name:<18} {row['mae']:>8.3f} {row['fbeta']:>7.3f} {row['iou']:>6.3f} "
+              f"{sum(row['seconds'].values()) / 60:>8.1f}")
+    (out / "release_recipes.json").write_text(json.dumps(table, indent=2) + "\n")
+    curves_figure(table, out / "release_recipes.png")
+    print(f"wrote {out / 'release_recipes.json'} and {out / 'release_recipes.png'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,163 @@
+"""The real-photo DFFNet shipped in checkpoint/release/: the file itself, that it learnt, how test.py picks it,
+and the pieces of its recipe (validation split, random crops, --init, fp16 export)."""
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import train_single
+from datasets import build_dataset
+from datasets.registry import CUHK_VALIDATION_LIST
+from datasets.transforms import crop_pair, draw_crop
+from engine.baselines import write_baseline_maps
+from engine.evaluate import EvalSettings, evaluate_model, evaluate_saved_maps
+from engine.stages import build_student
+from datasets.polarity import MaskPolarity
+from models import build_model, load_model
+from models.shipped import SHIPPED_CHECKPOINT, SHIPPED_SHA256, export_release, sha256
+from utils.checkpoint import read_checkpoint, save_checkpoint
+from utils.metrics import PROTOCOLS
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("test_script", ROOT / "test.py")
+test_script = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(test_script)
+MAX_BYTES = 25_000_000
+
+
+def test_the_shipped_file_is_small_recorded_and_loads_strictly():
+    assert SHIPPED_CHECKPOINT.is_file(), f"{SHIPPED_CHECKPOINT} is missing from the repository"
+    assert SHIPPED_CHECKPOINT.stat().st_size <= MAX_BYTES
+    assert sha256(SHIPPED_CHECKPOINT) == SHIPPED_SHA256
+    model = load_model(SHIPPED_CHECKPOINT)  # weights_only=True, strict, finite (utils.checkpoint / models.weights)
+    assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in model.state_dict().values()
+               if p.is_floating_point())
+    config = model.training_config
+    assert config["img_size"] % 32 == 0 and config["backbone"] == model.config["backbone"]
+    assert "CUHK" in read_checkpoint(SHIPPED_CHECKPOINT)["description"]
+
+
+def test_the_shipped_model_beats_the_training_set_prior_on_dut(shared_data, tmp_path):
+    """DUT photos were never trained on: the shipped model must beat the CUHK-TR-1 mean mask by a wide margin."""
+    dut = f"folder:{shared_data / 'DUT-sample'}:white=in-focus"
+    cuhk = f"folder:{shared_data / 'CUHK'}:white=blurred"
+    model = load_model(SHIPPED_CHECKPOINT).eval()
+    size = model.training_config["img_size"]
+    settings = EvalSettings(protocol=PROTOCOLS["official"], workers=0, img_size=size)
+    shipped = evaluate_model(model, "shipped", str(SHIPPED_CHECKPOINT), dut, settings, tmp_path)
+    prior_maps = write_baseline_maps("prior", dut, tmp_path / "prior", train_set=cuhk, img_size=size)
+    prior = evaluate_saved_maps(prior_maps, MaskPolarity.WHITE_IN_FOCUS, dut, settings, tmp_path, "prior")
+    assert shipped["mae"] < 0.6 * prior["mae"], (shipped["mae"], prior["mae"])
+    assert shipped["iou"] > prior["iou"] + 0.1, (shipped["iou"], prior["iou"])
+
+
+def _run_test_py(args: list[str]) -> tuple[int, str]:
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(io.StringIO()):
+        code = test_script.main(args)
+    return code, stdout.getvalue()
+
+
+def _photo(path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (48, 80, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def test_test_py_without_checkpoint_uses_the_shipped_model_and_names_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no checkpoint/D-DFFNet.pth here
+    code, stdout = _run_test_py(["--images", str(_photo(tmp_path / "p.png")), "--out", "out", "--workers", "0"])
+    assert code == 0
+    first = stdout.splitlines()[0]
+    assert first.startswith("test.py: no --checkpoint: using checkpoint/release/dffnet_cuhk_cpu.pth: ")
+    assert "checkpoint/D-DFFNet.pth is absent" in first and "MODEL_CARD.md" in first
+    with Image.open(tmp_path / "out/maps/p.png") as grey:
+        assert grey.size == (80, 48)
+
+
+def test_test_py_without_checkpoint_prefers_the_authors_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    model = build_model("dffnet", backbone="resnest14d")
+    save_checkpoint({"format": "ddffnet-checkpoint-v1", "model": model.state_dict(), "model_config": model.config,
+                     "config": {"img_size": 64}, "epoch": 1}, tmp_path / "checkpoint/D-DFFNet.pth")
+    code, stdout = _run_test_py(["--images", str(_photo(tmp_path / "p.png")), "--out", "out", "--workers", "0"])
+    assert code == 0
+    assert stdout.splitlines()[0] == "test.py: no --checkpoint: using checkpoint/D-DFFNet.pth (the authors' D-DFFNet, as found)"
+
+
+def test_fp16_export_loads_into_float32_with_the_same_maps(tmp_path):
+    torch.manual_seed(0)
+    model = build_model("dffnet", backbone="resnest14d").eval()
+    trained = tmp_path / "trained.pth"
+    save_checkpoint({"format": "ddffnet-checkpoint-v1", "model": model.state_dict(), "model_config": model.config,
+                     "config": {"img_size": 64, "backbone": "resnest14d"}, "epoch": 3,
+                     "optimizers": [{"state": {}}]}, trained)
+    shipped = export_release(trained, tmp_path / "shipped.pth", "a test model")
+    stored = read_checkpoint(shipped)
+    assert "optimizers" not in stored and stored["epoch"] == 3 and stored["description"] == "a test model"
+    assert {v.dtype for v in stored["model"].values() if v.is_floating_point()} == {torch.float16}
+    loaded = load_model(shipped).eval()
+    assert {v.dtype for v in loaded.state_dict().values() if v.is_floating_point()} == {torch.float32}
+    assert loaded.training_config["img_size"] == 64
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        before, after = torch.sigmoid(model(x).logits), torch.sigmoid(loaded(x).logits)
+    assert (before - after).abs().max() < 2e-3
+
+
+def test_the_validation_split_is_100_cuhk_training_images_held_out_of_fit(shared_data, spec_dir, tmp_path):
+    names = CUHK_VALIDATION_LIST.read_text().split()
+    assert len(names) == len(set(names)) == 100
+    test_names = {line.split("--")[-1].rsplit(".", 1)[0] for line in (spec_dir / "splits/cuhk_te1.txt").read_text().split()}
+    assert not test_names & {n.rsplit(".", 1)[0] for n in names}  # never a CUHK-TE-1 image
+    root = tmp_path / "root"
+    (root / "splits").mkdir(parents=True)
+    (root / "CUHK").symlink_to(shared_data / "CUHK")
+    (root / "splits/cuhk_te1.txt").symlink_to(spec_dir / "splits/cuhk_te1.txt")
+    fit = build_dataset("CUHK-TR-1-FIT", "train", root=root, img_size=64)
+    val = build_dataset("CUHK-TR-1-VAL", "test", root=root)
+    assert len(fit) == 504 and len(val) == 100
+    assert sorted(p.image.name for p in val.pairs) == sorted(names)
+    assert not {p.name for p in fit.pairs} & {p.name for p in val.pairs}
+
+
+def test_random_crops_cover_the_asked_share_and_cut_image_and_mask_alike():
+    torch.manual_seed(0)
+    for _ in range(200):
+        left, top, right, bottom = draw_crop(640, 427, 0.5)
+        assert 0 <= left < right <= 640 and 0 <= top < bottom <= 427
+        assert 0.45 <= (right - left) * (bottom - top) / (640 * 427) <= 1.0
+    assert draw_crop(640, 427, 1.0) == (0, 0, 640, 427)
+    pixels = np.zeros((4, 6, 3), dtype=np.uint8)
+    pixels[2, 3] = 200
+    mask = np.zeros((4, 6), dtype=np.uint8)
+    mask[2, 3] = 1
+    image, cut = crop_pair(Image.fromarray(pixels), mask, (2, 1, 5, 4))
+    assert image.size == (3, 3) and cut.shape == (3, 3)
+    assert np.asarray(image)[1, 1, 0] == 200 and cut[1, 1] == 1 and cut.sum() == 1
+
+
+def test_crop_scale_and_init_are_checked_and_init_loads_every_weight(tmp_path):
+    base = ["--train-set", "folder:x", "--pretrained", "none", "--save", str(tmp_path / "m.pth")]
+    with pytest.raises(SystemExit, match=r"^--crop-scale must be in \(0, 1\], got 0.0$"):
+        train_single.main([*base, "--crop-scale", "0"])
+    with pytest.raises(SystemExit, match=rf"^--init {tmp_path}/none.pth: no such file$"):
+        train_single.main([*base, "--init", str(tmp_path / "none.pth")])
+    torch.manual_seed(1)
+    source = build_model("dffnet", backbone="resnest14d")
+    save_checkpoint({"format": "ddffnet-checkpoint-v1", "model": source.state_dict(), "model_config": source.config,
+                     "config": {}, "epoch": 2}, tmp_path / "pre.pth")
+    args = train_single.parse_args(["--backbone", "resnest14d", "--pretrained", "none", "--init", str(tmp_path / "pre.pth")])
+    student = build_student(args)
+    assert all(torch.equal(a, b) for a, b in zip(student.state_dict().values(), source.state_dict().values()))
+    args.backbone = "resnet18"
+    with pytest.raises(SystemExit, match=r"^--init: .*pre.pth: holds a model built with"):
+        build_student(args)
