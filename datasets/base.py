@@ -9,11 +9,11 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import ConcatDataset, Dataset
-from tqdm import tqdm
 
-from .files import (IMAGE_EXTENSIONS, DatasetError, Pair, list_folder, load_mask, load_region_mask, load_rgb,
-                    natural_key)
-from .polarity import MaskPolarity
+from utils.log import progress
+
+from .files import IMAGE_EXTENSIONS, DatasetError, Pair, list_folder, load_region_mask, load_rgb, natural_key
+from .polarity import MaskPolarity, load_mask
 from .transforms import draw_flip, flip_pair, jitter, mask_tensor, normalise, resize_image, resize_mask
 
 
@@ -202,7 +202,7 @@ def collate_test(batch: list[dict]) -> dict:
 
 def _decode_all(decode, count: int, label: str) -> list:
     with ThreadPoolExecutor(max_workers=2) as pool:
-        return list(tqdm(pool.map(decode, range(count)), total=count, desc=label, leave=False))
+        return list(progress(pool.map(decode, range(count)), total=count, desc=label))
 
 
 def read_meta(root: Path) -> dict:
