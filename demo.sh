@@ -36,6 +36,7 @@ CKPT=$OUT/checkpoints
 LOGS=$OUT/logs
 REAL_MIDAS=depth_pretrained/midas_v21-f6b98070.pt
 SHIPPED=checkpoint/release/dffnet_cuhk_cpu.pth
+# Step lines carry the wall-clock time, [HH:MM:SS], as the Python scripts stamp theirs (utils/log.py).
 stamp() { printf '\n[%s] == %s\n' "$(date +%H:%M:%S)" "$*"; }
 
 echo "D-DFFNet demo: synthetic data, $BACKBONE at ${IMG}px, $EPOCHS + $KD_EPOCHS epochs, amp $AMP, on $($PY -c 'import torch; print("CUDA" if torch.cuda.is_available() else "the CPU")')."

@@ -17,7 +17,8 @@
 #   IMG_SIZE    network input size          (default: each checkpoint's training size, else 320)
 #   BASELINES   space-separated LABEL=DIR of other methods' saved maps (white = in-focus), passed to
 #               test.py --baseline and added as rows; DIR/<set name>/ is used when it exists, else DIR
-#   PYTHON      interpreter                 (default: .venv/bin/python, else python3)
+#   PYTHON      interpreter with the project's packages (default: .venv/bin/python, as `make` makes it;
+#               else python3 when it has torch). Without one, test.sh stops with one line saying so.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -50,5 +51,10 @@ fi
 if [[ -n "${BASELINES:-}" ]]; then
     read -r -a baselines <<< "$BASELINES"
     args+=(--baseline "${baselines[@]}")
+fi
+if ! "$PYTHON" -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("torch") is None)' 2>/dev/null; then
+    echo "test.sh: error: $PYTHON does not run or has no torch; test.sh needs the project's interpreter" \
+         ".venv/bin/python (\`make .venv/.installed\` creates it) or PYTHON=/path/to/python with requirements.txt." >&2
+    exit 2
 fi
 exec "$PYTHON" test.py "${args[@]}" "$@"

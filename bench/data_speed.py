@@ -27,7 +27,8 @@ sys.path.insert(0, str(ROOT))
 
 from datasets import build_dataset  # noqa: E402
 from datasets.base import PairDataset  # noqa: E402
-from datasets.files import load_mask, load_rgb  # noqa: E402
+from datasets.files import load_rgb  # noqa: E402
+from datasets.polarity import load_mask  # noqa: E402
 from datasets.synthetic import generate_dataset  # noqa: E402
 from datasets.transforms import COLOR_JITTER, mask_tensor, normalise, resize_image, resize_mask  # noqa: E402
 

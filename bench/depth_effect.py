@@ -36,7 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tqdm import tqdm  # noqa: E402
+from utils.log import console, progress  # noqa: E402
 
 METHODS = ("DFFNet", "D-DFFNet", "D-DFFNet depth", "D-DFFNet DOF", "R-DFFNet")
 STAGE2_FLAGS = {"D-DFFNet": ["--teachers", "both"], "D-DFFNet depth": ["--teachers", "depth"],
@@ -147,8 +147,8 @@ class Benchmark:
         threads = str(max(1, (os.cpu_count() or 1) // jobs))
         env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
         running: dict[Future, str] = {}
-        with ThreadPoolExecutor(jobs) as pool, tqdm(total=len(steps), initial=len(done), desc="depth effect",
-                                                     unit="step") as progress:
+        with ThreadPoolExecutor(jobs) as pool, progress(total=len(steps), initial=len(done), desc="depth effect",
+                                                         unit="step") as bar:
             while len(done) < len(steps):
                 ready = sorted((s for s in steps.values() if s.name not in done and s.name not in running.values()
                                 and all(n in done for n in s.needs)), key=lambda s: -dependants[s.name])
@@ -161,9 +161,9 @@ class Benchmark:
                     self.marker(name).parent.mkdir(parents=True, exist_ok=True)
                     self.marker(name).write_text(json.dumps(self.times[name]))
                     done.add(name)
-                    progress.update()
+                    bar.update()
                     seconds = self.times[name]["end"] - self.times[name]["start"]
-                    tqdm.write(f"{time.strftime('%H:%M:%S')} {name:<28} {seconds:6.0f} s")
+                    console(f"{name:<28} {seconds:6.0f} s")
 
     def marker(self, name: str) -> Path:
         return self.out / "done" / f"{name}.json"

@@ -9,12 +9,13 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import ConcatDataset, Dataset
-from tqdm import tqdm
 
-from .files import (IMAGE_EXTENSIONS, DatasetError, Pair, list_folder, load_mask, load_region_mask, load_rgb,
-                    natural_key)
-from .polarity import MaskPolarity
-from .transforms import crop_pair, draw_crop, draw_flip, flip_pair, jitter, mask_tensor, normalise, resize_image, resize_mask
+from utils.log import progress
+
+from .files import IMAGE_EXTENSIONS, DatasetError, Pair, list_folder, load_region_mask, load_rgb, natural_key
+from .polarity import MaskPolarity, load_mask
+from .transforms import (crop_pair, draw_crop, draw_flip, flip_pair, jitter, mask_tensor, normalise, resize_image,
+                         resize_mask)
 
 
 class PairDataset(Dataset):
@@ -211,7 +212,7 @@ def collate_test(batch: list[dict]) -> dict:
 
 def _decode_all(decode, count: int, label: str) -> list:
     with ThreadPoolExecutor(max_workers=2) as pool:
-        return list(tqdm(pool.map(decode, range(count)), total=count, desc=label, leave=False))
+        return list(progress(pool.map(decode, range(count)), total=count, desc=label))
 
 
 def read_meta(root: Path) -> dict:

@@ -8,13 +8,9 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
-
-if TYPE_CHECKING:
-    from .polarity import MaskPolarity
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 MAX_LISTED = 200
@@ -155,12 +151,6 @@ def read_mask_values(path: Path) -> MaskValues:
         return _decode_mask_values(path)
     except DECODE_ERRORS as exc:
         raise DatasetError(f"{path}: cannot decode mask ({exc})") from None
-
-
-def load_mask(path: Path, polarity: MaskPolarity) -> np.ndarray:
-    """Decode a mask stored in `polarity` to uint8 {0,1} with 1 = in-focus: grey (RGB/RGBA via luma),
-    binarised at half of its white value (read_mask_values)."""
-    return polarity.to_in_focus(read_mask_values(path).is_white()).astype(np.uint8)
 
 
 def read_split_list(path: Path) -> list[str]:

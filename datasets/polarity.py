@@ -1,4 +1,5 @@
-"""Mask polarity: which class the white pixels of a raw mask mark, and its estimate from image sharpness.
+"""Mask polarity: which class the white pixels of a raw mask mark, masks read in a polarity, and the
+polarity's estimate from image sharpness.
 
 Blurred regions carry less high-frequency energy, so the white region of a white=blurred set is the
 smoother one.
@@ -8,13 +9,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from enum import Enum
+from pathlib import Path
 from typing import TypeVar
 
 import cv2
 import numpy as np
 import torch
 
-from .files import Pair, load_mask, load_rgb
+from .files import Pair, load_rgb, read_mask_values
 
 MIN_REGION_SHARE = 0.02
 ERODE_PX = 4
@@ -52,6 +54,12 @@ class MaskPolarity(Enum):
 
 
 STATED_POLARITIES = (MaskPolarity.WHITE_IN_FOCUS, MaskPolarity.WHITE_BLURRED)
+
+
+def load_mask(path: Path, polarity: MaskPolarity) -> np.ndarray:
+    """Decode a mask stored in `polarity` to uint8 {0,1} with 1 = in-focus: grey (RGB/RGBA via luma),
+    binarised at half of its white value (files.read_mask_values)."""
+    return polarity.to_in_focus(read_mask_values(path).is_white()).astype(np.uint8)
 
 
 def split_polarity(term: str) -> tuple[str, MaskPolarity | None]:

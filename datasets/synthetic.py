@@ -24,7 +24,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from tqdm import tqdm
+
+from utils.log import progress
 
 from .optics import SENSOR_WIDTH_MM, Camera, Layer, Rendering, quantise_depth, render
 from .files import HOMOGENEOUS_DIR
@@ -409,12 +410,12 @@ def generate_dataset(out: str | Path, n: int, seed: int = 0, size: int = 320,
             old.unlink()
     job = _Job(out, seed, size, wide_dof, image_format, coc_threshold_px)
     tasks = [(job, i) for i in range(n)]
-    progress = dict(total=n, desc=f"synthetic -> {out}", leave=False)
+    shown = dict(total=n, desc=f"synthetic -> {out}")
     if workers > 1:
         with _worker_context().Pool(workers, initializer=_worker_init) as pool:
-            records = list(tqdm(pool.imap(_write_indexed, tasks, chunksize=4), **progress))
+            records = list(progress(pool.imap(_write_indexed, tasks, chunksize=4), **shown))
     else:
-        records = [_write_indexed(t) for t in tqdm(tasks, **progress)]
+        records = [_write_indexed(t) for t in progress(tasks, **shown)]
     meta = {"generator": "datasets.synthetic", "seed": seed, "size": size, "count": n,
             "wide_dof_share": wide_dof,
             "coc_threshold_px": BlurRange().threshold_px(size) if coc_threshold_px is None else coc_threshold_px,

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from tqdm import tqdm
 
 from datasets import build_dataset
+from utils.log import progress
 
 BASELINES = ("all-in-focus", "prior")
 
@@ -23,7 +23,7 @@ def mean_training_mask(train_set: str, root: str, img_size: int) -> np.ndarray:
     """Per-pixel mean of the training masks (1 = in-focus) at img_size x img_size, without augmentation."""
     dataset = build_dataset(train_set, "train", root=root, img_size=img_size, augment=False)
     total = torch.zeros(1, img_size, img_size, dtype=torch.float64)
-    for item in tqdm(dataset, desc=f"prior of {train_set}", leave=False):
+    for item in progress(dataset, desc=f"prior of {train_set}"):
         total += item["mask"].double()
     return (total / len(dataset))[0].numpy()
 
@@ -39,7 +39,7 @@ def write_baseline_maps(name: str, test_set: str, out: str | Path, root: str = "
     out.mkdir(parents=True, exist_ok=True)
     prior = Image.fromarray(mean_training_mask(train_set, root, img_size).astype(np.float32)) if name == "prior" else None
     dataset = build_dataset(test_set, "test", root=root, img_size=img_size)
-    for item in tqdm(dataset, desc=f"{name} maps", leave=False):
+    for item in progress(dataset, desc=f"{name} maps"):
         height, width = item["image_size"]
         if prior is None:
             grey = np.full((height, width), 255, dtype=np.uint8)

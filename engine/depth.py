@@ -17,7 +17,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from datasets import DepthDataset
 from engine.options import bad_input, check_depth_teacher_arguments, log_dir, pretrained_argument
@@ -25,7 +24,7 @@ from losses.depth import mean_anchor_loss, scale_shift_invariant_loss
 from models import build_midas
 from utils.checkpoint import first_non_finite, last_good_checkpoint, model_checkpoint, save_checkpoint
 from utils.depth_metrics import relative_depth_errors
-from utils.log import TrainingLogger
+from utils.log import TrainingLogger, progress
 from utils.optim import adam, set_lr
 from utils.runtime import autocast, configure_backends, seed_everything, select_device
 from utils.schedule import poly_lr
@@ -78,7 +77,7 @@ def train_depth_teacher(args: argparse.Namespace) -> Path:
             set_lr(optimizer, lr)
             model.train()
             start, running = time.time(), 0.0
-            bar = tqdm(loader, desc=f"depth epoch {epoch}/{args.epochs}", leave=False, dynamic_ncols=True)
+            bar = progress(loader, desc=f"depth epoch {epoch}/{args.epochs}")
             for step, batch in enumerate(bar, start=1):
                 with autocast(device, args.amp):
                     depth = model(batch["image"].to(device, non_blocking=True)).depth

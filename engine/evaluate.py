@@ -20,13 +20,13 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from datasets import DatasetError, PhotoDataset, build_dataset, collate_test
 from datasets.files import IMAGE_EXTENSIONS, load_rgb
 from datasets.polarity import STATED_POLARITIES, MaskPolarity, split_polarity
 from datasets.transforms import denormalise
 from models import load_model
+from utils.log import progress
 from utils.metrics import PROTOCOLS, Protocol
 from utils.plots import blur_overlay, labelled_grid
 from utils.region_metrics import RegionMetrics
@@ -79,7 +79,7 @@ def predict(model: torch.nn.Module, dataset: Dataset, settings: EvalSettings,
             desc: str) -> Iterator[tuple[dict, torch.Tensor]]:
     """(item fields, P(in-focus) resized to the original image size by the protocol, on the device) per image."""
     model.eval()
-    progress = tqdm(total=len(dataset), desc=desc, unit="img", leave=False)
+    bar = progress(total=len(dataset), desc=desc, unit="img")
     with torch.inference_mode():
         for batch in _loader(dataset, settings):
             images = batch["image"].to(settings.device, non_blocking=True)
@@ -91,8 +91,8 @@ def predict(model: torch.nn.Module, dataset: Dataset, settings: EvalSettings,
             for i in range(len(batch["name"])):
                 item = {key: value[i] for key, value in batch.items()}
                 yield item, settings.protocol.upsample(probs[i:i + 1], item["image_size"])
-            progress.update(len(batch["name"]))
-    progress.close()
+            bar.update(len(batch["name"]))
+    bar.close()
 
 
 def to_8bit(prob: torch.Tensor) -> np.ndarray:
@@ -264,7 +264,7 @@ def evaluate_saved_maps(pred_dir: str | Path, polarity: MaskPolarity, dataset_ex
     out_dir = out / label / name
 
     def pairs() -> Iterator[tuple[dict, torch.Tensor]]:
-        for batch in tqdm(_loader(dataset, settings), desc=f"{label} on {name}", unit="batch", leave=False):
+        for batch in progress(_loader(dataset, settings), desc=f"{label} on {name}", unit="batch"):
             for i in range(len(batch["name"])):
                 item = {key: value[i] for key, value in batch.items() if key != "image"}
                 item["image"] = batch["image"][i]

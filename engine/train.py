@@ -28,7 +28,6 @@ import numpy as np
 import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from datasets import build_dataset
 from engine.evaluate import EvalSettings, score_model
@@ -37,7 +36,7 @@ from utils.checkpoint import (CheckpointError, first_non_finite, last_good_check
                               read_training_checkpoint, save_checkpoint)
 from utils.distributed import (DistributedContext, EpochShuffleSampler, all_reduce_sum, barrier,
                                cleanup_distributed, setup_distributed)
-from utils.log import TrainingLogger
+from utils.log import TrainingLogger, progress
 from utils.optim import set_lr
 from utils.runtime import configure_backends, seed_everything
 from utils.schedule import poly_lr
@@ -299,8 +298,7 @@ def fit(stage: Stage, args: argparse.Namespace, ctx: DistributedContext, loader:
         stage.network.train()
         sums: dict[str, float] = {}
         epoch_start = time.time()
-        bar = tqdm(range(1, steps_per_epoch + 1), desc=f"epoch {epoch}/{args.epochs}", disable=not ctx.is_main,
-                   leave=False, dynamic_ncols=True)
+        bar = progress(range(1, steps_per_epoch + 1), desc=f"epoch {epoch}/{args.epochs}", disable=not ctx.is_main)
         for step in bar:
             try:
                 terms_this_step = train_step(stage, micro_batches, epoch, args, ctx, scaler)

@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -240,7 +241,7 @@ def test_a_corrupt_test_image_is_left_out_named_and_counted(setup, shared_data, 
 def test_test_sh_prints_the_table_and_names_missing_sets(setup, checkpoint_run, tmp_path):
     tmp, checkpoint, _, syn = setup
     env = {"CHECKPOINTS": str(checkpoint), "DATASETS": f"CUHK-TE-1 EBD {syn}", "DATA_ROOT": str(tmp_path),
-           "OUT": str(tmp_path / "out")}
+           "OUT": str(tmp_path / "out"), "PYTHON": sys.executable}
     result = run(FAST, script="test.sh", env=env)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
@@ -266,6 +267,22 @@ def test_test_sh_without_a_checkpoint_says_where_to_get_one(tmp_path):
     assert result.stderr.count("\n") == 1
     assert f"{missing}: no such file" in result.stderr
     assert "checkpoint/README.md" in result.stderr and "`make demo` trains a small model offline" in result.stderr
+
+
+def test_test_sh_without_the_projects_interpreter_says_which_one_it_needs(tmp_path):
+    """No .venv beside test.sh and a python3 without torch: one line naming the interpreter to make."""
+    shutil.copy(ROOT / "test.sh", tmp_path / "test.sh")
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "python3").write_text("#!/bin/sh\nexit 1\n")  # runs, but imports nothing
+    (tmp_path / "bin" / "python3").chmod(0o755)
+    (tmp_path / "D-DFFNet.pth").write_bytes(b"")
+    env = {"PYTHON": "", "CHECKPOINTS": str(tmp_path / "D-DFFNet.pth"),
+           "PATH": f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}"}
+    result = run([], script=str(tmp_path / "test.sh"), env=env)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.count("\n") == 1
+    assert result.stderr.startswith("test.sh: error: python3 does not run or has no torch; test.sh needs the "
+                                    "project's interpreter .venv/bin/python (`make .venv/.installed` creates it)")
 
 
 @pytest.mark.parametrize("flags, message", [

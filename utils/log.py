@@ -1,12 +1,84 @@
-"""Training logs: readable console lines, CSV files of every logged value, TensorBoard when installed."""
+"""Logs: console lines stamped with the wall-clock time, progress that suits a terminal or a log file,
+CSV files of every logged training value, TensorBoard when installed."""
 from __future__ import annotations
 
 import csv
+import sys
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
+
+PIPED_EVERY = 30.0  # seconds between progress lines when stderr is not a terminal
+
+
+def stamp() -> str:
+    """'[HH:MM:SS]': the wall-clock time that starts every stamped log line (demo.sh stamps its steps alike)."""
+    return time.strftime("[%H:%M:%S]")
+
+
+def console(message: str) -> None:
+    """Print `message` on stdout after a time stamp, above any progress bar; flushed at once, so that in a
+    piped log it stays in order with the progress lines on stderr."""
+    tqdm.write(f"{stamp()} {message}")
+    sys.stdout.flush()
+
+
+class LineProgress:
+    """Progress for a log file: a stamped line on stderr when `every` seconds have passed since the last
+    one (none for a shorter loop), with the calls of the tqdm bars it stands in for (iterate, update,
+    set_postfix, close, with)."""
+
+    def __init__(self, iterable: Iterable | None = None, total: int | None = None, desc: str = "",
+                 unit: str = "it", initial: int = 0, disable: bool = False, every: float = PIPED_EVERY) -> None:
+        self.iterable = iterable
+        self.total = len(iterable) if total is None and hasattr(iterable, "__len__") else total
+        self.desc, self.unit, self.disable, self.every = desc, unit, disable, every
+        self.n = self.initial = initial
+        self.postfix = ""
+        self.start = self.last = time.monotonic()
+
+    def __iter__(self) -> Iterator:
+        for item in self.iterable:
+            yield item
+            self.update()
+
+    def update(self, n: int = 1) -> None:
+        """Count `n` more done; write a line when `every` seconds have passed since the last."""
+        self.n += n
+        now = time.monotonic()
+        if not self.disable and now - self.last >= self.every:
+            self.last = now
+            done = f"{self.n}/{self.total}" if self.total else f"{self.n}"
+            share = f" ({100 * self.n / self.total:.0f}%)" if self.total else ""
+            rate = (self.n - self.initial) / max(now - self.start, 1e-9)
+            print(f"{stamp()} {self.desc}: {done} {self.unit}{share}, {rate:.3g} {self.unit}/s{self.postfix}",
+                  file=sys.stderr, flush=True)
+
+    def set_postfix(self, **values: Any) -> None:
+        """Values shown at the end of the next lines, e.g. loss=0.1234."""
+        self.postfix = "".join(f", {key}={value}" for key, value in values.items())
+
+    def close(self) -> None:
+        """Nothing to clear: the lines written stay in the log."""
+
+    def __enter__(self) -> LineProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def progress(iterable: Iterable | None = None, *, total: int | None = None, desc: str = "", unit: str = "it",
+             initial: int = 0, disable: bool = False) -> tqdm | LineProgress:
+    """The progress display of every loop: a tqdm bar on a terminal (cleared when done); when stderr is a
+    pipe or a file, a LineProgress (one line every PIPED_EVERY seconds instead of a redraw per step)."""
+    if sys.stderr.isatty():
+        return tqdm(iterable, total=total, desc=desc, unit=unit, initial=initial, disable=disable, leave=False,
+                    dynamic_ncols=True)
+    return LineProgress(iterable, total=total, desc=desc, unit=unit, initial=initial, disable=disable)
 
 
 def _open_tensorboard(log_dir: Path) -> Any:
@@ -60,7 +132,6 @@ class TrainingLogger:
 
     def __init__(self, log_dir: str | Path, enabled: bool = True, resume_epoch: int | None = None) -> None:
         self.enabled = enabled
-        self.start = time.time()
         if not enabled:
             return
         self.log_dir = Path(log_dir)
@@ -70,10 +141,9 @@ class TrainingLogger:
         self.tensorboard = _open_tensorboard(self.log_dir)
 
     def info(self, message: str) -> None:
-        """A console line with the elapsed time, printed above any progress bar."""
+        """A stamped console line (`console`)."""
         if self.enabled:
-            elapsed = time.time() - self.start
-            tqdm.write(f"[{int(elapsed // 3600):02d}:{int(elapsed % 3600 // 60):02d}:{int(elapsed % 60):02d}] {message}")
+            console(message)
 
     def step(self, row: dict[str, Any]) -> None:
         """Log one optimiser step: a dict with 'epoch', 'step', 'global_step' and scalar values."""
