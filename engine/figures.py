@@ -81,7 +81,7 @@ def photo_figure(photos: list[str | Path], checkpoint: str | Path, out: str | Pa
     settings = EvalSettings(protocol=PROTOCOLS["standard"], device=dev, workers=0, img_size=size)
     rows = []
     for item, prob in predict(model, PhotoDataset(photos, size), settings, "photos"):
-        in_focus = prob[0, 0].cpu().numpy()
+        in_focus = prob.cpu().numpy()
         photo = np.asarray(load_rgb(Path(item["path"])))
         rows.append([photo, in_focus, blur_overlay(photo, in_focus)])
     return labelled_grid(rows, ["photo", "P(in-focus), white = sharp", "predicted blur (red)"], out)

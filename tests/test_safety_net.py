@@ -14,6 +14,7 @@ from torch import nn
 
 import train_single
 from datasets import DatasetWarning, build_dataset, dataset_names
+from datasets.registry import CUHK_VALIDATION_LIST
 from engine.evaluate import EvalSettings, evaluate_model
 from engine.train import Stage, train_step, validate
 from losses import normalised_depth
@@ -75,10 +76,12 @@ def test_validation_scores_the_official_map(half_focus_set: str) -> None:
 
 # Class of a white mask pixel after loading (1 = in-focus): the release conventions (CUHK and CTCUG
 # store white = blurred, DUT and EBD white = in-focus).
-WHITE_LOADS_AS = {"CUHK-TR-1": 0, "CUHK-TE-1": 0, "CUHK-TR-2": 0, "CUHK-TE-2": 0, "DUT-TR": 1, "DUT-TE": 1,
-                  "CTCUG": 0, "EBD": 1, "EBD-1305": 1}
+WHITE_LOADS_AS = {"CUHK-TR-1": 0, "CUHK-TE-1": 0, "CUHK-TR-2": 0, "CUHK-TE-2": 0, "CUHK-TR-1-FIT": 0,
+                  "CUHK-TR-1-VAL": 0, "DUT-TR": 1, "DUT-TE": 1, "CTCUG": 0, "EBD": 1, "EBD-1305": 1}
+VALIDATION_NAMES = tuple(CUHK_VALIDATION_LIST.read_text().split())  # CUHK-TR-1-VAL: all must exist
 AUTHORS_LAYOUT = {  # image folder, mask folder, image names (relative to the data root)
-    "CUHK": ("shidatatset/image", "shidatatset/gt", ("out_of_focus0001.jpg", "out_of_focus0002.jpg")),
+    "CUHK": ("shidatatset/image", "shidatatset/gt",
+             ("out_of_focus0001.jpg", "out_of_focus0002.jpg", "out_of_focus0003.jpg") + VALIDATION_NAMES),
     "DUT-TR": ("DUT/DUT-DBD_Dataset/DUT600S_Training", "DUT/DUT-DBD_Dataset/DUT600GT_Training", ("1.jpg",)),
     "DUT-TE": ("DUT/DUT-DBD_Dataset/image", "DUT/DUT-DBD_Dataset/gt", ("1.jpg",)),
     "CTCUG": ("CTCUG/CTCUG_images", "CTCUG/CTCUG_gt", ("1.jpg",)),

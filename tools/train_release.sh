@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Train, export and score the real-photo DFFNet shipped in checkpoint/release/ (MODEL_CARD.md there).
+#
+#   bash tools/train_release.sh                  # about 50 min on a quiet 2-core CPU (see the model card)
+#   RESUME=1 bash tools/train_release.sh         # continue an interrupted run from its last epoch
+#
+# The recipe is the winner of bench/release_recipes.py ("crops 160"), run longer: DFFNet with a resnest14d
+# backbone from scratch (no ImageNet weights), 160 px, random crops of at least half the image area on top of
+# the authors' flips and colour jitter, trained on CUHK-TR-1-FIT (CUHK-TR-1 minus this repository's 100-image
+# validation list, datasets/splits/cuhk_tr1_val.txt) and validated on CUHK-TR-1-VAL every 4 epochs.
+#
+# Environment (defaults in brackets):
+#   PYTHON      interpreter with the requirements                        [.venv/bin/python]
+#   CUHK_DIR    the CUHK blur data set: image/ and gt/                   [data/CUHK, else ../shared/data/CUHK]
+#   SPLIT_LIST  BTBNet's CUHK-TE-1 list (cuhk_te1.txt), kept out of training
+#               [$CUHK_DIR/cuhk_te1.txt, data/splits/cuhk_te1.txt, ../shared/spec/splits/cuhk_te1.txt]
+#   DUT_DIR     optional DUT-style folder (image/, gt/) scored as photos from another source
+#               [data/DUT-sample, else ../shared/data/DUT-sample]
+#   OUT         run folder: checkpoint, logs, scores                     [results/release]
+#   EPOCHS      training epochs of 63 steps                              [90]
+#   THREADS     CPU threads                                              [2]
+#   EXPORT      where the fp16 release file goes                         [$OUT/dffnet_cuhk_cpu.pth]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-.venv/bin/python}
+OUT=${OUT:-results/release}
+EPOCHS=${EPOCHS:-90}
+export OMP_NUM_THREADS=${THREADS:-2}
+EXPORT=${EXPORT:-$OUT/dffnet_cuhk_cpu.pth}
+
+first_existing() {  # the first argument that is an existing path, else nothing
+    for path in "$@"; do [ -e "$path" ] && { echo "$path"; return; }; done
+}
+CUHK_DIR=${CUHK_DIR:-$(first_existing data/CUHK ../shared/data/CUHK)}
+[ -n "$CUHK_DIR" ] && [ -d "$CUHK_DIR/image" ] && [ -d "$CUHK_DIR/gt" ] || {
+    echo "train_release.sh: no CUHK data set (image/ and gt/) at '${CUHK_DIR:-data/CUHK}'; see data/README.md" >&2
+    exit 2; }
+SPLIT_LIST=${SPLIT_LIST:-$(first_existing "$CUHK_DIR/cuhk_te1.txt" data/splits/cuhk_te1.txt \
+    ../shared/spec/splits/cuhk_te1.txt)}
+[ -n "$SPLIT_LIST" ] && [ -f "$SPLIT_LIST" ] || {
+    echo "train_release.sh: no CUHK-TE-1 list (cuhk_te1.txt); set SPLIT_LIST (see data/README.md)" >&2; exit 2; }
+DUT_DIR=${DUT_DIR:-$(first_existing data/DUT-sample ../shared/data/DUT-sample)}
+
+# a data root holding just what the recipe reads, whatever the user's layout
+ROOT="$OUT/data_root"
+mkdir -p "$ROOT/splits"
+ln -sfn "$(realpath "$CUHK_DIR")" "$ROOT/CUHK"
+ln -sfn "$(realpath "$SPLIT_LIST")" "$ROOT/splits/cuhk_te1.txt"
+
+START=(--overwrite)
+[ "${RESUME:-0}" = 1 ] && START=(--resume)
+echo "[$(date +%T)] training: CUHK-TR-1-FIT from $CUHK_DIR, $EPOCHS epochs, $OMP_NUM_THREADS thread(s)"
+"$PY" train_single.py --train-set CUHK-TR-1-FIT --val-set CUHK-TR-1-VAL --val-every 4 --data-root "$ROOT" \
+    --backbone resnest14d --pretrained none --img-size 160 --crop-scale 0.5 \
+    --batch-size 8 --lr 5e-4 --epochs "$EPOCHS" --schedule-epochs "$EPOCHS" \
+    --amp bf16 --channels-last --workers 1 \
+    --save "$OUT/dffnet_release_train.pth" --log-dir "$OUT/logs" "${START[@]}"
+
+echo "[$(date +%T)] export: fp16 weights + training config -> $EXPORT"
+"$PY" tools/export_model.py "$OUT/dffnet_release_train.pth" "$EXPORT" --description \
+    "DFFNet (resnest14d, from scratch, 160 px) trained by this repository on CUHK-TR-1-FIT on a CPU; checkpoint/release/MODEL_CARD.md"
+
+echo "[$(date +%T)] scores (official protocol) of the exported file"
+SETS=(CUHK-TR-1-VAL)
+[ -n "$DUT_DIR" ] && SETS+=("folder:$(realpath "$DUT_DIR"):white=in-focus")
+"$PY" test.py --checkpoint "$EXPORT" --data-root "$ROOT" --dataset "${SETS[@]}" --out "$OUT/scores"
+echo "[$(date +%T)] done: $EXPORT; copy it to checkpoint/release/ and update models/shipped.py's SHA-256"
