@@ -21,15 +21,21 @@ from models import build_midas, build_model
 from utils.distributed import DistributedContext
 
 
-def machine(device: torch.device) -> dict[str, Any]:
-    """Host, CPU model, core and thread counts, Python / torch versions, and the GPU's name on CUDA."""
-    cpu = platform.processor() or platform.machine()
+def machine(device: torch.device | None = None) -> dict[str, Any]:
+    """Host, CPU model and its AMX / AVX512-BF16 flags, core and thread counts, Python / torch versions, and the
+    GPU's name on CUDA."""
+    cpu, flags = platform.processor() or platform.machine(), set()
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
+        lines = cpuinfo.read_text().splitlines()
+        names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
         cpu = names[0] if names else cpu
-    info = {"host": platform.node(), "cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "python": platform.python_version(), "torch": torch.__version__, "device": str(device)}
+        flags = next((set(line.split(":", 1)[1].split()) for line in lines if line.startswith("flags")), set())
+    device = device or torch.device("cpu")
+    info = {"host": platform.node(), "cpu": cpu, "amx": "amx_tile" in flags, "avx512_bf16": "avx512_bf16" in flags,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "python": platform.python_version(), "torch": torch.__version__,
+            "device": str(device)}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info

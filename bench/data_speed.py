@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -25,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import machine  # noqa: E402
 from datasets import build_dataset  # noqa: E402
 from datasets.base import PairDataset  # noqa: E402
 from datasets.files import load_rgb  # noqa: E402
@@ -53,12 +52,6 @@ class AuthorsStyleDataset(Dataset):
         image = COLOR_JITTER(resize_image(image, self.img_size))
         return {"image": normalise(image), "mask": mask_tensor(resize_mask(mask, self.img_size)),
                 "name": names[index]}
-
-
-def machine() -> dict:
-    return {"host": platform.node(), "cpu": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "python": platform.python_version(), "torch": torch.__version__}
 
 
 def synthetic_rate(count: int, size: int, workers: int) -> float:

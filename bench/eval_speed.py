@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -21,22 +20,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import machine  # noqa: E402
 from datasets.synthetic import generate_dataset  # noqa: E402
 from engine.evaluate import EvalSettings, evaluate_model  # noqa: E402
 from models import build_model  # noqa: E402
 from utils.metrics import PROTOCOLS, OfficialMetrics, StandardMetrics  # noqa: E402
 
 SIZES = {"CUHK 640x427": (427, 640), "EBD 1600x1024": (1024, 1600)}
-
-
-def machine() -> dict:
-    cpu = platform.processor()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
-            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
 
 def sample_pair(h: int, w: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -121,7 +111,7 @@ def main() -> None:
     e2e = end_to_end(n_e2e, workers=min(2, os.cpu_count() or 1))
     result = {"machine": machine(), "metric_threads": 1, "quick": args.quick, "maps_per_measurement": n_maps,
               "metrics": rows, "end_to_end": e2e, "target": "official metrics for a 1600x1024 map < 20 ms, one core"}
-    print(f"machine: {result['machine']['cpu']} ({result['machine']['cores']} cores), metrics on 1 thread")
+    print(f"machine: {result['machine']['cpu']} ({result['machine']['cpu_count']} cores), metrics on 1 thread")
     print("| maps | method | ms / image | images / s |\n|---|---|---|---|")
     for row in rows:
         print(f"| {row['maps']} | {row['method']} | {row['ms_per_image']:.1f} | {row['images_per_s']:.1f} |")

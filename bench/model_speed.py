@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -26,6 +24,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import machine  # noqa: E402
 from models import build_model, list_models  # noqa: E402
 from utils.runtime import autocast  # noqa: E402
 
@@ -35,22 +34,6 @@ BASELINE_SETTING = {"model": "dffnet", "backbone": "resnest101e", "batch_size": 
 FULL_DEFAULTS = {"backbone": None, "batch_size": 6, "img_size": 320, "repeats": 5}
 QUICK_DEFAULTS = {"backbone": "resnest14d", "batch_size": 2, "img_size": 128, "repeats": 2}
 PRECISIONS = {"fp32": ("off", False), "bf16+channels_last": ("bf16", True)}
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine() -> dict:
-    return {"host": platform.node(), "cpu": cpu_model(), "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
-            "torch": torch.__version__}
 
 
 def timed(step, repeats: int) -> list[float]:

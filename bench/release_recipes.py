@@ -6,7 +6,8 @@
 Every recipe trains DFFNet (train_single.py, from scratch: no ImageNet weights) on CUHK-TR-1-FIT (CUHK-TR-1
 minus this repository's 100-image validation split, datasets/splits/cuhk_tr1_val.txt) for about the same CPU
 time: 2,016 steps of resnest14d at 160 px, batch 8, or as many steps of another network as take as long
-(measured on one thread: resnest14d 160 px 0.75 s / step, resnet18 224 px 0.82 s / step, bf16 + AMX). Each is
+(measured on one thread: resnest14d 160 px 0.75 s / step, resnet18 224 px 0.82 s / step, resnet10t 224 px
+0.74 s / step, bf16 + AMX). Each is
 validated every 4 epochs on CUHK-TR-1-VAL during training (the learning curve) and scored at the end with
 test.py (official protocol) on CUHK-TR-1-VAL. Recipes:
 
@@ -15,6 +16,7 @@ test.py (official protocol) on CUHK-TR-1-VAL. Recipes:
     synthetic + real  resnest14d at 160 px: 1,024 steps on 4,096 synthetic images (tools/make_synthetic.py),
                       then 1,008 steps on the real set starting from those weights (--init)
     crops 160         as scratch 160, plus random crops of at least half the image area (--crop-scale 0.5)
+    resnet10t 224     resnet10t at 224 px (the cheapest ResNet, more pixels)
 
 Runs are subprocesses of the scripts a user runs, one thread each, --jobs at a time; finished runs are kept
 (a marker beside each), so an interrupted comparison continues. Prints a table, writes JSON and a figure of the
@@ -36,6 +38,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import torch  # noqa: E402
+
+from bench.common import machine  # noqa: E402
+
 FIT, VAL = "CUHK-TR-1-FIT", "CUHK-TR-1-VAL"
 FIT_IMAGES, BATCH = 504, 8
 COMMON = ["--pretrained", "none", "--batch-size", str(BATCH), "--lr", "5e-4", "--amp", "bf16", "--channels-last",
@@ -49,6 +55,7 @@ RECIPES: dict[str, tuple[str, int, list[tuple[str, list[str]]]]] = {
         ("synthetic", ["--epochs", "2", "--schedule-epochs", "2"]),
         ("real", ["--epochs", "16", "--schedule-epochs", "16"])]),
     "crops 160": ("resnest14d", 160, [("real", ["--epochs", "32", "--schedule-epochs", "32", "--crop-scale", "0.5"])]),
+    "resnet10t 224": ("resnet10t", 224, [("real", ["--epochs", "32", "--schedule-epochs", "32"])]),
 }
 
 
@@ -163,13 +170,16 @@ def main(argv: list[str] | None = None) -> None:
         run(synthetic, out / "logs" / "synthetic.log")
     with ThreadPoolExecutor(args.jobs) as pool:
         seconds = dict(zip(args.recipes, pool.map(lambda n: train_recipe(n, out, args.data_root), args.recipes)))
+    on = machine(torch.device("cpu"))
     table = {name: {**score(name, out, args.data_root), "seconds": seconds[name], "curve": learning_curve(out, name)}
              for name in args.recipes}
     print(f"{'recipe':<18} {'val MAE':>8} {'F-beta':>7} {'IoU':>6} {'minutes':>8}")
     for name, row in table.items():
         print(f"{name:<18} {row['mae']:>8.3f} {row['fbeta']:>7.3f} {row['iou']:>6.3f} "
               f"{sum(row['seconds'].values()) / 60:>8.1f}")
-    (out / "release_recipes.json").write_text(json.dumps(table, indent=2) + "\n")
+    print(f"measured on: {on['cpu']}, {on['cpu_count']} cores, one thread per run, {args.jobs} run(s) at once")
+    (out / "release_recipes.json").write_text(json.dumps({"machine": on, "jobs": args.jobs, "recipes": table},
+                                                         indent=2) + "\n")
     curves_figure(table, out / "release_recipes.png")
     print(f"wrote {out / 'release_recipes.json'} and {out / 'release_recipes.png'}")
 

@@ -34,26 +34,30 @@ OFFICIAL_MAE = 0.3                          # top: |0.8-1|, |0.6-1|; bottom: |0.
 
 
 class FixedMap(nn.Module):
-    """A network whose logits are logit(PROBS) whatever the input."""
+    """A network whose logits are logit(probs) (a 2x2 map, PROBS by default) whatever the input."""
 
-    def __init__(self) -> None:
+    def __init__(self, probs: list[list[float]] = PROBS) -> None:
         super().__init__()
-        self.register_buffer("logits", torch.logit(torch.tensor(PROBS))[None, None])
+        self.register_buffer("logits", torch.logit(torch.tensor(probs, dtype=torch.float64)).float()[None, None])
 
     def forward(self, images: torch.Tensor) -> DBDOutput:
         return DBDOutput(logits=self.logits.expand(images.shape[0], -1, -1, -1), sides=[], features=[])
 
 
-@pytest.fixture
-def half_focus_set(tmp_path: Path) -> str:
-    """One 8x12 image whose mask (white = in-focus) is in focus in its top half."""
+def write_half_focus_set(folder: Path) -> str:
+    """One 8x12 image under `folder` whose mask (white = in-focus) is in focus in its top half; its expression."""
     for sub in ("image", "gt"):
-        (tmp_path / "set" / sub).mkdir(parents=True)
-    Image.new("RGB", (12, 8), (90, 120, 150)).save(tmp_path / "set" / "image" / "a.png")
+        (folder / sub).mkdir(parents=True)
+    Image.new("RGB", (12, 8), (90, 120, 150)).save(folder / "image" / "a.png")
     mask = np.zeros((8, 12), np.uint8)
     mask[:4] = 255
-    Image.fromarray(mask).save(tmp_path / "set" / "gt" / "a.png")
-    return f"folder:{tmp_path / 'set'}:white=in-focus"
+    Image.fromarray(mask).save(folder / "gt" / "a.png")
+    return f"folder:{folder}:white=in-focus"
+
+
+@pytest.fixture
+def half_focus_set(tmp_path: Path) -> str:
+    return write_half_focus_set(tmp_path / "set")
 
 
 def test_official_map_is_the_sigmoid_nearest_upsampled(half_focus_set: str, tmp_path: Path) -> None:

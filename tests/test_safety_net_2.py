@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch import nn
 
 import engine.stages
 import train_kd
@@ -22,11 +21,12 @@ from datasets import DepthDataset, MaskPolarity, build_dataset
 from datasets.polarity import load_mask
 from datasets.transforms import denormalise, normalise
 from engine.evaluate import EvalSettings, evaluate_model
-from models import DBDOutput, build_midas, build_model, make_frozen_teacher
+from models import build_midas, build_model, make_frozen_teacher
 from utils.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from utils.depth_metrics import relative_depth_errors
 from utils.distributed import DistributedContext
 from utils.metrics import OfficialMetrics, StandardMetrics, get_protocol
+from tests.test_safety_net import FixedMap, write_half_focus_set
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = DistributedContext(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
@@ -206,28 +206,11 @@ PROBS = [[0.999, 0.25], [0.003, 0.6]]
 GREY = [[255, 64], [1, 153]]  # round(255 p): 254.745, 63.75, 0.765, 153.0
 
 
-class FixedMap(nn.Module):
-    """A network whose logits are logit(PROBS) whatever the input."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.register_buffer("logits", torch.logit(torch.tensor(PROBS, dtype=torch.float64)).float()[None, None])
-
-    def forward(self, images: torch.Tensor) -> DBDOutput:
-        return DBDOutput(logits=self.logits.expand(images.shape[0], -1, -1, -1), sides=[], features=[])
-
-
 def test_saved_maps_are_rounded_to_the_nearest_grey_level(tmp_path: Path) -> None:
     """The 2x2 map nearest-upsampled to the 8x12 image: 4x6 blocks of GREY."""
-    for sub in ("image", "gt"):
-        (tmp_path / "set" / sub).mkdir(parents=True)
-    Image.new("RGB", (12, 8), (90, 120, 150)).save(tmp_path / "set" / "image" / "a.png")
-    mask = np.zeros((8, 12), np.uint8)
-    mask[:4] = 255
-    Image.fromarray(mask).save(tmp_path / "set" / "gt" / "a.png")
     settings = EvalSettings(protocol=get_protocol("official"), workers=0, batch_size=1, img_size=32, save_maps=True,
                             grid=0)
-    entry = evaluate_model(FixedMap(), "fixed", "none", f"folder:{tmp_path / 'set'}:white=in-focus", settings,
+    entry = evaluate_model(FixedMap(PROBS), "fixed", "none", write_half_focus_set(tmp_path / "set"), settings,
                            tmp_path / "out")
     saved = np.asarray(Image.open(Path(entry["maps"]) / "a.png"))
     np.testing.assert_array_equal(saved, np.kron(np.array(GREY, np.uint8), np.ones((4, 6), np.uint8)))

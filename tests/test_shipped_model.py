@@ -5,6 +5,9 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -161,3 +164,18 @@ def test_crop_scale_and_init_are_checked_and_init_loads_every_weight(tmp_path):
     args.backbone = "resnet18"
     with pytest.raises(SystemExit, match=r"^--init: .*pre.pth: holds a model built with"):
         build_student(args)
+
+
+def test_release_recipe_names_missing_data_before_training(tmp_path):
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "PYTHON": sys.executable}
+    no_data = subprocess.run(["bash", str(ROOT / "tools/train_release.sh")], capture_output=True, text=True,
+                             env={**env, "CUHK_DIR": str(tmp_path / "absent")}, cwd=tmp_path)
+    assert no_data.returncode == 2
+    assert no_data.stderr.strip() == (f"train_release.sh: no CUHK data set (image/ and gt/) at '{tmp_path / 'absent'}'; "
+                                      "see data/README.md")
+    (tmp_path / "cuhk/image").mkdir(parents=True)
+    (tmp_path / "cuhk/gt").mkdir()
+    no_list = subprocess.run(["bash", str(ROOT / "tools/train_release.sh")], capture_output=True, text=True,
+                             env={**env, "CUHK_DIR": str(tmp_path / "cuhk"), "SPLIT_LIST": str(tmp_path / "none.txt")})
+    assert no_list.returncode == 2 and "no CUHK-TE-1 list (cuhk_te1.txt)" in no_list.stderr
+    assert not (tmp_path / "out").exists()

@@ -13,7 +13,7 @@
 #   PYTHON      interpreter with the requirements                        [.venv/bin/python]
 #   CUHK_DIR    the CUHK blur data set: image/ and gt/                   [data/CUHK, else ../shared/data/CUHK]
 #   SPLIT_LIST  BTBNet's CUHK-TE-1 list (cuhk_te1.txt), kept out of training
-#               [$CUHK_DIR/cuhk_te1.txt, data/splits/cuhk_te1.txt, ../shared/spec/splits/cuhk_te1.txt]
+#               [where data/README.md says the data sets look for it, else ../shared/spec/splits/]
 #   DUT_DIR     optional DUT-style folder (image/, gt/) scored as photos from another source
 #               [data/DUT-sample, else ../shared/data/DUT-sample]
 #   OUT         run folder: checkpoint, logs, scores                     [results/release]
@@ -36,8 +36,8 @@ CUHK_DIR=${CUHK_DIR:-$(first_existing data/CUHK ../shared/data/CUHK)}
 [ -n "$CUHK_DIR" ] && [ -d "$CUHK_DIR/image" ] && [ -d "$CUHK_DIR/gt" ] || {
     echo "train_release.sh: no CUHK data set (image/ and gt/) at '${CUHK_DIR:-data/CUHK}'; see data/README.md" >&2
     exit 2; }
-SPLIT_LIST=${SPLIT_LIST:-$(first_existing "$CUHK_DIR/cuhk_te1.txt" data/splits/cuhk_te1.txt \
-    ../shared/spec/splits/cuhk_te1.txt)}
+SPLIT_LIST=${SPLIT_LIST:-$(first_existing "$CUHK_DIR/splits/cuhk_te1.txt" "$CUHK_DIR/cuhk_te1.txt" \
+    "$CUHK_DIR/split.txt" data/splits/cuhk_te1.txt data/cuhk_te1.txt data/split.txt ../shared/spec/splits/cuhk_te1.txt)}
 [ -n "$SPLIT_LIST" ] && [ -f "$SPLIT_LIST" ] || {
     echo "train_release.sh: no CUHK-TE-1 list (cuhk_te1.txt); set SPLIT_LIST (see data/README.md)" >&2; exit 2; }
 DUT_DIR=${DUT_DIR:-$(first_existing data/DUT-sample ../shared/data/DUT-sample)}
