@@ -386,7 +386,10 @@ def test_ctrl_c_during_training_exits_130_in_one_line(tmp_path: Path, monkeypatc
 
     monkeypatch.setattr(engine.train, "train_step", interrupted_in_epoch_2)
     with pytest.raises(SystemExit) as stop:
-        train_single.main(train_args(data, tmp_path) + ["--epochs", "2"])
+        try:
+            train_single.main(train_args(data, tmp_path) + ["--epochs", "2"])
+        except KeyboardInterrupt:
+            pytest.fail("Ctrl-C ended training with a raw KeyboardInterrupt")
     assert stop.value.code == 130
     assert capsys.readouterr().err.splitlines()[-1] == (
         f"interrupted in epoch 2; last checkpoint: {tmp_path / 'model.pth'} (epoch 1). Resume with --resume")
@@ -407,22 +410,30 @@ def test_disk_full_at_a_checkpoint_save_is_one_line(tmp_path: Path, monkeypatch:
 
 
 def test_a_write_that_fails_in_torch_save_raises_its_os_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """torch.save turns the file's OSError into 'enforce fail at inline_container.cc'; the caller gets ENOSPC."""
+    """The disk fills after 1000 bytes: torch.save reports the file's OSError as 'enforce fail at
+    inline_container.cc'; the caller gets ENOSPC, and no temporary file stays."""
     real_fdopen = os.fdopen
 
     class FullDisk(io.RawIOBase):
         def __init__(self, fd: int) -> None:
             self.real = real_fdopen(fd, "wb")
+            self.written = 0
 
         def writable(self) -> bool:
             return True
 
         def write(self, data: bytes) -> int:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            if self.written + len(data) > 1000:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            self.written += len(data)
+            return self.real.write(data)
+
+        def flush(self) -> None:
+            self.real.flush()
 
         def close(self) -> None:
-            self.real.close()
             super().close()
+            self.real.close()
 
     monkeypatch.setattr(os, "fdopen", lambda fd, mode: FullDisk(fd))
     with pytest.raises(OSError) as error:
