@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from datasets import DatasetError, dataset_names
-from datasets.files import format_names
+from datasets.files import UnusableFilesError, format_names
 from datasets.polarity import STATED_POLARITIES, MaskPolarity
 from engine.evaluate import (EvalSettings, evaluate_model, evaluate_saved_maps, load_detector, predict_photos,
                              set_label)
@@ -180,7 +180,7 @@ def run_evaluation(args: argparse.Namespace, settings: EvalSettings, out: Path) 
                     maps = baseline_maps(source, expr) if is_baseline else source
                     entry = evaluate_saved_maps(maps, polarity, expr, settings, out, label)
             except DatasetError as exc:
-                if not args.skip_missing:
+                if not args.skip_missing or isinstance(exc, UnusableFilesError):
                     raise
                 if expr not in [m["dataset_expr"] for m in missing]:
                     message = re.sub(r"(looked for [^,]+), .*?(\(see [^)]*\))", r"\1, ... \2",

@@ -23,6 +23,11 @@ class DatasetError(ValueError):
     """A data set cannot be built as asked (missing folders or files, bad pairs, bad split list)."""
 
 
+class UnusableFilesError(DatasetError):
+    """The set's files are there but some cannot be used as they are (e.g. colour masks): an error even where
+    a missing set is only reported (test.py --skip-missing)."""
+
+
 class DatasetWarning(UserWarning):
     """Something in a test set was left out or flagged; the message lists the files and the rule."""
 

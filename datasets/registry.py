@@ -7,8 +7,8 @@ from pathlib import Path
 from torch.utils.data import Dataset
 
 from .base import CombinedDataset, PairDataset, read_meta
-from .files import (HOMOGENEOUS_DIR, DatasetError, Pairing, format_names, image_size, list_folder, natural_key,
-                    pair_folders, read_split_list, stem_key, warn)
+from .files import (HOMOGENEOUS_DIR, DatasetError, Pairing, UnusableFilesError, format_names, image_size,
+                    list_folder, natural_key, pair_folders, read_split_list, stem_key, warn)
 from .polarity import STATED_POLARITIES, MaskPolarity, estimate_polarity, split_polarity
 
 IMAGE_DIRS = ("image", "images", "img")
@@ -272,7 +272,7 @@ def _apply_rules(term: str, pairing: Pairing, train: bool, image_dir: Path) -> N
              f"macOS writes): {format_names(pairing.hidden, 5)}")
     if pairing.colour_masks:
         names = format_names(list(pairing.colour_masks), 20)
-        raise DatasetError(f"{term} ({image_dir.parent}): colour masks whose red, green and blue differ: {names}. "
+        raise UnusableFilesError(f"{term} ({image_dir.parent}): colour masks whose red, green and blue differ: {names}. "
                            "Masks must be grey (black and white); re-save them as grey images")
     if train and (problems or mismatch or one_class):
         details = problems + ([f"masks whose size differs from the image: {format_names(mismatch)}"]

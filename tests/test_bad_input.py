@@ -127,6 +127,10 @@ def test_a_colour_mask_is_refused_by_name(tmp_path: Path) -> None:
     with contextlib.redirect_stdout(stdout):
         assert check_script.main([str(data)]) == 1
     assert "colour mask: gt/1.png (masks must be grey)" in stdout.getvalue()
+    (tmp_path / "maps").mkdir()
+    result = run_test_py(["--pred-dir", str(tmp_path / "maps"), "--dataset", f"folder:{data}:white=in-focus",
+                          "--skip-missing", "--out", str(tmp_path / "out"), *FAST])
+    assert result.returncode == 2 and "colour masks whose red, green and blue differ: gt/1.png" in result.stderr
 
 
 def test_a_grey_mask_stored_as_rgb_jpeg_is_still_read(tmp_path: Path) -> None:
