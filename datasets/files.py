@@ -129,8 +129,7 @@ def _to_8bit(img: Image.Image) -> Image.Image:
 
 def _decode_rgb(path: Path) -> Image.Image:
     with Image.open(path) as img:
-        grey16 = img.mode.startswith("I")
-        rgb = (_to_8bit(img) if grey16 else img).convert("RGB")
+        rgb = (_to_8bit(img) if img.mode.startswith("I") else img).convert("RGB")
         return _upright(rgb, exif_orientation(img))
 
 

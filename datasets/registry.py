@@ -272,8 +272,8 @@ def _apply_rules(term: str, pairing: Pairing, train: bool, image_dir: Path) -> N
              f"macOS writes): {format_names(pairing.hidden, 5)}")
     if pairing.colour_masks:
         names = format_names(list(pairing.colour_masks), 20)
-        raise UnusableFilesError(f"{term} ({image_dir.parent}): colour masks whose red, green and blue differ: {names}. "
-                           "Masks must be grey (black and white); re-save them as grey images")
+        raise UnusableFilesError(f"{term} ({image_dir.parent}): colour masks whose red, green and blue differ: "
+                                 f"{names}. Masks must be grey (black and white); re-save them as grey images")
     if train and (problems or mismatch or one_class):
         details = problems + ([f"masks whose size differs from the image: {format_names(mismatch)}"]
                               if mismatch else []) + ([one_class] if one_class else [])

@@ -23,9 +23,9 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from datasets import DatasetError, PhotoDataset, build_dataset, collate_test
-from datasets.registry import uses_split_list
 from datasets.files import IMAGE_EXTENSIONS, format_names, image_size, is_hidden, load_rgb
 from datasets.polarity import STATED_POLARITIES, MaskPolarity, split_polarity
+from datasets.registry import uses_split_list
 from datasets.transforms import denormalise
 from models import load_model
 from utils.log import progress
@@ -264,9 +264,9 @@ class SavedMapDataset(Dataset):
 
     def size_mismatch(self) -> list[str]:
         """'map.png 160x120, GT 320x240' for every map whose size (file header) differs from its GT mask's."""
-        pairs = getattr(self.dataset, "pairs", [])
-        sizes = [(self.maps[Path(p.name).stem], p.mask_size) for p in pairs]
-        return [f"{path.name} {_wxh(image_size(path))}, GT {_wxh(gt)}" for path, gt in sizes if image_size(path) != gt]
+        sizes = [(path, image_size(path), pair.mask_size) for pair in getattr(self.dataset, "pairs", [])
+                 for path in (self.maps[Path(pair.name).stem],)]
+        return [f"{path.name} {_wxh(size)}, GT {_wxh(gt)}" for path, size, gt in sizes if size != gt]
 
     def __len__(self) -> int:
         return len(self.dataset)

@@ -6,6 +6,7 @@ completed "epoch"; training adds what `--resume` needs (optimiser states, sample
 """
 from __future__ import annotations
 
+import glob
 import os
 import pickle
 import re
@@ -52,6 +53,7 @@ def _temp_prefix(path: Path) -> str:
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (possibly another user's)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -65,17 +67,12 @@ def remove_stale_temps(path: Path) -> list[Path]:
     """Remove the temporary files of `path` left by a save whose process is gone (killed during the write);
     returns them. Temporaries of live processes are kept."""
     removed = []
-    for tmp in path.parent.glob(f"{glob_escape(_temp_prefix(path))}*.tmp"):
+    for tmp in path.parent.glob(f"{glob.escape(_temp_prefix(path))}*.tmp"):
         pid = tmp.name[len(_temp_prefix(path)):].split(".", 1)[0]
         if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
             tmp.unlink(missing_ok=True)
             removed.append(tmp)
     return removed
-
-
-def glob_escape(text: str) -> str:
-    """`text` with the glob metacharacters * ? [ taken literally."""
-    return re.sub(r"([*?\[])", r"[\1]", text)
 
 
 def save_checkpoint(obj: Any, path: str | os.PathLike) -> Path:
