@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import re
 import sys
 import time
@@ -19,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from datasets import DatasetError
-from datasets.files import format_names
+from datasets import DatasetError, dataset_names
+from datasets.files import UnusableFilesError, format_names
 from datasets.polarity import STATED_POLARITIES, MaskPolarity
 from engine.evaluate import (EvalSettings, evaluate_model, evaluate_saved_maps, load_detector, predict_photos,
                              set_label)
@@ -63,6 +64,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                      help="--protocol standard: score each map as it is, without the per-map min-max normalisation "
                           "of the salient-object toolkits (pysodmetrics, PySODEvalToolkit)")
     run.add_argument("--data-root", default="data")
+    run.add_argument("--split-file", default=None, metavar="PATH",
+                     help="split list of the CUHK / EBD-1305 test sets (one image name per line), when it is not in "
+                          "the data folder (data/README.md)")
     run.add_argument("--out", default="results")
     run.add_argument("--save-maps", action="store_true", help="write 8-bit maps (white = in-focus)")
     run.add_argument("--grid", type=int, default=6, help="images in each set's qualitative grid (0: none)")
@@ -127,8 +131,15 @@ def checkpoint_labels(paths: list[str]) -> list[str]:
 
 
 def check_set_names(exprs: list[str]) -> None:
-    """Exit in one line when two --dataset sets would share a results name (one table column, one
-    OUT/<model>/<set>/ folder)."""
+    """Exit in one line when a --dataset name is not a registered set (suggesting the closest) or two sets
+    would share a results name (one table column, one OUT/<model>/<set>/ folder)."""
+    known = dataset_names()
+    for expr in exprs:
+        if expr.startswith(("folder:", "synthetic:")) or expr in known:
+            continue
+        close = difflib.get_close_matches(expr, known, n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]}?" if close else "known: " + ", ".join(known) + ", folder:PATH, synthetic:PATH"
+        raise SystemExit(f"--dataset {expr}: not a data set name; {hint}")
     names = [set_label(expr) for expr in exprs]
     for name in dict.fromkeys(names):
         sharing = [expr for expr, other in zip(exprs, names) if other == name]
@@ -169,7 +180,7 @@ def run_evaluation(args: argparse.Namespace, settings: EvalSettings, out: Path) 
                     maps = baseline_maps(source, expr) if is_baseline else source
                     entry = evaluate_saved_maps(maps, polarity, expr, settings, out, label)
             except DatasetError as exc:
-                if not args.skip_missing:
+                if not args.skip_missing or isinstance(exc, UnusableFilesError):
                     raise
                 if expr not in [m["dataset_expr"] for m in missing]:
                     message = re.sub(r"(looked for [^,]+), .*?(\(see [^)]*\))", r"\1, ... \2",
@@ -185,16 +196,27 @@ def run_evaluation(args: argparse.Namespace, settings: EvalSettings, out: Path) 
                 continue
             entries.append(entry)
             print(summary_line(entry), flush=True)
+    if not entries:
+        kept = f"; {out / 'results.json'} is left as it was" if (out / "results.json").exists() else ""
+        print(f"test.py: error: nothing evaluated: none of {', '.join(args.dataset)} was found under "
+              f"{args.data_root}{kept}", file=sys.stderr)
+        return 1
     run = {"protocol": args.protocol, "device": str(settings.device), "amp": args.amp,
            "img_size": args.img_size or "each checkpoint's training size (320 when it records none)",
            "data_root": args.data_root, "command": sys.argv, "torch": torch.__version__,
            "time": time.strftime("%Y-%m-%d %H:%M:%S"), "missing": missing}
-    write_results(entries, out / "results.json", run)
-    if not entries:
-        print(f"nothing evaluated: none of {', '.join(args.dataset)} was found under {args.data_root}")
-        return 1
+    for entry in entries:
+        for warning in entry.get("warnings", []):
+            print(f"test.py: warning: {warning}", file=sys.stderr, flush=True)
+        if entry.get("write_error"):
+            failed.append(f"{entry['model']} on {entry['dataset']}: {entry['write_error']}")
     shown = entries + [e for path in args.extra_results for e in read_results(path)]
-    pr_figure(shown, out / "pr_curves.png", f"PR curves, blurred class positive ({args.protocol} protocol)")
+    try:
+        write_results(entries, out / "results.json", run)
+    except OSError as exc:
+        failed.append(f"{out / 'results.json'}: not written ({exc.strerror or exc}); the metrics are printed here")
+    else:
+        pr_figure(shown, out / "pr_curves.png", f"PR curves, blurred class positive ({args.protocol} protocol)")
     sets = paper_set_order(list(dict.fromkeys([set_label(d) for d in args.dataset] + [e["dataset"] for e in shown])))
     paper_rows = dict(pair.split("=", 1) for pair in args.paper_row)
     print()
@@ -203,10 +225,10 @@ def run_evaluation(args: argparse.Namespace, settings: EvalSettings, out: Path) 
     if regions:
         print("\nBy region (homogeneous = nearly textureless surface; docs/REPRODUCTION.md, split metrics):")
         print(regions)
-    print(f"\nwrote {out / 'results.json'}, {out / 'pr_curves.png'} and per-image CSVs under {out}/")
     if failed:
-        print(f"test.py: these baseline evaluations failed (errors above): {', '.join(failed)}", file=sys.stderr)
+        print(f"test.py: error: these failed (see above): {'; '.join(failed)}", file=sys.stderr)
         return 1
+    print(f"\nwrote {out / 'results.json'}, {out / 'pr_curves.png'} and per-image CSVs under {out}/")
     return 0
 
 
@@ -218,8 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = EvalSettings(protocol=get_protocol(args.protocol, args.raw_maps), device=device, amp=args.amp,
                             batch_size=args.batch_size, workers=args.workers, channels_last=args.channels_last,
                             img_size=args.img_size or DEFAULT_IMG_SIZE, data_root=args.data_root,
-                            save_maps=args.save_maps,
-                            grid=args.grid)
+                            save_maps=args.save_maps, grid=args.grid, split_file=args.split_file)
     out = Path(args.out)
     try:
         if args.images is not None:
@@ -230,6 +251,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"renamed to keep output names distinct: {format_names(report.renamed)}")
             if report.skipped:
                 print(f"skipped {len(report.skipped)} files: {format_names(report.skipped)}")
+            if report.write_error:
+                print(f"test.py: error: disk write failed, no more maps written: {report.write_error}",
+                      file=sys.stderr)
+                return 1
             if report.unreadable:
                 print(f"test.py: error: {len(report.unreadable)} photos could not be read (nothing written for "
                       f"them): {format_names(report.unreadable)}", file=sys.stderr)

@@ -112,12 +112,15 @@ class PhotoDataset(Dataset):
     """Photos without masks (files, folders, or a mix): {"image", "image_size", "name", "path"}.
 
     A folder gives every image file directly inside it, files sharing a stem included; `skipped` names,
-    with the reason, its other files and any photo given more than once.
+    with the reason, its other files, hidden files, any photo given more than once and what lies in the
+    `exclude` folders (a run's own output folders, e.g. with `--images photos/* --out photos`).
     """
 
-    def __init__(self, paths: str | Path | list[str | Path], img_size: int = 320) -> None:
+    def __init__(self, paths: str | Path | list[str | Path], img_size: int = 320,
+                 exclude: list[Path] | tuple[Path, ...] = ()) -> None:
         self.img_size = img_size
-        self.paths, self.skipped = _collect_photos([paths] if isinstance(paths, (str, Path)) else paths)
+        self.paths, self.skipped = _collect_photos([paths] if isinstance(paths, (str, Path)) else paths,
+                                                   [Path(e).resolve() for e in exclude])
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -129,17 +132,20 @@ class PhotoDataset(Dataset):
                 "image_size": (image.height, image.width), "name": path.name, "path": str(path)}
 
 
-def _collect_photos(paths: list[str | Path]) -> tuple[list[Path], list[str]]:
+def _collect_photos(paths: list[str | Path], exclude: list[Path]) -> tuple[list[Path], list[str]]:
     """(the photos, in order, each once; the skipped files, each with the reason)."""
     found: list[Path] = []
     skipped: list[str] = []
     for entry in map(Path, paths):
-        if entry.is_dir():
+        if any(entry.resolve() == folder or folder in entry.resolve().parents for folder in exclude):
+            skipped.append(f"{entry} (this run's output folder)")
+        elif entry.is_dir():
             listing = list_folder(entry)
             images = [*listing.files.values(), *(entry / name for name in listing.duplicates)]
             found.extend(sorted(images, key=lambda p: natural_key(p.name)))
             kinds = "/".join(IMAGE_EXTENSIONS)
             skipped.extend(f"{entry / name} (not a {kinds} file)" for name in listing.odd_files)
+            skipped.extend(f"{entry / name} (hidden file)" for name in listing.hidden)
         elif entry.is_file():
             if entry.suffix.lower() not in IMAGE_EXTENSIONS:
                 raise DatasetError(f"{entry}: not an image file (expected {', '.join(IMAGE_EXTENSIONS)})")

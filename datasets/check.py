@@ -34,6 +34,9 @@ def check_folder(path: str | Path, max_images: int = 100) -> dict:
                                   "mask_size": list(p.mask_size)} for p in pairing.size_mismatch],
         "unreadable": pairing.unreadable,
         "corrupt": pairing.corrupt,
+        "colour_masks": pairing.colour_masks,
+        "too_small": pairing.too_small,
+        "hidden_files": pairing.hidden,
         "one_class_masks": pairing.one_class_masks,
         "every_mask_one_class": pairing.every_mask_one_class,
         "duplicate_stems": pairing.duplicates,
@@ -48,7 +51,8 @@ def check_folder(path: str | Path, max_images: int = 100) -> dict:
 def has_problems(report: dict) -> bool:
     """True when some file cannot be used as it is, or no mask holds both classes."""
     return report["every_mask_one_class"] or any(
-        report[key] for key in ("unpaired", "size_mismatch", "unreadable", "corrupt", "duplicate_stems"))
+        report[key] for key in ("unpaired", "size_mismatch", "unreadable", "corrupt", "colour_masks", "too_small",
+                                "duplicate_stems"))
 
 
 def format_report(report: dict) -> str:
@@ -57,16 +61,18 @@ def format_report(report: dict) -> str:
     lines = [f"{report['path']}  ({report['image_dir']}/ + {report['mask_dir']}/)",
              f"  pairs:            {report['pairs']}"]
     for key, label in (("unpaired", "unpaired"), ("size_mismatch", "size mismatch"),
-                       ("unreadable", "unreadable"), ("corrupt", "corrupt"),
+                       ("unreadable", "unreadable"), ("corrupt", "corrupt"), ("colour_masks", "colour masks"),
+                       ("too_small", "too small"), ("hidden_files", "hidden files"),
                        ("duplicate_stems", "duplicate stems"), ("other_files", "other files"),
                        ("one_class_masks", "one-class masks")):
         lines.append(f"  {label + ':':<17} {len(report[key])}")
     for detail in report["size_mismatch_detail"]:
         lines.append(f"    size mismatch: {detail['name']} image {detail['image_size']} "
                      f"mask {detail['mask_size']}")
-    for key in ("unpaired", "unreadable", "duplicate_stems", "other_files"):
+    for key in ("unpaired", "unreadable", "too_small", "duplicate_stems", "other_files"):
         lines.extend(f"    {key.replace('_', ' ')}: {name}" for name in report[key])
     lines.extend(f"    corrupt: {name} ({reason})" for name, reason in report["corrupt"].items())
+    lines.extend(f"    colour mask: {name} (masks must be grey)" for name in report["colour_masks"])
     lines.extend(f"    one-class mask: {name} ({which})" for name, which in report["one_class_masks"].items())
     if report["every_mask_one_class"]:
         lines.append("    every mask is one class: nothing to learn or score; see how the masks are stored")

@@ -14,11 +14,18 @@ from PIL import Image
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 MAX_LISTED = 200
+MIN_IMAGE_SIDE = 2  # a 1-pixel side leaves the E-measure's alignment term undefined (it blows up to ~1e15)
+COLOUR_MASK_TOLERANCE = 48  # grey levels by which a grey mask's channels may differ (JPEG chroma noise)
 HOMOGENEOUS_DIR = "homogeneous"  # beside a set's mask folder: white = the front surface is nearly textureless
 
 
 class DatasetError(ValueError):
     """A data set cannot be built as asked (missing folders or files, bad pairs, bad split list)."""
+
+
+class UnusableFilesError(DatasetError):
+    """The set's files are there but some cannot be used as they are (e.g. colour masks): an error even where
+    a missing set is only reported (test.py --skip-missing)."""
 
 
 class DatasetWarning(UserWarning):
@@ -43,18 +50,29 @@ def stem_key(name: str) -> str:
 
 @dataclass
 class FolderListing:
-    """Image files of one folder keyed by stem, plus what could not be used."""
+    """Image files of one folder keyed by stem, plus what could not be used and the hidden files ignored."""
     files: dict[str, Path]
     duplicates: list[str]
     odd_files: list[str]
+    hidden: list[str] = field(default_factory=list)
+
+
+def is_hidden(name: str) -> bool:
+    """Dot files, among them the `._name` resource forks macOS writes beside every file on foreign disks."""
+    return name.startswith(".")
 
 
 def list_folder(folder: Path) -> FolderListing:
-    """Index the image files of `folder` by stem; other files and repeated stems are reported."""
+    """Index the image files of `folder` by stem; other files and repeated stems are reported, hidden
+    files (is_hidden) are set aside."""
     by_stem: dict[str, list[Path]] = {}
     odd: list[str] = []
+    hidden: list[str] = []
     for path in sorted(folder.iterdir(), key=lambda p: natural_key(p.name)):
         if path.is_dir():
+            continue
+        if is_hidden(path.name):
+            hidden.append(path.name)
             continue
         if path.suffix.lower() not in IMAGE_EXTENSIONS:
             odd.append(path.name)
@@ -62,7 +80,7 @@ def list_folder(folder: Path) -> FolderListing:
         by_stem.setdefault(stem_key(path.name), []).append(path)
     duplicates = [p.name for paths in by_stem.values() if len(paths) > 1 for p in paths]
     files = {stem: paths[0] for stem, paths in by_stem.items() if len(paths) == 1}
-    return FolderListing(files, duplicates, odd)
+    return FolderListing(files, duplicates, odd, hidden)
 
 
 EXIF_ORIENTATION_TAG = 0x0112
@@ -70,7 +88,7 @@ EXIF_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_
                   4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
                   6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
 SIDEWAYS_ORIENTATIONS = (5, 6, 7, 8)
-DECODE_ERRORS = (OSError, SyntaxError, ValueError)
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 DECODE_THREADS = min(8, os.cpu_count() or 1)
 MASK_RANGES = {1: "0/1", 255: "0-255", 65535: "0-65535"}
 
@@ -100,9 +118,19 @@ def image_size(path: Path) -> tuple[int, int]:
     return (width, height) if sideways else (height, width)
 
 
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """8-bit grey of a 16/32-bit grey image: its top 8 of 16 bits (values above 255 mean a 16-bit range;
+    PIL's own conversion clips them, turning a 16-bit photo almost white)."""
+    values = np.asarray(img, dtype=np.int64)
+    if values.size and values.max() > 255:
+        values = np.clip(values, 0, 65535) >> 8
+    return Image.fromarray(np.clip(values, 0, 255).astype(np.uint8))
+
+
 def _decode_rgb(path: Path) -> Image.Image:
     with Image.open(path) as img:
-        return _upright(img.convert("RGB"), exif_orientation(img))
+        rgb = (_to_8bit(img) if img.mode.startswith("I") else img).convert("RGB")
+        return _upright(rgb, exif_orientation(img))
 
 
 def load_rgb(path: Path) -> Image.Image:
@@ -127,8 +155,24 @@ class MaskValues:
         return self.values >= self.white / 2
 
 
+class ColourMaskError(ValueError):
+    """A mask whose colour channels differ: masks must be grey (black and white)."""
+
+
+def _check_grey(img: Image.Image) -> None:
+    """Raise ColourMaskError when a colour mask's channels differ by more than JPEG noise."""
+    if img.mode not in ("RGB", "RGBA", "P", "PA", "CMYK", "YCbCr"):
+        return
+    rgb = np.asarray(img.convert("RGB"), dtype=np.int16)
+    spread = rgb.max(axis=2) - rgb.min(axis=2)
+    if spread.size and spread.max() > COLOUR_MASK_TOLERANCE:
+        raise ColourMaskError("a colour mask (its red, green and blue differ, e.g. a painted red mask): masks "
+                              "must be grey, black and white; re-save it as a grey image")
+
+
 def _decode_mask_values(path: Path) -> MaskValues:
     with Image.open(path) as img:
+        _check_grey(img)
         orientation = exif_orientation(img)
         grey = img if img.mode.startswith("I") or img.mode == "F" else img.convert("L")
         values = np.asarray(_upright(grey, orientation))
@@ -187,6 +231,9 @@ class Pairing:
     unreadable: list[str] = field(default_factory=list)
     duplicates: list[str] = field(default_factory=list)
     odd_files: list[str] = field(default_factory=list)
+    hidden: list[str] = field(default_factory=list)
+    too_small: list[str] = field(default_factory=list)
+    colour_masks: dict[str, str] = field(default_factory=dict)
     corrupt: dict[str, str] = field(default_factory=dict)
     one_class_masks: dict[str, str] = field(default_factory=dict)
     mask_ranges: Counter = field(default_factory=Counter)
@@ -212,6 +259,9 @@ class Pairing:
             decoded = list(pool.map(decode_pair, self.pairs))
         self.pairs = []
         for result in decoded:
+            if result.colour_mask:
+                self.colour_masks[folder_and_name(result.pair.mask)] = result.colour_mask
+                continue
             if result.failures:
                 self.corrupt.update(result.failures)
                 continue
@@ -230,6 +280,8 @@ class Pairing:
             out.append(f"masks without an image: {format_names(self.masks_without_image)}")
         if self.unreadable:
             out.append(f"unreadable files: {format_names(self.unreadable)}")
+        if self.too_small:
+            out.append(f"images smaller than {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} pixels: {format_names(self.too_small)}")
         if self.duplicates:
             out.append(f"several files with the same stem: {format_names(self.duplicates)}")
         if self.corrupt:
@@ -241,12 +293,14 @@ class Pairing:
 @dataclass(frozen=True)
 class DecodedPair:
     """What decoding a pair in full found: the files that fail ("folder/name" -> reason), else the mask's
-    value range, mode and, when it holds one class only, which ("all white" or "all black")."""
+    value range, mode and, when it holds one class only, which ("all white" or "all black"); `colour_mask`
+    says why a mask is not grey."""
     pair: Pair
     failures: dict[str, str]
     mask_range: str = ""
     mask_mode: str = ""
     single_class: str | None = None
+    colour_mask: str = ""
 
 
 def folder_and_name(path: Path) -> str:
@@ -264,6 +318,8 @@ def decode_pair(pair: Pair) -> DecodedPair:
         failures[folder_and_name(pair.image)] = str(exc)
     try:
         mask = _decode_mask_values(pair.mask)
+    except ColourMaskError as exc:
+        return DecodedPair(pair, failures, colour_mask=str(exc))
     except DECODE_ERRORS as exc:
         failures[folder_and_name(pair.mask)] = str(exc)
     if failures:
@@ -279,7 +335,9 @@ def pair_folders(image_dir: Path, mask_dir: Path, keys: list[str] | None = None)
     result = Pairing(duplicates=[f"{image_dir.name}/{n}" for n in images.duplicates]
                      + [f"{mask_dir.name}/{n}" for n in masks.duplicates],
                      odd_files=[f"{image_dir.name}/{n}" for n in images.odd_files]
-                     + [f"{mask_dir.name}/{n}" for n in masks.odd_files])
+                     + [f"{mask_dir.name}/{n}" for n in masks.odd_files],
+                     hidden=[f"{image_dir.name}/{n}" for n in images.hidden]
+                     + [f"{mask_dir.name}/{n}" for n in masks.hidden])
     if keys is None:
         keys = sorted(set(images.files) | set(masks.files), key=natural_key)
     for key in keys:
@@ -296,6 +354,9 @@ def pair_folders(image_dir: Path, mask_dir: Path, keys: list[str] | None = None)
             sizes = image_size(image), image_size(mask)
         except DatasetError:
             result.unreadable.extend(p.name for p in (image, mask) if not _readable(p))
+            continue
+        if min(sizes[0]) < MIN_IMAGE_SIDE:
+            result.too_small.append(f"{image.name} ({sizes[0][1]}x{sizes[0][0]})")
             continue
         result.pairs.append(Pair(image.name, image, mask, *sizes))
     return result

@@ -7,8 +7,8 @@ from pathlib import Path
 from torch.utils.data import Dataset
 
 from .base import CombinedDataset, PairDataset, read_meta
-from .files import (HOMOGENEOUS_DIR, DatasetError, Pairing, format_names, image_size, list_folder, natural_key,
-                    pair_folders, read_split_list, stem_key, warn)
+from .files import (HOMOGENEOUS_DIR, DatasetError, Pairing, UnusableFilesError, format_names, image_size,
+                    list_folder, natural_key, pair_folders, read_split_list, stem_key, warn)
 from .polarity import STATED_POLARITIES, MaskPolarity, estimate_polarity, split_polarity
 
 IMAGE_DIRS = ("image", "images", "img")
@@ -66,6 +66,11 @@ REGISTRY: dict[str, BenchmarkSet] = {s.name: s for s in (
 )}
 
 
+def uses_split_list(expr: str) -> bool:
+    """True for a registered set that takes a split list (the CUHK splits, EBD-1305)."""
+    return expr in REGISTRY and bool(REGISTRY[expr].split_names)
+
+
 def dataset_names() -> list[str]:
     """Registered set names; `folder:PATH[:white=...]` and `synthetic:PATH` are accepted too."""
     return list(REGISTRY)
@@ -90,9 +95,9 @@ def build_dataset(expr: str, split: str, root: str | Path = "data", img_size: in
         raise DatasetError(f"bad data-set expression {expr!r}: empty term")
     if len(terms) > 1 and not train:
         raise DatasetError(f"{expr}: '+' combines training sets; evaluate test sets one at a time")
-    listed = [t for t in terms if t in REGISTRY and REGISTRY[t].split_names]
+    listed = [t for t in terms if uses_split_list(t)]
     if split_file is not None and len(listed) != 1:
-        raise DatasetError(f"{expr}: split_file applies to exactly one CUHK or EBD-1305 term, found "
+        raise DatasetError(f"{expr}: --split-file applies to exactly one CUHK or EBD-1305 term, found "
                            f"{len(listed)}")
     parts = [_build_term(t, train, Path(root), img_size, cache, augment, split_file, crop_scale) for t in terms]
     return parts[0] if len(parts) == 1 else CombinedDataset(expr, parts)
@@ -225,14 +230,14 @@ def _select_keys(spec: BenchmarkSet, root: Path, image_dir: Path,
             raise DatasetError(
                 f"EBD-1305 by the documented order (the last {EBD_WIDE_DOF} of the sorted set are "
                 f"wide-DOF) needs all {EBD_WIDE_DOF + spec.expected_pairs} EBD images; {image_dir} has "
-                f"{len(keys)}. Put the 1305 names in {image_dir.parent}/ebd1305.txt or pass split_file")
+                f"{len(keys)}. Put the 1305 names in {image_dir.parent}/ebd1305.txt or pass --split-file PATH")
         return keys[:spec.expected_pairs]
     if list_path is None:
         places = [image_dir.parent / "splits", image_dir.parent, root / "splits", root]
         raise DatasetError(
             f"{spec.name} needs the split list {' or '.join(spec.split_names)} (one image name per "
             f"line); looked in {format_names([str(p) for p in places])}. Put it there or pass "
-            "split_file (BTBNet's CUHK-TE-1 list is not part of the CUHK release; see data/README.md)")
+            "--split-file PATH (BTBNet's CUHK-TE-1 list is not part of the CUHK release; see data/README.md)")
     if spec.selection == "split-train":
         excluded = {stem_key(n) for n in read_split_list(list_path)}
         if spec.own_list is not None:
@@ -262,6 +267,13 @@ def _apply_rules(term: str, pairing: Pairing, train: bool, image_dir: Path) -> N
                  "check how they are stored with tools/check_dataset.py" if pairing.every_mask_one_class else "")
     if pairing.odd_files:
         warn(f"{term}: ignoring files that are not images: {format_names(pairing.odd_files)}")
+    if pairing.hidden:
+        warn(f"{term}: ignoring {len(pairing.hidden)} hidden files (names starting with '.', e.g. the '._' files "
+             f"macOS writes): {format_names(pairing.hidden, 5)}")
+    if pairing.colour_masks:
+        names = format_names(list(pairing.colour_masks), 20)
+        raise UnusableFilesError(f"{term} ({image_dir.parent}): colour masks whose red, green and blue differ: "
+                                 f"{names}. Masks must be grey (black and white); re-save them as grey images")
     if train and (problems or mismatch or one_class):
         details = problems + ([f"masks whose size differs from the image: {format_names(mismatch)}"]
                               if mismatch else []) + ([one_class] if one_class else [])

@@ -25,6 +25,7 @@ from models import build_midas
 from utils.checkpoint import first_non_finite, last_good_checkpoint, model_checkpoint, save_checkpoint
 from utils.depth_metrics import relative_depth_errors
 from utils.log import TrainingLogger, progress
+from utils.runlock import RunLockError, acquire, release
 from utils.optim import adam, set_lr
 from utils.runtime import autocast, configure_backends, seed_everything, select_device
 from utils.schedule import poly_lr
@@ -51,6 +52,18 @@ def train_depth_teacher(args: argparse.Namespace) -> Path:
     """Train, saving a checkpoint (our format) after every epoch whose weights are all finite; returns its path."""
     device = select_device(args.device)
     check_depth_teacher_arguments(args, device)
+    try:
+        acquire(args.save)
+    except RunLockError as e:
+        raise SystemExit(str(e)) from None
+    try:
+        return _train_depth_teacher(args, device)
+    finally:
+        release(args.save)
+
+
+def _train_depth_teacher(args: argparse.Namespace, device: torch.device) -> Path:
+    """The training of train_depth_teacher, run while it holds the --save lock."""
     configure_backends(device)
     seed_everything(args.seed)
     with bad_input("--data"):

@@ -7,6 +7,7 @@ Saved maps are 8-bit grey PNGs at the original image resolution, white = in-focu
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import re
 from collections import Counter
@@ -22,8 +23,9 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from datasets import DatasetError, PhotoDataset, build_dataset, collate_test
-from datasets.files import IMAGE_EXTENSIONS, load_rgb
+from datasets.files import IMAGE_EXTENSIONS, format_names, image_size, is_hidden, load_rgb
 from datasets.polarity import STATED_POLARITIES, MaskPolarity, split_polarity
+from datasets.registry import uses_split_list
 from datasets.transforms import denormalise
 from models import load_model
 from utils.log import progress
@@ -36,6 +38,8 @@ from utils.runtime import autocast
 MAP_POLARITY = MaskPolarity.WHITE_IN_FOCUS
 GRID_HEIGHT = 160
 GRID_COLUMNS = ("image", "ground truth (white = in-focus)", "prediction (white = in-focus)")
+MAX_STEM_BYTES = 200  # output names stay well under the 255-byte limit of file names
+INVERTED_MAE = 0.5  # a constant grey map scores 0.5: most maps above it are likely of the other polarity
 
 
 @dataclass
@@ -51,6 +55,13 @@ class EvalSettings:
     data_root: str = "data"
     save_maps: bool = False
     grid: int = 6
+    split_file: str | None = None
+
+
+def build_test_set(expr: str, settings: EvalSettings) -> Dataset:
+    """The test split of `expr`, with the settings' split list where the set takes one."""
+    split_file = settings.split_file if settings.split_file and uses_split_list(expr) else None
+    return build_dataset(expr, "test", settings.data_root, settings.img_size, split_file=split_file)
 
 
 def set_label(expr: str) -> str:
@@ -63,8 +74,10 @@ def set_label(expr: str) -> str:
 
 def load_detector(path: str, settings: EvalSettings, name: str | None = None, backbone: str | None = None,
                   compile_model: bool = False) -> torch.nn.Module:
-    """A checkpoint's network on the settings' device, in eval mode (channels_last, torch.compile on request)."""
-    model = load_model(path, name=name, backbone=backbone, map_location=settings.device).eval()
+    """A checkpoint's network on the settings' device, in eval mode (channels_last, torch.compile on request);
+    a depth model is refused."""
+    model = load_model(path, name=name, backbone=backbone, map_location=settings.device,
+                       detector_only=True).eval()
     if settings.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return torch.compile(model) if compile_model else model
@@ -108,25 +121,46 @@ def _display_image(image: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
 
 
 class _FileWriter:
-    """Writes images on two background threads (OpenCV releases the GIL while encoding)."""
+    """Writes images on two background threads (OpenCV releases the GIL while encoding). After the first
+    write that fails (e.g. a full disk) nothing more is written and `error` names the file and the reason;
+    `written` lists the files written, in the order asked."""
 
     def __init__(self) -> None:
         self.pool = ThreadPoolExecutor(max_workers=2)
-        self.pending: list[Future] = []
+        self.pending: list[tuple[Path, Future]] = []
+        self.error: str | None = None
+        self.written: list[Path] = []
 
     def write(self, path: Path, image: np.ndarray) -> None:
-        self.pending.append(self.pool.submit(_imwrite, path, image))
+        if self.error is None:
+            self.pending.append((path, self.pool.submit(self._write, path, image)))
+
+    def _write(self, path: Path, image: np.ndarray) -> bool:
+        if self.error is not None:
+            return False
+        try:
+            _imwrite(path, image)
+        except OSError as exc:
+            self.error = self.error or f"{path}: {exc.strerror or exc}"
+            return False
+        return True
 
     def close(self) -> None:
-        for job in self.pending:
-            job.result()
+        self.written = [path for path, job in self.pending if job.result()]
         self.pool.shutdown()
 
 
 def _imwrite(path: Path, image: np.ndarray) -> None:
+    """Encode and write one image; a file cut short by a failed write is removed."""
     data = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image
-    if not cv2.imwrite(str(path), data):
-        raise OSError(f"cannot write {path}")
+    ok, encoded = cv2.imencode(path.suffix, data)
+    if not ok:
+        raise OSError(f"cannot encode {path}")
+    try:
+        path.write_bytes(encoded.tobytes())
+    except OSError:
+        path.unlink(missing_ok=True)
+        raise
 
 
 def _score(pairs: Iterator[tuple[dict, torch.Tensor]], dataset_name: str, settings: EvalSettings,
@@ -160,11 +194,14 @@ def _score(pairs: Iterator[tuple[dict, torch.Tensor]], dataset_name: str, settin
     finally:
         if writer is not None:
             writer.close()
-    if grid_rows:
-        labelled_grid(grid_rows, list(GRID_COLUMNS), out_dir / "grid.png", height=GRID_HEIGHT)
     summary = metrics.summary()
     if regions is not None:
         summary["regions"] = regions.summary()
+    if writer is not None and writer.error:
+        summary["write_error"] = f"maps not written after the first failure: {writer.error}"
+        return summary, rows
+    if grid_rows:
+        labelled_grid(grid_rows, list(GRID_COLUMNS), out_dir / "grid.png", height=GRID_HEIGHT)
     return summary, rows
 
 
@@ -179,7 +216,10 @@ def score_model(model: torch.nn.Module, dataset: Dataset, dataset_name: str, set
 def _entry(summary: dict, rows: list[dict], label: str, source: str, dataset_expr: str, out_dir: Path,
            settings: EvalSettings, upsampling: str) -> dict:
     csv_path = out_dir / "per_image.csv"
-    write_per_image_csv(rows, csv_path)
+    try:
+        write_per_image_csv(rows, csv_path)
+    except OSError as exc:
+        summary.setdefault("write_error", f"{csv_path}: {exc.strerror or exc}")
     return {"model": label, "source": source, "dataset": set_label(dataset_expr), "dataset_expr": dataset_expr,
             **summary, "upsampling": upsampling, "per_image_csv": str(csv_path),
             "maps": str(out_dir / "maps") if settings.save_maps else None, "map_polarity": MAP_POLARITY.label}
@@ -188,7 +228,7 @@ def _entry(summary: dict, rows: list[dict], label: str, source: str, dataset_exp
 def evaluate_model(model: torch.nn.Module, label: str, checkpoint: str, dataset_expr: str,
                    settings: EvalSettings, out: Path) -> dict:
     """Evaluate a loaded model on one test set; returns its results.json entry."""
-    dataset = build_dataset(dataset_expr, "test", settings.data_root, settings.img_size)
+    dataset = build_test_set(dataset_expr, settings)
     name = set_label(dataset_expr)
     out_dir = out / label / name
     summary, rows = score_model(model, dataset, name, settings, out_dir, desc=f"{label} on {name}")
@@ -209,7 +249,7 @@ class SavedMapDataset(Dataset):
             raise FileNotFoundError(f"{self.pred_dir}: no such folder of prediction maps")
         by_stem: dict[str, list[Path]] = {}
         for path in sorted(self.pred_dir.iterdir()):
-            if path.suffix.lower() in IMAGE_EXTENSIONS:
+            if path.suffix.lower() in IMAGE_EXTENSIONS and not is_hidden(path.name):
                 by_stem.setdefault(path.stem, []).append(path)
         duplicates = sorted(p.name for paths in by_stem.values() if len(paths) > 1 for p in paths)
         if duplicates:
@@ -222,6 +262,12 @@ class SavedMapDataset(Dataset):
                                     f"(expected <image stem>.png): {shown}")
         self.maps = {Path(n).stem: by_stem[Path(n).stem][0] for n in names}
 
+    def size_mismatch(self) -> list[str]:
+        """'map.png 160x120, GT 320x240' for every map whose size (file header) differs from its GT mask's."""
+        sizes = [(path, image_size(path), pair.mask_size) for pair in getattr(self.dataset, "pairs", [])
+                 for path in (self.maps[Path(pair.name).stem],)]
+        return [f"{path.name} {_wxh(size)}, GT {_wxh(gt)}" for path, size, gt in sizes if size != gt]
+
     def __len__(self) -> int:
         return len(self.dataset)
 
@@ -229,6 +275,23 @@ class SavedMapDataset(Dataset):
         item = self.dataset[index]
         item["pred"] = read_map(self.maps[Path(item["name"]).stem], self.polarity)
         return item
+
+
+def _wxh(size: tuple[int, int]) -> str:
+    return f"{size[1]}x{size[0]}"
+
+
+def polarity_hint(rows: list[dict], pred_dir: str | Path, polarity: MaskPolarity) -> str | None:
+    """A warning when most scored maps have an MAE above 0.5 (worse than a constant grey map): they are
+    likely stored in the other polarity than `polarity`; else None."""
+    maes = [row["mae"] for row in rows if row.get("mae") is not None]
+    inverted = sum(mae > INVERTED_MAE for mae in maes)
+    if not maes or inverted <= len(maes) / 2:
+        return None
+    other = next(p for p in STATED_POLARITIES if p is not polarity)
+    return (f"{pred_dir}: MAE above {INVERTED_MAE} on {inverted} of {len(maes)} maps (a constant grey map scores "
+            f"{INVERTED_MAE}): the maps look inverted. If white means {other.label.split('=')[1]} in them, pass "
+            f"--pred-polarity {other.label}")
 
 
 def _item_names(dataset: Dataset) -> list[str]:
@@ -257,23 +320,39 @@ def read_map(path: Path, polarity: MaskPolarity = MaskPolarity.WHITE_IN_FOCUS) -
 def evaluate_saved_maps(pred_dir: str | Path, polarity: MaskPolarity, dataset_expr: str, settings: EvalSettings,
                         out: Path, label: str | None = None) -> dict:
     """Evaluate another method's saved maps on one test set; returns its results.json entry."""
-    dataset = SavedMapDataset(build_dataset(dataset_expr, "test", settings.data_root, settings.img_size),
-                              pred_dir, polarity)
+    dataset = SavedMapDataset(build_test_set(dataset_expr, settings), pred_dir, polarity)
     label = label or Path(pred_dir).resolve().name
     name = set_label(dataset_expr)
     out_dir = out / label / name
+    resize = settings.protocol.name == "standard"
+    warnings = []
+    mismatch = dataset.size_mismatch()
+    if mismatch and not resize and len(mismatch) == len(dataset):
+        raise ValueError(f"{pred_dir}: every map's size differs from its GT mask ({format_names(mismatch, 3)}): the "
+                         "maps were saved at another size. Save them at the GT size, or use --protocol standard, "
+                         "which resizes them")
+    if mismatch:
+        done = "resized to the GT size (bilinear)" if resize else "the official protocol leaves them out"
+        warnings.append(f"{pred_dir}: {len(mismatch)} of {len(dataset)} maps differ in size from their GT mask, "
+                        f"the maps' size is wrong ({format_names(mismatch, 3)}); {done}")
 
     def pairs() -> Iterator[tuple[dict, torch.Tensor]]:
         for batch in progress(_loader(dataset, settings), desc=f"{label} on {name}", unit="batch"):
             for i in range(len(batch["name"])):
                 item = {key: value[i] for key, value in batch.items() if key != "image"}
                 item["image"] = batch["image"][i]
-                yield item, item["pred"].to(settings.device)
+                pred = item["pred"].to(settings.device)
+                gt_size = tuple(item["mask"].shape[-2:])
+                if resize and tuple(pred.shape) != gt_size:
+                    pred = settings.protocol.upsample(pred[None, None], gt_size)
+                yield item, pred
 
     summary, rows = _score(pairs(), name, settings, out_dir)
+    hint = polarity_hint(rows, pred_dir, polarity)
     entry = _entry(summary, rows, label, str(pred_dir), dataset_expr, out_dir, settings, "none (saved maps)")
     entry["pred_polarity"] = polarity.label
     entry["corrupt_left_out"] = dataset.dataset.corrupt
+    entry["warnings"] = warnings + ([hint] if hint else [])
     return entry
 
 
@@ -285,12 +364,14 @@ class PhotoReport:
     renamed: list[str]
     unreadable: list[str]
     skipped: list[str]
+    write_error: str | None = None
 
 
 def photo_output_stems(paths: list[Path]) -> list[str]:
     """One output stem per photo, distinct ignoring case: the file stem; for photos whose stems clash, their
     path below the clashing photos' common folder joined with '-' (and '-<extension>' where that still
-    clashes). Raises DatasetError naming photos no rule tells apart."""
+    clashes); a stem longer than MAX_STEM_BYTES is cut and ends in a hash of the whole. Raises DatasetError
+    naming photos no rule tells apart."""
     stems = [p.stem for p in paths]
     groups: dict[str, list[int]] = {}
     for i, stem in enumerate(stems):
@@ -302,11 +383,21 @@ def photo_output_stems(paths: list[Path]) -> list[str]:
         counts = Counter(n.casefold() for n in names)
         for i, path, name in zip(members, absolute, names):
             stems[i] = f"{name}-{path.suffix[1:]}" if counts[name.casefold()] > 1 else name
+    stems = [_short_stem(stem) for stem in stems]
     counts = Counter(s.casefold() for s in stems)
     clashes = [str(p) for p, s in zip(paths, stems) if counts[s.casefold()] > 1]
     if clashes:
         raise DatasetError(f"--images: no distinct output names for {', '.join(clashes)}; rename one of them")
     return stems
+
+
+def _short_stem(stem: str) -> str:
+    """`stem`, or when it passes MAX_STEM_BYTES in UTF-8 its start and a hash of the whole stem."""
+    encoded = stem.encode()
+    if len(encoded) <= MAX_STEM_BYTES:
+        return stem
+    digest = hashlib.sha1(encoded).hexdigest()[:12]
+    return f"{encoded[:MAX_STEM_BYTES - 13].decode(errors='ignore')}-{digest}"
 
 
 class _PhotosOrErrors(Dataset):
@@ -332,10 +423,10 @@ def predict_photos(model: torch.nn.Module, paths: list[str], settings: EvalSetti
     """Maps (8-bit, white = in-focus) and blur overlays for photos without GT, each under a distinct name
     (photo_output_stems). Nothing is scored, so the maps are resized to the photo size smoothly, as under the
     standard protocol (bilinear). A photo that cannot be read is reported and the others are written."""
-    photos = PhotoDataset(paths, settings.img_size)
+    maps_dir, overlay_dir = out / "maps", out / "overlays"
+    photos = PhotoDataset(paths, settings.img_size, exclude=[maps_dir, overlay_dir])
     stems = photo_output_stems(photos.paths)
     settings = dataclasses.replace(settings, protocol=PROTOCOLS["standard"])
-    maps_dir, overlay_dir = out / "maps", out / "overlays"
     maps_dir.mkdir(parents=True, exist_ok=True)
     overlay_dir.mkdir(parents=True, exist_ok=True)
     renamed = [f"{path} -> {stem}.png" for path, stem in zip(photos.paths, stems) if stem != path.stem]
@@ -353,7 +444,8 @@ def predict_photos(model: torch.nn.Module, paths: list[str], settings: EvalSetti
                                       np.repeat(grey[..., None], 3, axis=2)], axis=1)
             for path, picture in ((maps_dir / f"{stem}.png", grey), (overlay_dir / f"{stem}.jpg", overlay)):
                 writer.write(path, picture)
-                report.written.append(path)
     finally:
         writer.close()
+    report.written = writer.written
+    report.write_error = writer.error
     return report

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import math
 import os
 import tempfile
@@ -30,6 +31,9 @@ def add_common_arguments(parser: argparse.ArgumentParser, save: str) -> None:
     parser.add_argument("--pretrained", default="imagenet",
                         help="backbone initialisation: imagenet | none | PATH to an ImageNet weight file")
     parser.add_argument("--train-set", default="CUHK-TR-1", help="dataset expression, e.g. CUHK-TR-1+DUT-TR")
+    parser.add_argument("--split-file", default=None, metavar="PATH",
+                        help="split list of the CUHK / EBD-1305 set (one image name per line), when it is not "
+                             "in the data folder (data/README.md)")
     parser.add_argument("--data-root", default="data")
     parser.add_argument("--img-size", type=int, default=320)
     parser.add_argument("--no-augment", action="store_true", help="no flip / colour jitter (tests, ablations)")
@@ -67,7 +71,8 @@ def add_common_arguments(parser: argparse.ArgumentParser, save: str) -> None:
                         help="optional test set scored (MAE, F-beta) during training; the best MAE is kept "
                              "as <save>_best.pth, e.g. CUHK-TE-1")
     parser.add_argument("--val-every", type=int, default=1, help="validate every N epochs (with --val-set)")
-    parser.add_argument("--log-dir", default=None, help="CSV / TensorBoard folder (default runs/<save name>)")
+    parser.add_argument("--log-dir", default=None,
+                        help="CSV / TensorBoard folder (default runs/<--save path without its extension>)")
 
 
 def add_distillation_arguments(parser: argparse.ArgumentParser) -> None:
@@ -111,7 +116,8 @@ def add_depth_teacher_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--amp", choices=list(AMP_DTYPES), default="off")
     parser.add_argument("--save", default="depth_pretrained/midas_small.pth")
     parser.add_argument("--overwrite", action="store_true", help="start afresh even when the --save file exists")
-    parser.add_argument("--log-dir", default=None, help="CSV / TensorBoard folder (default runs/<save name>)")
+    parser.add_argument("--log-dir", default=None,
+                        help="CSV / TensorBoard folder (default runs/<--save path without its extension>)")
 
 
 def check_img_size(img_size: int) -> None:
@@ -235,5 +241,13 @@ def pretrained_argument(value: str) -> bool | str:
 
 
 def log_dir(args: argparse.Namespace) -> Path:
-    """--log-dir, by default runs/<name of the --save file>."""
-    return Path(args.log_dir) if args.log_dir else Path("runs") / Path(args.save).stem
+    """--log-dir, by default runs/<the --save path without its extension> (runs/checkpoint/DFFNet for
+    checkpoint/DFFNet.pth), so that two runs log apart whenever they save apart; a --save outside the working
+    folder logs to runs/<file stem>-<hash of its absolute path>."""
+    if args.log_dir:
+        return Path(args.log_dir)
+    save = Path(os.path.abspath(args.save))
+    try:
+        return Path("runs") / save.relative_to(Path.cwd()).with_suffix("")
+    except ValueError:
+        return Path("runs") / f"{save.stem}-{hashlib.sha1(str(save).encode()).hexdigest()[:8]}"

@@ -189,7 +189,7 @@ def train_distill(args: argparse.Namespace) -> Path:
             raise SystemExit(f"--teachers {args.teachers} needs --teacher (the stage-1 checkpoint, e.g. "
                              "checkpoint/DFFNet.pth)")
         with bad_input("--teacher"):
-            teachers["defocus"] = prepare_teacher(load_model(args.teacher), args, ctx)
+            teachers["defocus"] = prepare_teacher(load_model(args.teacher, detector_only=True), args, ctx)
         described.append(f"teacher {args.teacher}")
     if depth_teacher is not None:
         teachers["depth"] = depth_teacher

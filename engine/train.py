@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import math
 import random
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ from utils.distributed import (DistributedContext, EpochShuffleSampler, all_redu
                                cleanup_distributed, setup_distributed)
 from utils.log import TrainingLogger, progress
 from utils.optim import set_lr
+from utils.runlock import RunLockError, acquire, release
 from utils.runtime import configure_backends, seed_everything
 from utils.schedule import poly_lr
 
@@ -48,6 +50,13 @@ RESUME_MUST_MATCH = ("model", "backbone", "train_set", "batch_size", "accumulate
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the run stops and the last good checkpoint stays."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """Ctrl-C during training; the message names the last checkpoint to resume from."""
+
+
+INTERRUPTED_EXIT = 130  # the shell's status for a process ended by SIGINT
 
 
 class NonFiniteWeightsError(RuntimeError):
@@ -101,6 +110,11 @@ def start_training(args: argparse.Namespace) -> DistributedContext:
     """Join torchrun's process group, check the flags, configure the backends and seed this process."""
     ctx = setup_distributed(args.device)
     check_training_arguments(args, ctx)
+    if ctx.is_main:
+        try:
+            acquire(args.save)
+        except RunLockError as e:
+            raise SystemExit(str(e)) from None
     configure_backends(ctx.device)
     seed_everything(args.seed + ctx.rank)
     return ctx
@@ -110,7 +124,11 @@ def make_train_loader(args: argparse.Namespace, ctx: DistributedContext) -> tupl
     """Shuffled loader of this process's share of every global batch, in micro-batches."""
     with bad_input("--train-set / --data-root"):
         dataset = build_dataset(args.train_set, "train", root=args.data_root, img_size=args.img_size,
-                                augment=False if args.no_augment else None, crop_scale=args.crop_scale)
+                                augment=False if args.no_augment else None, crop_scale=args.crop_scale,
+                                split_file=args.split_file)
+    if len(dataset) < args.batch_size:
+        raise SystemExit(f"--batch-size {args.batch_size} is larger than the training set ({len(dataset)} images "
+                         f"in {args.train_set}); lower --batch-size to at most {len(dataset)}")
     sampler = EpochShuffleSampler(len(dataset), args.batch_size, ctx.rank, ctx.world_size, args.seed)
     loader = DataLoader(dataset, batch_size=args.batch_size // (ctx.world_size * args.accumulate), sampler=sampler,
                         num_workers=args.workers, pin_memory=ctx.device.type == "cuda", drop_last=False)
@@ -290,62 +308,74 @@ def fit(stage: Stage, args: argparse.Namespace, ctx: DistributedContext, loader:
                                 img_size=args.img_size, data_root=args.data_root)
     steps_per_epoch = len(loader) // args.accumulate
     last_saved = start_epoch - 1 if start_epoch > 1 else None
-    for epoch in range(start_epoch, args.epochs + 1):
-        lr = poly_lr(epoch, args.lr, args.schedule_epochs, args.lr_power)
-        set_lr(stage.optimizer, lr)
-        sampler.set_epoch(epoch)
-        micro_batches = iter(loader)
-        stage.network.train()
-        sums: dict[str, float] = {}
-        epoch_start = time.time()
-        bar = progress(range(1, steps_per_epoch + 1), desc=f"epoch {epoch}/{args.epochs}", disable=not ctx.is_main)
-        for step in bar:
-            try:
-                terms_this_step = train_step(stage, micro_batches, epoch, args, ctx, scaler)
-            except NonFiniteLossError as e:
-                raise NonFiniteLossError(f"non-finite loss at epoch {epoch}, step {step}/{steps_per_epoch} "
-                                         f"({e}); stopping. Last good checkpoint: "
-                                         f"{last_good_checkpoint(save_path, last_saved)}") from None
-            row = {"epoch": epoch, "step": step, "global_step": (epoch - 1) * steps_per_epoch + step, "lr": lr,
-                   **stage.epoch_values(epoch)}
-            row.update(terms_this_step)
-            logger.step(row)
-            for name, value in terms_this_step.items():
-                sums[name] = sums.get(name, 0.0) + value
-            bar.set_postfix(loss=f"{terms_this_step['loss']:.4f}")
-        bad_weight = first_non_finite_weight(stage, ctx)
-        if bad_weight is not None:
-            raise NonFiniteWeightsError(f"non-finite weights after epoch {epoch}: {bad_weight}; stopping without "
-                                        "saving (the run diverged: lower --lr?). Last good checkpoint: "
-                                        f"{last_good_checkpoint(save_path, last_saved)}")
-        summary: dict[str, Any] = {"epoch": epoch, "lr": lr, **stage.epoch_values(epoch)}
-        summary.update({name: total / steps_per_epoch for name, total in sums.items()})
-        summary["seconds"] = time.time() - epoch_start
-        summary.update(val_mae="", val_fbeta="")
-        if val_set is not None and (epoch % args.val_every == 0 or epoch == args.epochs):
-            with torch.random.fork_rng(devices=[ctx.device] if ctx.device.type == "cuda" else []):
-                scores = validate(stage.dbd_model, val_set, val_settings)
-            summary.update(val_mae=scores["mae"], val_fbeta=scores["fbeta"])
-        logger.epoch(summary)
-        improved = summary["val_mae"] != "" and (best_val_mae is None or summary["val_mae"] < best_val_mae)
-        if improved:
-            best_val_mae = summary["val_mae"]
-        rng_states = gather_rng_states(ctx)
-        if ctx.is_main:
-            checkpoint = training_checkpoint(stage, args, epoch, sampler, scaler, best_val_mae, rng_states)
-            save_checkpoint(checkpoint, save_path)
+    try:
+        for epoch in range(start_epoch, args.epochs + 1):
+            lr = poly_lr(epoch, args.lr, args.schedule_epochs, args.lr_power)
+            set_lr(stage.optimizer, lr)
+            sampler.set_epoch(epoch)
+            micro_batches = iter(loader)
+            stage.network.train()
+            sums: dict[str, float] = {}
+            epoch_start = time.time()
+            bar = progress(range(1, steps_per_epoch + 1), desc=f"epoch {epoch}/{args.epochs}",
+                           disable=not ctx.is_main)
+            for step in bar:
+                try:
+                    terms_this_step = train_step(stage, micro_batches, epoch, args, ctx, scaler)
+                except NonFiniteLossError as e:
+                    raise NonFiniteLossError(f"non-finite loss at epoch {epoch}, step {step}/{steps_per_epoch} "
+                                             f"({e}); stopping. Last good checkpoint: "
+                                             f"{last_good_checkpoint(save_path, last_saved)}") from None
+                row = {"epoch": epoch, "step": step, "global_step": (epoch - 1) * steps_per_epoch + step, "lr": lr,
+                       **stage.epoch_values(epoch)}
+                row.update(terms_this_step)
+                logger.step(row)
+                for name, value in terms_this_step.items():
+                    sums[name] = sums.get(name, 0.0) + value
+                bar.set_postfix(loss=f"{terms_this_step['loss']:.4f}")
+            bad_weight = first_non_finite_weight(stage, ctx)
+            if bad_weight is not None:
+                raise NonFiniteWeightsError(f"non-finite weights after epoch {epoch}: {bad_weight}; stopping "
+                                            "without saving (the run diverged: lower --lr?). Last good checkpoint: "
+                                            f"{last_good_checkpoint(save_path, last_saved)}")
+            summary: dict[str, Any] = {"epoch": epoch, "lr": lr, **stage.epoch_values(epoch)}
+            summary.update({name: total / steps_per_epoch for name, total in sums.items()})
+            summary["seconds"] = time.time() - epoch_start
+            summary.update(val_mae="", val_fbeta="")
+            if val_set is not None and (epoch % args.val_every == 0 or epoch == args.epochs):
+                with torch.random.fork_rng(devices=[ctx.device] if ctx.device.type == "cuda" else []):
+                    scores = validate(stage.dbd_model, val_set, val_settings)
+                summary.update(val_mae=scores["mae"], val_fbeta=scores["fbeta"])
+            logger.epoch(summary)
+            improved = summary["val_mae"] != "" and (best_val_mae is None or summary["val_mae"] < best_val_mae)
             if improved:
-                save_checkpoint(checkpoint, best_checkpoint_path(save_path))
-                logger.info(f"new best validation MAE {best_val_mae:.4f} -> {best_checkpoint_path(save_path)}")
-        last_saved = epoch
-        barrier()
+                best_val_mae = summary["val_mae"]
+            rng_states = gather_rng_states(ctx)
+            if ctx.is_main:
+                checkpoint = training_checkpoint(stage, args, epoch, sampler, scaler, best_val_mae, rng_states)
+                for path in (save_path, best_checkpoint_path(save_path)) if improved else (save_path,):
+                    try:
+                        save_checkpoint(checkpoint, path)
+                    except OSError as e:
+                        raise SystemExit(f"--save {path}: cannot write the checkpoint of epoch {epoch} "
+                                         f"({e.strerror or e}); the last good checkpoint is "
+                                         f"{last_good_checkpoint(save_path, last_saved)}. Free space or fix the "
+                                         "folder, then resume with --resume") from None
+                if improved:
+                    logger.info(f"new best validation MAE {best_val_mae:.4f} -> {best_checkpoint_path(save_path)}")
+            last_saved = epoch
+            barrier()
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(f"interrupted in epoch {epoch}; last checkpoint: "
+                                  f"{last_good_checkpoint(save_path, last_saved)}. Resume with --resume") from None
     return save_path
 
 
 def run_stage(stage: Stage, args: argparse.Namespace, ctx: DistributedContext, loader: DataLoader,
               sampler: EpochShuffleSampler, description: str) -> Path:
-    """Resume if asked, log the set-up, run the loop, and always leave the process group. A non-finite loss
-    or weight ends the process with a one-line message naming the last good checkpoint."""
+    """Resume if asked, log the set-up, run the loop, and always leave the process group and release the
+    --save lock. A non-finite loss or weight ends the process with a one-line message naming the last good
+    checkpoint; Ctrl-C with one line on stderr and exit status 130."""
     scaler = torch.amp.GradScaler(ctx.device.type, enabled=args.amp == "fp16")
     start_epoch, best_val_mae = 1, None
     if args.resume is not None:
@@ -366,8 +396,12 @@ def run_stage(stage: Stage, args: argparse.Namespace, ctx: DistributedContext, l
             path = fit(stage, args, ctx, loader, sampler, logger, start_epoch, best_val_mae, scaler)
         except (NonFiniteLossError, NonFiniteWeightsError) as e:
             raise SystemExit(str(e)) from None
+        except TrainingInterrupted as e:
+            print(e, file=sys.stderr, flush=True)
+            raise SystemExit(INTERRUPTED_EXIT) from None
         logger.info(f"saved {path}")
         return path
     finally:
         logger.close()
         cleanup_distributed()
+        release(args.save)

@@ -240,16 +240,21 @@ def build_from_config(config: dict[str, Any]) -> nn.Module:
 
 
 def load_model(path: str | os.PathLike, name: str | None = None, backbone: str | None = None,
-               map_location: str | torch.device = "cpu") -> nn.Module:
+               map_location: str | torch.device = "cpu", detector_only: bool = False) -> nn.Module:
     """Build the network stored in `path` and load it (train mode). Our checkpoints carry their
     `model_config`; for bare state_dicts the network is `name` / `backbone`, by default the variant the
     keys identify, in the authors' layout or ours (dffnet for the authors' DFFNet.pth / D-DFFNet.pth), with
     its default backbone, and with R-DFFNet depth heads when the keys hold them. `model.training_config` is
-    the resolved training configuration our checkpoints carry ({} for bare state_dicts)."""
+    the resolved training configuration our checkpoints carry ({} for bare state_dicts). `detector_only`
+    refuses a depth (MiDaS) model before building it."""
     path = Path(path)
     obj = read_checkpoint(path, map_location=map_location)
     state, metadata = unpack_checkpoint(obj, path)
     config = metadata.get("model_config")
+    stored_name = config.get("name") if config is not None else stored_variant(state)
+    if detector_only and "midas" in (stored_name, name):
+        raise _error(path, "is a depth model (MiDaS), not a blur detector: give a DFFNet-family checkpoint "
+                           "(e.g. checkpoint/DFFNet.pth); MiDaS weights go to --depth-teacher")
     if config is not None:
         stored_backbone = config.get("backbone", config.get("encoder"))
         if name is not None and name != config.get("name"):

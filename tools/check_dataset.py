@@ -3,13 +3,15 @@
     python tools/check_dataset.py PATH [--json] [--max-images 100]
 
 PATH holds an image folder (image/ or images/) and a mask folder (gt/ or masks/); every file is decoded
-in full. Exit status 1 when files are unpaired, unreadable, corrupt, ambiguous or of mismatched size, or
-when every mask is one class; 2 when PATH is not a data set.
+in full. Exit status 1 when files are unpaired, unreadable, corrupt, ambiguous, too small or of mismatched size,
+when a mask is in colour, or when every mask is one class; 2 when PATH is not a data set. Piping the output into
+`head` is fine.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -32,8 +34,12 @@ def main(argv: list[str] | None = None) -> int:
     except DatasetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps(report) if args.json else format_report(report))
-    return 1 if has_problems(report) else 0
+    status = 1 if has_problems(report) else 0
+    try:
+        print(json.dumps(report) if args.json else format_report(report), flush=True)
+    except BrokenPipeError:  # the reader (e.g. `| head`) has stopped: nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return status
 
 
 if __name__ == "__main__":

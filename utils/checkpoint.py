@@ -6,6 +6,7 @@ completed "epoch"; training adds what `--resume` needs (optimiser states, sample
 """
 from __future__ import annotations
 
+import glob
 import os
 import pickle
 import re
@@ -27,19 +28,75 @@ class CheckpointError(RuntimeError):
     """A checkpoint file is missing, unreadable, or does not fit the model."""
 
 
+class _RecordingFile:
+    """A binary file that remembers the OSError of a failed write: torch.save reports it as an opaque
+    RuntimeError ('enforce fail at inline_container.cc'), losing e.g. 'No space left on device'."""
+
+    def __init__(self, file: Any) -> None:
+        self.file = file
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
+def _temp_prefix(path: Path) -> str:
+    """Temporary files of `path` are named .<name>.<pid>.<random>.tmp."""
+    return f".{path.name}."
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (possibly another user's)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temps(path: Path) -> list[Path]:
+    """Remove the temporary files of `path` left by a save whose process is gone (killed during the write);
+    returns them. Temporaries of live processes are kept."""
+    removed = []
+    for tmp in path.parent.glob(f"{glob.escape(_temp_prefix(path))}*.tmp"):
+        pid = tmp.name[len(_temp_prefix(path)):].split(".", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
 def save_checkpoint(obj: Any, path: str | os.PathLike) -> Path:
     """Write `obj` with torch.save to a temporary file beside `path`, fsync it, then rename.
 
-    A crash at any moment leaves either the previous file or the new one, never a partial file. The file gets
-    the permissions of any new file under the user's umask (mkstemp alone would make it 0600).
+    A crash at any moment leaves either the previous file or the new one, never a partial file; the temporary
+    file's name carries the writer's pid, and the next save removes those of writers that are gone. A failed
+    write raises its OSError (e.g. ENOSPC). The file gets the permissions of any new file under the user's
+    umask (mkstemp alone would make it 0600).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale_temps(path)
+    fd, tmp = tempfile.mkstemp(prefix=f"{_temp_prefix(path)}{os.getpid()}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            recording = _RecordingFile(f)
+            try:
+                torch.save(obj, recording)
+            except RuntimeError:
+                if recording.error is not None:
+                    raise recording.error from None
+                raise
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

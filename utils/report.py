@@ -9,6 +9,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from utils.checkpoint import current_umask
 from utils.paper_results import PAPER_SETS, TABLE_TITLES, paper_row
 from utils.plots import plot_pr_curves
 
@@ -16,17 +17,23 @@ SUMMARY_KEYS = ("mae", "fbeta", "iou")
 
 
 def write_results(entries: list[dict], path: Path, run: dict) -> Path:
-    """Atomically write results.json: the run description and one entry per (model, data set). Refuses an
-    entry with a NaN or infinite metric (ValueError naming it) rather than write it."""
+    """Atomically write results.json, with the permissions of a new file under the umask (0644 under 022): the
+    run description and one entry per (model, data set). Refuses an entry with a NaN or infinite metric
+    (ValueError naming it) rather than write it; a failed write (OSError) leaves the previous file."""
     not_finite = [f"{e['model']} on {e['dataset']}: {key}" for e in entries for key, value in e.items()
                   if isinstance(value, float) and not math.isfinite(value)]
     if not_finite:
         raise ValueError(f"{path}: not written, metrics that are not finite numbers: {', '.join(not_finite)}")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".results.", suffix=".json", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump({"run": run, "results": entries}, f, indent=1)
-    os.replace(tmp, path)
+    try:
+        os.fchmod(fd, 0o666 & ~current_umask())
+        with os.fdopen(fd, "w") as f:
+            json.dump({"run": run, "results": entries}, f, indent=1)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path
 
 
