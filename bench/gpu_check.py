@@ -133,8 +133,9 @@ def network_outputs(network: nn.Module, images: torch.Tensor) -> dict[str, list[
 def checkpoint_seconds(stage: Stage, args: argparse.Namespace, scaler: torch.amp.GradScaler, path: Path) -> float:
     """Time to write the stage's per-epoch training checkpoint (weights, Adam states, RNG), as `fit` does."""
     sampler = EpochShuffleSampler(CUHK_TR_IMAGES, args.batch_size)
+    device = next(stage.dbd_model.parameters()).device
     start = time.perf_counter()
-    save_checkpoint(training_checkpoint(stage, args, 1, sampler, scaler, None, [rng_state()]), path)
+    save_checkpoint(training_checkpoint(stage, args, 1, sampler, scaler, None, [rng_state(device)]), path)
     seconds = time.perf_counter() - start
     path.unlink()
     return seconds
