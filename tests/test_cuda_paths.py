@@ -307,6 +307,17 @@ def test_deterministic_flag_sets_algorithms_backends_and_cublas_workspace(monkey
     assert modes == [True, True] and os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"
 
 
+def test_a_deterministic_run_on_the_cpu_trains_and_validates(tmp_path: Path):
+    """No op of the training step or of validation lacks a deterministic implementation (on the CPU)."""
+    data = write_tiny_set(tmp_path / "data", 4)
+    try:
+        train_single.main(common_args(data, tmp_path / "run") + ["--epochs", "1", "--deterministic",
+                                                                  "--val-set", f"synthetic:{data}"])
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert (tmp_path / "run" / "model.pth").is_file()
+
+
 @pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
 @pytest.mark.parametrize("align_corners", [False, True])
 @pytest.mark.parametrize("shape, size", [((2, 3, 5, 7), (10, 14)), ((1, 2, 40, 30), (13, 7)), ((1, 1, 8, 8), (1, 1))])
