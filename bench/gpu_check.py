@@ -3,7 +3,7 @@ fp16 with the gradient scaler, torchrun with SyncBatchNorm, test.py and demo.sh.
 (bench/gpu_check_parts.py: machine, data, test.py, demo; bench/gpu_check_training.py: fp16, torchrun, step
 speeds) and writes the summary (bench/gpu_check_report.py).
 
-    bash bench/gpu_check.sh                           # on a CUDA machine: at most 21 minutes
+    bash bench/gpu_check.sh                           # on a CUDA machine: at most 23 minutes
     python bench/gpu_check.py --device cpu --quick    # every part that runs without CUDA, tiny sizes (CI)
     python bench/gpu_check.py --parts env stage1      # only some parts
 
@@ -18,6 +18,8 @@ No data set or weight file is needed: synthetic data and random weights througho
                    the multi-process path forced on: DDP, SyncBatchNorm, NCCL (gloo, BatchNorm on a CPU);
                    with one process PyTorch's SyncBatchNorm falls back to plain batch norm
   torchrun-2       the same with 2 processes, where SyncBatchNorm synchronises                 [2 GPUs]
+  torchrun-kd      train_kd.py with 2 processes at one image each, teachers with batch statistics: the
+                   teachers' SyncBatchNorm (plain BatchNorm fails on one image)               [2 GPUs]
   data             a synthetic set of CUHK's image size, 640x427 JPEG
   loader           the real training loader over it (augmentation, default workers, pinned memory on CUDA)
   stage1, stage2   train_step at the paper's scale (320x320, batch 6, resnest101e, MiDaS ResNeXt-101) in
@@ -27,7 +29,7 @@ No data set or weight file is needed: synthetic data and random weights througho
   stage2-compile
   demo             demo.sh's run time (what `make demo` runs)                                   [CUDA]
 Each part runs in its own forked process (and process group) with its own timeout, inside an overall
-budget (--budget, by default the sum of the parts' timeouts, 1,275 s, so that no part is cut short by the
+budget (--budget, by default the sum of the parts' timeouts, 1,395 s, so that no part is cut short by the
 budget even when every part before it uses its whole timeout): a part that fails, crashes or times out is
 reported and the rest still run.
 From the stage rows and the loader the script projects the wall time of the paper's run (74 epochs x 100
@@ -66,7 +68,7 @@ from bench.gpu_check_parts import (SIZES, part_correctness, part_data, part_demo
 from bench.gpu_check_report import print_entry, print_projection, project_full_run  # noqa: E402
 from bench.gpu_check_training import (TORCHRUN_WORKER, part_fp16, part_stage1, part_stage1_compile,  # noqa: E402
                                       part_stage2, part_stage2_compile, part_torchrun_1, part_torchrun_2,
-                                      torchrun_worker)
+                                      part_torchrun_kd, torchrun_worker)
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,7 @@ PARTS = (
     Part("fp16", part_fp16, 60, requires="cuda"),
     Part("torchrun-1", part_torchrun_1, 90),
     Part("torchrun-2", part_torchrun_2, 90, requires="2 gpus"),
+    Part("torchrun-kd", part_torchrun_kd, 120, requires="2 gpus"),
     Part("data", part_data, 60),
     Part("loader", part_loader, 60, needs=("data",)),
     Part("stage1", part_stage1, 75),

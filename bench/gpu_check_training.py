@@ -32,7 +32,8 @@ from engine.options import log_dir  # noqa: E402
 from engine.stages import build_stage1  # noqa: E402
 from engine.train import (Stage, make_train_loader, rng_state, run_stage, start_training, train_step,  # noqa: E402
                           training_checkpoint)
-from utils.checkpoint import save_checkpoint  # noqa: E402
+from models import build_midas, build_model  # noqa: E402
+from utils.checkpoint import model_checkpoint, save_checkpoint  # noqa: E402
 from utils.distributed import DistributedContext, EpochShuffleSampler  # noqa: E402
 from utils.optim import set_lr  # noqa: E402
 from utils.runtime import configure_backends, select_device  # noqa: E402
@@ -153,6 +154,31 @@ def part_torchrun_1(cfg: argparse.Namespace, done: dict[str, dict]) -> dict[str,
 def part_torchrun_2(cfg: argparse.Namespace, done: dict[str, dict]) -> dict[str, Any]:
     """torchrun with two processes on two GPUs: SyncBatchNorm synchronises."""
     return torchrun_stage1(cfg, 2)
+
+
+def part_torchrun_kd(cfg: argparse.Namespace, done: dict[str, dict]) -> dict[str, Any]:
+    """train_kd.py under `torchrun --nproc_per_node 2` at one image per GPU, with random-weight teachers that
+    use batch statistics (the default --teacher-bn batch): their SyncBatchNorm normalises over both GPUs'
+    images, where plain BatchNorm would fail on a single image."""
+    out = cfg.work / "torchrun-kd"
+    data = generate_dataset(out / "data", n=cfg.torchrun_steps * 2, seed=3, size=cfg.img_size)
+    torch.manual_seed(0)
+    teacher = save_checkpoint(model_checkpoint(build_model("dffnet", backbone=cfg.backbone), {}, 0),
+                              out / "DFFNet.pth")
+    midas = save_checkpoint(model_checkpoint(build_midas(encoder=cfg.midas_encoder, features=cfg.midas_features),
+                                             {}, 0), out / "midas.pth")
+    train = ["--train-set", f"synthetic:{data}", "--backbone", cfg.backbone, "--pretrained", "none", "--img-size",
+             str(cfg.img_size), "--batch-size", "2", "--epochs", "1", "--workers", "2", "--device", "cuda",
+             "--teacher", str(teacher), "--depth-teacher", str(midas), "--save", str(out / "D-DFFNet.pth"),
+             "--log-dir", str(out / "logs"), "--overwrite"]
+    seconds = run_command("torchrun train_kd.py", [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                                   "--nproc_per_node", "2", str(ROOT / "train_kd.py"), *train], cfg)
+    with (out / "logs" / "steps.csv").open(newline="") as f:
+        losses = [float(row["loss"]) for row in csv.DictReader(f)]
+    problems = [] if losses and all(map(math.isfinite, losses)) else [f"losses {losses}: none, or not finite"]
+    return {"losses": losses, "seconds": seconds, "problems": problems,
+            "summary": f"stage 2, 2 processes x 1 image, teachers with batch statistics: {len(losses)} steps, "
+                       f"loss {losses[0]:.3f} -> {losses[-1]:.3f}, {seconds:.0f} s" if losses else "no steps"}
 
 
 def part_stage1(cfg: argparse.Namespace, done: dict[str, dict]) -> dict[str, Any]:

@@ -9,8 +9,9 @@ Batch semantics: `--batch-size` is the GLOBAL batch (the paper's 6), split over 
 and `--accumulate` steps. A batch-summed loss term (the authors' DOF-edge dice) is scaled by
 processes x accumulation so the gradient equals that of the whole batch. BatchNorm normalises each
 micro-batch on its own, except under DDP on CUDA, where it is synchronised (SyncBatchNorm, in the student
-and in teachers that use batch statistics) so that N GPUs behave like the paper's single GPU. On the CPU (gloo) SyncBatchNorm does not exist: there a
-run with P processes equals a single process with `--accumulate P`.
+and in teachers that use batch statistics) so that N GPUs behave like the paper's single GPU. On the CPU
+(gloo) SyncBatchNorm does not exist: there a run with P processes equals a single process with
+`--accumulate P`.
 """
 from __future__ import annotations
 

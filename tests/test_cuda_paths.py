@@ -233,7 +233,8 @@ def test_every_parameter_of_every_variant_gets_a_gradient(name: str):
     criterion = SegmentationCriterion()
     student = build_model(name, "resnet18", depth_heads=True)
     out = student(images)
-    loss = criterion(out.logits, out.sides, masks)[0] + response_distillation_loss(out.depth, torch.rand(2, 1, 64, 64))[0]
+    depth_loss = response_distillation_loss(out.depth, torch.rand(2, 1, 64, 64))[0]
+    loss = criterion(out.logits, out.sides, masks)[0] + depth_loss
     projectors = Projectors(student.feature_channels, [8, 8, 8, 8])
     loss = loss + sum(p.square().mean() for p in projectors(out.features))
     loss.backward()

@@ -25,7 +25,7 @@ def test_quick_mode_on_cpu_runs_every_part_without_cuda(tmp_path):
     assert list(parts) == [part.name for part in gpu_check.PARTS]
     assert {entry["status"] for entry in parts.values()} <= {"ok", "failed", "skipped"}
     cuda_only = {part.name for part in gpu_check.PARTS if part.requires}
-    assert cuda_only == {"correctness", "fp16", "torchrun-2", "demo"}
+    assert cuda_only == {"correctness", "fp16", "torchrun-2", "torchrun-kd", "demo"}
     for name in cuda_only:
         assert parts[name] == {"status": "skipped", "reason": "no CUDA"}
     for name in gpu_check.COMPILE_PARTS:
