@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -21,7 +22,6 @@ import engine.evaluate
 import engine.options
 import engine.stages
 import engine.train
-import test as test_script
 import train_depth
 import train_kd
 import train_single
@@ -32,6 +32,11 @@ from models import VARIANTS, build_midas, build_model
 from tests.test_training import common_args, write_tiny_set
 from utils.checkpoint import model_checkpoint, save_checkpoint
 from utils.distributed import DistributedContext
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("test_script", ROOT / "test.py")   # `test` is also a stdlib package
+test_script = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(test_script)
 
 CPU = DistributedContext(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
 CPU_DDP = DistributedContext(rank=0, local_rank=0, world_size=2, device=torch.device("cpu"))
