@@ -284,7 +284,7 @@ def train_step(stage: Stage, micro_batches: Iterator[dict[str, Any]], epoch: int
     """One optimiser step over `args.accumulate` micro-batches: forward, loss, backward, element-wise clamp
     of the model's gradients, optimiser steps. Returns the whole batch's loss terms; raises
     NonFiniteLossError (before any weight changes) when the loss is NaN or infinite."""
-    terms_this_step: dict[str, float] = {}
+    totals = torch.zeros((), dtype=torch.float64, device=ctx.device)
     for micro in range(args.accumulate):
         images, masks = to_device(next(micro_batches), args, ctx.device)
         last_micro = micro == args.accumulate - 1
@@ -292,12 +292,11 @@ def train_step(stage: Stage, micro_batches: Iterator[dict[str, Any]], epoch: int
         with sync:
             loss, terms = stage.loss_fn(images, masks, epoch)
             scaler.scale(loss / args.accumulate).backward()
-        values = torch.stack([value.detach().float() for value in (loss, *terms.values())]).tolist()  # one sync
-        for name, value in zip(("loss", *terms), values):
-            terms_this_step[name] = terms_this_step.get(name, 0.0) + value / args.accumulate
+        names = ("loss", *terms)
+        totals = totals + torch.stack([value.detach().double() for value in (loss, *terms.values())]) / args.accumulate
     if ctx.enabled:  # the whole batch's values, not this process's share
-        totals = all_reduce_sum(torch.tensor(list(terms_this_step.values()), device=ctx.device)).tolist()
-        terms_this_step = {name: total / ctx.world_size for name, total in zip(terms_this_step, totals)}
+        totals = all_reduce_sum(totals) / ctx.world_size
+    terms_this_step = dict(zip(names, totals.tolist()))  # the step's one device sync
     if not math.isfinite(terms_this_step["loss"]):
         stage.optimizer.zero_grad(set_to_none=True)
         raise NonFiniteLossError(f"loss terms {terms_this_step}")

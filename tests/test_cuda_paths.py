@@ -197,13 +197,13 @@ def test_depth_teacher_fp16_uses_a_gradient_scaler_one_sync_per_step_and_persist
 
 
 def test_training_step_syncs_once_and_validation_workers_persist(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
-    data = write_tiny_set(tmp_path / "data", 4)
+    data = write_tiny_set(tmp_path / "data", 8)
     train_loaders = record_loaders(monkeypatch, engine.train)
     eval_loaders = record_loaders(monkeypatch, engine.evaluate)
     syncs = count_syncs(monkeypatch, "train_step")
-    train_single.main(common_args(data, tmp_path / "run") + ["--epochs", "1", "--workers", "2",
+    train_single.main(common_args(data, tmp_path / "run", batch=4) + ["--epochs", "1", "--workers", "2", "--accumulate", "2",
                                                               "--val-set", f"synthetic:{data}"])
-    assert syncs == {"item": 0, "tolist": 2}        # 2 steps: one tolist each for all the loss terms
+    assert syncs == {"item": 0, "tolist": 2}        # 2 steps of 2 micro-batches: one tolist per step
     assert [kwargs["persistent_workers"] for kwargs in eval_loaders] == [True]
     # the training loader's workers restart every epoch, seeded from the generator a checkpoint saves
     assert [kwargs.get("persistent_workers", False) for kwargs in train_loaders] == [False]
