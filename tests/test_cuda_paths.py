@@ -22,6 +22,7 @@ import engine.evaluate
 import engine.options
 import engine.stages
 import engine.train
+import losses.distillation
 import train_depth
 import train_kd
 import train_single
@@ -322,6 +323,20 @@ def test_a_deterministic_run_on_the_cpu_trains_and_validates(tmp_path: Path):
     finally:
         torch.use_deterministic_algorithms(False)
     assert (tmp_path / "run" / "model.pth").is_file()
+
+
+def test_response_distillation_avoids_median_along_a_dimension(monkeypatch: pytest.MonkeyPatch):
+    """CUDA's median with indices has no deterministic implementation: R-DFFNet's depth normalisation takes
+    the same value (the lower middle one) by sorting."""
+    flat = torch.randn(3, 64)
+    flat[:, :8] = 0.5                                    # ties, an even count
+    reference = flat.median(dim=1, keepdim=True).values
+    monkeypatch.setattr(torch.Tensor, "median", raise_stop)
+    monkeypatch.setattr(torch, "median", raise_stop)
+    heads = [torch.randn(2, 1, 16, 16, requires_grad=True)]
+    response_distillation_loss(heads, torch.rand(2, 1, 32, 32))[0].backward()
+    assert heads[0].grad.abs().sum() > 0
+    assert torch.equal(losses.distillation.lower_median(flat), reference)
 
 
 @pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
