@@ -3,7 +3,7 @@ fp16 with the gradient scaler, torchrun with SyncBatchNorm, test.py and demo.sh.
 (bench/gpu_check_parts.py: machine, data, test.py, demo; bench/gpu_check_training.py: fp16, torchrun, step
 speeds) and writes the summary (bench/gpu_check_report.py).
 
-    bash bench/gpu_check.sh                           # on a CUDA machine: at most 23 minutes
+    bash bench/gpu_check.sh                           # on a CUDA machine: at most 26 minutes
     python bench/gpu_check.py --device cpu --quick    # every part that runs without CUDA, tiny sizes (CI)
     python bench/gpu_check.py --parts env stage1      # only some parts
 
@@ -25,11 +25,12 @@ No data set or weight file is needed: synthetic data and random weights througho
   stage1, stage2   train_step at the paper's scale (320x320, batch 6, resnest101e, MiDaS ResNeXt-101) in
                    fp32 and in bf16 + channels_last: s/step, images/s, peak memory, checkpoint write time
   test.py          test.py's images/s at batch 8 on the synthetic set, model and metrics on the device
+  deterministic    --deterministic: 3 stage-2 steps run twice from the same seed give identical weights
   stage1-compile,  the same steps in bf16 + channels_last + torch.compile (the scripts' --compile)
   stage2-compile
   demo             demo.sh's run time (what `make demo` runs)                                   [CUDA]
 Each part runs in its own forked process (and process group) with its own timeout, inside an overall
-budget (--budget, by default the sum of the parts' timeouts, 1,395 s, so that no part is cut short by the
+budget (--budget, by default the sum of the parts' timeouts, 1,545 s, so that no part is cut short by the
 budget even when every part before it uses its whole timeout): a part that fails, crashes or times out is
 reported and the rest still run.
 From the stage rows and the loader the script projects the wall time of the paper's run (74 epochs x 100
@@ -66,9 +67,9 @@ sys.path.insert(0, str(ROOT))
 from bench.gpu_check_parts import (SIZES, part_correctness, part_data, part_demo, part_env,  # noqa: E402
                                    part_loader, part_test_py)
 from bench.gpu_check_report import print_entry, print_projection, project_full_run  # noqa: E402
-from bench.gpu_check_training import (TORCHRUN_WORKER, part_fp16, part_stage1, part_stage1_compile,  # noqa: E402
-                                      part_stage2, part_stage2_compile, part_torchrun_1, part_torchrun_2,
-                                      part_torchrun_kd, torchrun_worker)
+from bench.gpu_check_training import (TORCHRUN_WORKER, part_deterministic, part_fp16, part_stage1,  # noqa: E402
+                                      part_stage1_compile, part_stage2, part_stage2_compile, part_torchrun_1,
+                                      part_torchrun_2, part_torchrun_kd, torchrun_worker)
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,7 @@ PARTS = (
     Part("stage1", part_stage1, 75),
     Part("stage2", part_stage2, 90),
     Part("test.py", part_test_py, 60, needs=("data",)),
+    Part("deterministic", part_deterministic, 150),
     Part("stage1-compile", part_stage1_compile, 150),
     Part("stage2-compile", part_stage2_compile, 150),
     Part("demo", part_demo, 240, requires="cuda"),

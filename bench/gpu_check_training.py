@@ -36,10 +36,11 @@ from models import build_midas, build_model  # noqa: E402
 from utils.checkpoint import model_checkpoint, save_checkpoint  # noqa: E402
 from utils.distributed import DistributedContext, EpochShuffleSampler  # noqa: E402
 from utils.optim import set_lr  # noqa: E402
-from utils.runtime import configure_backends, select_device  # noqa: E402
+from utils.runtime import configure_backends, select_device, use_deterministic_algorithms  # noqa: E402
 from utils.schedule import poly_lr  # noqa: E402
 
 TORCHRUN_WORKER = "--torchrun-worker"
+DETERMINISTIC_STEPS = 3
 RUNNER = ROOT / "bench" / "gpu_check.py"   # torchrun starts it with TORCHRUN_WORKER first
 
 
@@ -113,6 +114,31 @@ def part_fp16(cfg: argparse.Namespace, done: dict[str, dict]) -> dict[str, Any]:
             "problems": problems,
             "summary": f"{FP16_STEPS} steps, loss {losses[0]:.3f} -> {losses[-1]:.3f}, all finite; scale "
                        f"{scales[0]:.0f} -> {scales[-1]:.0f} ({skipped} skipped)"}
+
+
+def part_deterministic(cfg: argparse.Namespace, done: dict[str, dict]) -> dict[str, Any]:
+    """--deterministic: DETERMINISTIC_STEPS stage-2 steps (both teachers) run twice from the same seed must give
+    bit-identical weights, as README's "how exactly" promises for one GPU."""
+    device = device_of(cfg)
+    use_deterministic_algorithms()
+    configure_backends(device, deterministic=True)
+    ctx = DistributedContext(rank=0, local_rank=0, world_size=1, device=device)
+    losses, weights = [], []
+    for _ in range(2):
+        torch.manual_seed(0)
+        stage, args = build_stage("stage 2", stage_argv(cfg, cfg.batch, "off", False, device), cfg, ctx)
+        stage.network.train()
+        scaler = torch.amp.GradScaler(device.type, enabled=False)
+        batches = iter(random_batches(cfg.batch, cfg.img_size, DETERMINISTIC_STEPS))
+        losses.append([train_step(stage, batches, 1, args, ctx, scaler)["loss"] for _ in range(DETERMINISTIC_STEPS)])
+        weights.append({name: value.cpu() for name, value in stage.dbd_model.state_dict().items()})
+        del stage
+        gc.collect()
+    differing = [name for name in weights[0] if not torch.equal(weights[0][name], weights[1][name])]
+    problems = [f"{len(differing)} weight tensors differ between the two runs, first {differing[0]}"] if differing else []
+    return {"steps": DETERMINISTIC_STEPS, "losses": losses, "differing_tensors": len(differing), "problems": problems,
+            "summary": f"two runs of {DETERMINISTIC_STEPS} stage-2 steps with --deterministic: "
+                       f"{len(differing)} of {len(weights[0])} weight tensors differ"}
 
 
 def torchrun_stage1(cfg: argparse.Namespace, processes: int) -> dict[str, Any]:
