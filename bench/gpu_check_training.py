@@ -135,7 +135,8 @@ def part_deterministic(cfg: argparse.Namespace, done: dict[str, dict]) -> dict[s
         del stage
         gc.collect()
     differing = [name for name in weights[0] if not torch.equal(weights[0][name], weights[1][name])]
-    problems = [f"{len(differing)} weight tensors differ between the two runs, first {differing[0]}"] if differing else []
+    problems = ([f"{len(differing)} weight tensors differ between the two runs, first {differing[0]}"]
+                if differing else [])
     return {"steps": DETERMINISTIC_STEPS, "losses": losses, "differing_tensors": len(differing), "problems": problems,
             "summary": f"two runs of {DETERMINISTIC_STEPS} stage-2 steps with --deterministic: "
                        f"{len(differing)} of {len(weights[0])} weight tensors differ"}

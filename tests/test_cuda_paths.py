@@ -202,8 +202,8 @@ def test_training_step_syncs_once_and_validation_workers_persist(monkeypatch: py
     train_loaders = record_loaders(monkeypatch, engine.train)
     eval_loaders = record_loaders(monkeypatch, engine.evaluate)
     syncs = count_syncs(monkeypatch, "train_step")
-    train_single.main(common_args(data, tmp_path / "run", batch=4) + ["--epochs", "1", "--workers", "2", "--accumulate", "2",
-                                                              "--val-set", f"synthetic:{data}"])
+    train_single.main(common_args(data, tmp_path / "run", batch=4) + [
+        "--epochs", "1", "--workers", "2", "--accumulate", "2", "--val-set", f"synthetic:{data}"])
     assert syncs == {"item": 0, "tolist": 2}        # 2 steps of 2 micro-batches: one tolist per step
     assert [kwargs["persistent_workers"] for kwargs in eval_loaders] == [True]
     # the training loader's workers restart every epoch, seeded from the generator a checkpoint saves
