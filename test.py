@@ -32,7 +32,7 @@ from utils.metrics import PROTOCOLS, get_protocol
 from utils.paper_results import PAPER_SETS, TABLES
 from utils.report import (markdown_table, paper_set_order, pr_figure, read_results, region_table, summary_line,
                           write_results)
-from utils.runtime import AMP_DTYPES, check_amp, select_device
+from utils.runtime import AMP_DTYPES, check_amp, select_device, use_device
 
 DEFAULT_IMG_SIZE = 320
 
@@ -236,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     device = select_device(args.device)
     check_amp(args.amp, device)
+    use_device(device)
     check_writable(args.out, "--out", folder=True)
     settings = EvalSettings(protocol=get_protocol(args.protocol, args.raw_maps), device=device, amp=args.amp,
                             batch_size=args.batch_size, workers=args.workers, channels_last=args.channels_last,

@@ -4,8 +4,8 @@ Stands in for `midas_v21-f6b98070.pt` where that file is absent (the offline dem
 needs a depth teacher with another encoder. The loss is MiDaS's scale-and-shift-invariant loss on inverse
 depth (losses.depth) plus a weak mean-matching anchor that keeps a network trained from scratch out of its
 final ReLU's dead zone. Held-out images are scored by AbsRel and delta < 1.25 after per-image
-scale-and-shift alignment (utils.depth_metrics). The saved file loads with models.load_midas like the
-released one.
+scale-and-shift alignment (utils.depth_metrics). `--amp fp16` trains with a gradient scaler. The saved
+file loads with models.load_midas like the released one.
 """
 from __future__ import annotations
 
@@ -27,7 +27,8 @@ from utils.depth_metrics import relative_depth_errors
 from utils.log import TrainingLogger, progress
 from utils.runlock import RunLockError, acquire, release
 from utils.optim import adam, set_lr
-from utils.runtime import autocast, configure_backends, seed_everything, select_device
+from utils.runtime import (autocast, configure_backends, seed_everything, select_device, use_deterministic_algorithms,
+                           use_device)
 from utils.schedule import poly_lr
 
 
@@ -50,6 +51,8 @@ def evaluate_depth(model: torch.nn.Module, loader: DataLoader, device: torch.dev
 
 def train_depth_teacher(args: argparse.Namespace) -> Path:
     """Train, saving a checkpoint (our format) after every epoch whose weights are all finite; returns its path."""
+    if args.deterministic:
+        use_deterministic_algorithms()
     device = select_device(args.device)
     check_depth_teacher_arguments(args, device)
     try:
@@ -64,23 +67,27 @@ def train_depth_teacher(args: argparse.Namespace) -> Path:
 
 def _train_depth_teacher(args: argparse.Namespace, device: torch.device) -> Path:
     """The training of train_depth_teacher, run while it holds the --save lock."""
-    configure_backends(device)
+    use_device(device)
+    configure_backends(device, deterministic=args.deterministic)
     seed_everything(args.seed)
     with bad_input("--data"):
         train_set = DepthDataset(args.data, img_size=args.img_size, augment=True)
     if len(train_set) < args.batch_size:
         raise SystemExit(f"--data {args.data}: {len(train_set)} images, fewer than --batch-size {args.batch_size}")
     loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True, drop_last=True,
-                        num_workers=args.workers, pin_memory=device.type == "cuda")
+                        num_workers=args.workers, pin_memory=device.type == "cuda",
+                        persistent_workers=args.workers > 0)
     val_loader = None
     if args.val_data:
         with bad_input("--val-data"):
             val_set = DepthDataset(args.val_data, img_size=args.img_size, augment=False)
-        val_loader = DataLoader(val_set, batch_size=args.batch_size, num_workers=args.workers)
+        val_loader = DataLoader(val_set, batch_size=args.batch_size, num_workers=args.workers,
+                                persistent_workers=args.workers > 0)
     with bad_input("--encoder / --pretrained"):
         model = build_midas(args.encoder, features=args.features, pretrained=pretrained_argument(args.pretrained))
     model = model.to(device)
     optimizer = adam(model.parameters(), lr=args.lr)
+    scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")  # fp16 gradients underflow unscaled
     logger = TrainingLogger(log_dir(args))
     logger.info(f"depth teacher: MiDaS v2.1 / {args.encoder} (width {args.features}), {len(train_set)} images, "
                 f"batch {args.batch_size}, {len(loader)} steps/epoch, {args.epochs} epochs, device {device}")
@@ -97,16 +104,18 @@ def _train_depth_teacher(args: argparse.Namespace, device: torch.device) -> Path
                 target = batch["depth"].to(device)
                 loss = (scale_shift_invariant_loss(depth, target, grad_weight=args.grad_weight)
                         + args.anchor_weight * mean_anchor_loss(depth, target))
-                if not math.isfinite(loss.item()):
+                value = loss.item()  # the step's one device sync
+                if not math.isfinite(value):
                     raise SystemExit(f"non-finite depth loss at epoch {epoch}, step {step}; stopping. Last good "
                                      f"checkpoint: {last_good_checkpoint(args.save, epoch - 1)}")
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                running += loss.item()
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                running += value
                 logger.step({"epoch": epoch, "step": step, "global_step": (epoch - 1) * len(loader) + step,
-                             "lr": lr, "loss": loss.item()})
-                bar.set_postfix(loss=f"{loss.item():.4f}")
+                             "lr": lr, "loss": value})
+                bar.set_postfix(loss=f"{value:.4f}")
             bad_weight = first_non_finite(model.state_dict())
             if bad_weight is not None:
                 raise SystemExit(f"non-finite weights after epoch {epoch}: {bad_weight}; stopping without saving "

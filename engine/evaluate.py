@@ -33,7 +33,7 @@ from utils.metrics import PROTOCOLS, Protocol
 from utils.plots import blur_overlay, labelled_grid
 from utils.region_metrics import RegionMetrics
 from utils.report import write_per_image_csv
-from utils.runtime import autocast
+from utils.runtime import autocast, use_device
 
 MAP_POLARITY = MaskPolarity.WHITE_IN_FOCUS
 GRID_HEIGHT = 160
@@ -76,6 +76,7 @@ def load_detector(path: str, settings: EvalSettings, name: str | None = None, ba
                   compile_model: bool = False) -> torch.nn.Module:
     """A checkpoint's network on the settings' device, in eval mode (channels_last, torch.compile on request);
     a depth model is refused."""
+    use_device(settings.device)
     model = load_model(path, name=name, backbone=backbone, map_location=settings.device,
                        detector_only=True).eval()
     if settings.channels_last:
@@ -83,18 +84,22 @@ def load_detector(path: str, settings: EvalSettings, name: str | None = None, ba
     return torch.compile(model) if compile_model else model
 
 
-def _loader(dataset: Dataset, settings: EvalSettings) -> DataLoader:
+def eval_loader(dataset: Dataset, settings: EvalSettings, persistent: bool = False) -> DataLoader:
+    """The test-time loader of `dataset`; `persistent` keeps its workers alive between passes (validation
+    every epoch) instead of starting them again for each."""
     return DataLoader(dataset, batch_size=settings.batch_size, shuffle=False, num_workers=settings.workers,
-                      collate_fn=collate_test, pin_memory=settings.device.type == "cuda")
+                      collate_fn=collate_test, pin_memory=settings.device.type == "cuda",
+                      persistent_workers=persistent and settings.workers > 0)
 
 
-def predict(model: torch.nn.Module, dataset: Dataset, settings: EvalSettings,
-            desc: str) -> Iterator[tuple[dict, torch.Tensor]]:
-    """(item fields, P(in-focus) resized to the original image size by the protocol, on the device) per image."""
+def predict(model: torch.nn.Module, dataset: Dataset, settings: EvalSettings, desc: str,
+            loader: DataLoader | None = None) -> Iterator[tuple[dict, torch.Tensor]]:
+    """(item fields, P(in-focus) resized to the original image size by the protocol, on the device) per image,
+    read through `loader` when given (an `eval_loader` of `dataset`)."""
     model.eval()
     bar = progress(total=len(dataset), desc=desc, unit="img")
     with torch.inference_mode():
-        for batch in _loader(dataset, settings):
+        for batch in loader or eval_loader(dataset, settings):
             images = batch["image"].to(settings.device, non_blocking=True)
             if settings.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
@@ -206,10 +211,12 @@ def _score(pairs: Iterator[tuple[dict, torch.Tensor]], dataset_name: str, settin
 
 
 def score_model(model: torch.nn.Module, dataset: Dataset, dataset_name: str, settings: EvalSettings,
-                out_dir: Path | None = None, desc: str = "validation") -> tuple[dict, list[dict]]:
-    """Predict every image of a test set and score the maps under the settings' protocol: (the set's
-    summary, per-image rows). Maps and a grid go to out_dir when given and the settings ask for them."""
-    pairs = predict(model, dataset, settings, desc)
+                out_dir: Path | None = None, desc: str = "validation",
+                loader: DataLoader | None = None) -> tuple[dict, list[dict]]:
+    """Predict every image of a test set (through `loader` when given) and score the maps under the settings'
+    protocol: (the set's summary, per-image rows). Maps and a grid go to out_dir when given and the settings
+    ask for them."""
+    pairs = predict(model, dataset, settings, desc, loader)
     return _score(pairs, dataset_name, settings, out_dir)
 
 
@@ -337,7 +344,7 @@ def evaluate_saved_maps(pred_dir: str | Path, polarity: MaskPolarity, dataset_ex
                         f"the maps' size is wrong ({format_names(mismatch, 3)}); {done}")
 
     def pairs() -> Iterator[tuple[dict, torch.Tensor]]:
-        for batch in progress(_loader(dataset, settings), desc=f"{label} on {name}", unit="batch"):
+        for batch in progress(eval_loader(dataset, settings), desc=f"{label} on {name}", unit="batch"):
             for i in range(len(batch["name"])):
                 item = {key: value[i] for key, value in batch.items() if key != "image"}
                 item["image"] = batch["image"][i]

@@ -20,8 +20,16 @@ from datasets import DatasetError
 from models.layers import INPUT_MULTIPLE
 from utils.checkpoint import CheckpointError
 from utils.distributed import DistributedContext
-from utils.runtime import AMP_DTYPES, check_amp
+from utils.runtime import AMP_DTYPES, CUBLAS_WORKSPACE, check_amp
 from utils.schedule import DISTILL_ALPHA_HOLD
+
+
+def add_deterministic_argument(parser: argparse.ArgumentParser) -> None:
+    """--deterministic, shared by the three training scripts."""
+    parser.add_argument("--deterministic", action="store_true",
+                        help="deterministic algorithms only (cudnn.benchmark off, CUBLAS_WORKSPACE_CONFIG="
+                             f"{CUBLAS_WORKSPACE} unless set): on CUDA two runs with the same flags on the same GPU "
+                             "model and software give the same weights, and --resume continues exactly; slower")
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, save: str) -> None:
@@ -63,6 +71,7 @@ def add_common_arguments(parser: argparse.ArgumentParser, save: str) -> None:
     parser.add_argument("--amp", choices=list(AMP_DTYPES), default="off")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--compile", action="store_true", help="torch.compile the trained network")
+    add_deterministic_argument(parser)
     parser.add_argument("--save", default=save, help="checkpoint written every epoch (atomically)")
     parser.add_argument("--resume", nargs="?", const="", default=None, metavar="PATH",
                         help="continue from PATH (default: the --save file)")
@@ -114,6 +123,7 @@ def add_depth_teacher_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--amp", choices=list(AMP_DTYPES), default="off")
+    add_deterministic_argument(parser)
     parser.add_argument("--save", default="depth_pretrained/midas_small.pth")
     parser.add_argument("--overwrite", action="store_true", help="start afresh even when the --save file exists")
     parser.add_argument("--log-dir", default=None,

@@ -8,9 +8,10 @@ trains and its loss come from engine.stages as a `Stage`; the flags and their ch
 Batch semantics: `--batch-size` is the GLOBAL batch (the paper's 6), split over torchrun processes
 and `--accumulate` steps. A batch-summed loss term (the authors' DOF-edge dice) is scaled by
 processes x accumulation so the gradient equals that of the whole batch. BatchNorm normalises each
-micro-batch on its own, except under DDP on CUDA, where it is synchronised (SyncBatchNorm) so that
-N GPUs behave like the paper's single GPU. On the CPU (gloo) SyncBatchNorm does not exist: there a
-run with P processes equals a single process with `--accumulate P`.
+micro-batch on its own, except under DDP on CUDA, where it is synchronised (SyncBatchNorm, in the student
+and in teachers that use batch statistics) so that N GPUs behave like the paper's single GPU. On the CPU
+(gloo) SyncBatchNorm does not exist: there a run with P processes equals a single process with
+`--accumulate P`.
 """
 from __future__ import annotations
 
@@ -28,10 +29,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn as nn
+from timm.layers import convert_sync_batchnorm
 from torch.utils.data import DataLoader, Dataset
 
 from datasets import build_dataset
-from engine.evaluate import EvalSettings, score_model
+from engine.evaluate import EvalSettings, eval_loader, score_model
 from engine.options import bad_input, check_training_arguments, log_dir
 from utils.checkpoint import (CheckpointError, first_non_finite, last_good_checkpoint, model_checkpoint,
                               read_training_checkpoint, save_checkpoint)
@@ -40,7 +42,7 @@ from utils.distributed import (DistributedContext, EpochShuffleSampler, all_redu
 from utils.log import TrainingLogger, progress
 from utils.optim import set_lr
 from utils.runlock import RunLockError, acquire, release
-from utils.runtime import configure_backends, seed_everything
+from utils.runtime import configure_backends, seed_everything, use_deterministic_algorithms
 from utils.schedule import poly_lr
 
 # Settings a resumed run must share with the checkpoint it continues.
@@ -68,8 +70,10 @@ class NonFiniteWeightsError(RuntimeError):
 # reproducible state
 
 
-def rng_state() -> dict[str, Any]:
-    """Python, numpy, torch and CUDA generator states, as types torch.load(weights_only=True) accepts."""
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """Python, numpy, torch and (on a CUDA device) that device's generator states, as types
+    torch.load(weights_only=True) accepts. Only this process's own GPU is saved: under torchrun every rank
+    sees every GPU, and another rank's generator is that rank's to save."""
     version, mt_state, gauss = random.getstate()
     _, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
     return {
@@ -77,24 +81,24 @@ def rng_state() -> dict[str, Any]:
         "numpy": {"keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
                   "has_gauss": int(np_has_gauss), "gauss": float(np_gauss)},
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
     }
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore the generators saved by `rng_state`."""
+def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    """Restore the generators saved by `rng_state`; a saved CUDA state goes to `device` (this process's GPU)."""
     py = state["python"]
     random.setstate((py["version"], tuple(py["state"].tolist()), py["gauss"]))
     npy = state["numpy"]
     np.random.set_state(("MT19937", npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"], npy["gauss"]))
     torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if isinstance(state["cuda"], torch.Tensor) and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def gather_rng_states(ctx: DistributedContext) -> list[dict[str, Any]]:
     """Every process's generator states, indexed by rank."""
-    state = rng_state()
+    state = rng_state(ctx.device)
     if not ctx.enabled:
         return [state]
     states: list[Any] = [None] * ctx.world_size
@@ -107,7 +111,10 @@ def gather_rng_states(ctx: DistributedContext) -> list[dict[str, Any]]:
 
 
 def start_training(args: argparse.Namespace) -> DistributedContext:
-    """Join torchrun's process group, check the flags, configure the backends and seed this process."""
+    """Join torchrun's process group, check the flags, configure the backends and seed this process;
+    `--deterministic` switches to deterministic algorithms before any CUDA work."""
+    if args.deterministic:
+        use_deterministic_algorithms()
     ctx = setup_distributed(args.device)
     check_training_arguments(args, ctx)
     if ctx.is_main:
@@ -115,13 +122,15 @@ def start_training(args: argparse.Namespace) -> DistributedContext:
             acquire(args.save)
         except RunLockError as e:
             raise SystemExit(str(e)) from None
-    configure_backends(ctx.device)
+    configure_backends(ctx.device, deterministic=args.deterministic)
     seed_everything(args.seed + ctx.rank)
     return ctx
 
 
 def make_train_loader(args: argparse.Namespace, ctx: DistributedContext) -> tuple[DataLoader, EpochShuffleSampler]:
-    """Shuffled loader of this process's share of every global batch, in micro-batches."""
+    """Shuffled loader of this process's share of every global batch, in micro-batches. Its workers start
+    afresh every epoch (not persistent): their augmentation streams are then seeded from this process's
+    generator, which a checkpoint saves, so that --resume continues exactly."""
     with bad_input("--train-set / --data-root"):
         dataset = build_dataset(args.train_set, "train", root=args.data_root, img_size=args.img_size,
                                 augment=False if args.no_augment else None, crop_scale=args.crop_scale,
@@ -143,17 +152,29 @@ def make_val_set(args: argparse.Namespace) -> Dataset | None:
         return build_dataset(args.val_set, "test", root=args.data_root, img_size=args.img_size)
 
 
+def synchronises_batchnorm(ctx: DistributedContext) -> bool:
+    """Whether BatchNorm runs as SyncBatchNorm here: under DDP on CUDA (gloo on the CPU has no SyncBatchNorm)."""
+    return ctx.enabled and ctx.device.type == "cuda"
+
+
+def sync_batchnorm(module: nn.Module) -> nn.Module:
+    """Every BatchNorm of `module` as SyncBatchNorm, with timm's converter: timm's BatchNormAct2d (EfficientNet,
+    RegNet, CSP backbones) becomes SyncBatchNormAct and keeps its activation, which torch's converter drops.
+    Weights, running statistics, train/eval mode and requires_grad are kept."""
+    return convert_sync_batchnorm(module)
+
+
 def prepare_trained_module(module: nn.Module, args: argparse.Namespace, ctx: DistributedContext) -> nn.Module:
-    """Move to the device, channels_last, SyncBatchNorm + DDP under torchrun, torch.compile on request."""
+    """Move to the device, channels_last, SyncBatchNorm + DDP under torchrun, torch.compile on request.
+    Every variant uses all its parameters in every step, so DDP does not search for unused ones."""
     module = module.to(ctx.device)
     if args.channels_last:
         module = module.to(memory_format=torch.channels_last)
     if ctx.enabled:
-        if ctx.device.type == "cuda":
-            module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
+        if synchronises_batchnorm(ctx):
+            module = sync_batchnorm(module)
         module = nn.parallel.DistributedDataParallel(
-            module, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
-            find_unused_parameters=True)
+            module, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
     if args.compile:
         module = torch.compile(module)
     return module
@@ -173,10 +194,11 @@ def best_checkpoint_path(save: str | Path) -> Path:
     return save.with_name(f"{save.stem}_best{save.suffix}")
 
 
-def validate(model: nn.Module, dataset: Dataset, settings: EvalSettings) -> dict[str, float]:
-    """MAE and F-beta of a test set, predicted and scored as test.py does (engine.evaluate.score_model)."""
+def validate(model: nn.Module, loader: DataLoader, settings: EvalSettings) -> dict[str, float]:
+    """MAE and F-beta of the test set of `loader`, predicted and scored as test.py does
+    (engine.evaluate.score_model)."""
     was_training = model.training
-    summary, _ = score_model(model, dataset, dataset.name, settings)
+    summary, _ = score_model(model, loader.dataset, loader.dataset.name, settings, loader=loader)
     model.train(was_training)
     return {"mae": summary["mae"], "fbeta": summary["fbeta"]}
 
@@ -242,13 +264,23 @@ def resume_from(path: Path, stage: Stage, args: argparse.Namespace, scaler: torc
         opt.load_state_dict(state["optimizers"][name])
     for name, module in stage.extra_modules.items():
         module.load_state_dict(state["extra_modules"][name])
-    scaler.load_state_dict(state["grad_scaler"])
+    load_grad_scaler(scaler, state["grad_scaler"], path, ctx)
     if len(state["rng"]) == ctx.world_size:
-        set_rng_state(state["rng"][ctx.rank])
+        set_rng_state(state["rng"][ctx.rank], ctx.device)
     elif ctx.is_main:
         print(f"--resume {path}: saved with {len(state['rng'])} process(es), now {ctx.world_size}: "
               "random streams are reseeded, so the run is not bit-identical to an uninterrupted one")
     return int(state["epoch"]), state["best_val_mae"]
+
+
+def load_grad_scaler(scaler: torch.amp.GradScaler, saved: dict[str, Any], path: Path, ctx: DistributedContext) -> None:
+    """Restore the fp16 gradient scaler. A run saved without fp16 (--amp off or bf16) stored an empty state:
+    resumed with --amp fp16 the scaler starts afresh (its initial scale), as a new fp16 run's does."""
+    if scaler.is_enabled() and not saved:
+        if ctx.is_main:
+            print(f"--resume {path}: saved without --amp fp16, so the fp16 gradient scaler starts afresh")
+        return
+    scaler.load_state_dict(saved)
 
 
 def first_non_finite_weight(stage: Stage, ctx: DistributedContext) -> str | None:
@@ -270,7 +302,7 @@ def train_step(stage: Stage, micro_batches: Iterator[dict[str, Any]], epoch: int
     """One optimiser step over `args.accumulate` micro-batches: forward, loss, backward, element-wise clamp
     of the model's gradients, optimiser steps. Returns the whole batch's loss terms; raises
     NonFiniteLossError (before any weight changes) when the loss is NaN or infinite."""
-    terms_this_step: dict[str, float] = {}
+    totals = torch.zeros((), dtype=torch.float64, device=ctx.device)
     for micro in range(args.accumulate):
         images, masks = to_device(next(micro_batches), args, ctx.device)
         last_micro = micro == args.accumulate - 1
@@ -278,11 +310,11 @@ def train_step(stage: Stage, micro_batches: Iterator[dict[str, Any]], epoch: int
         with sync:
             loss, terms = stage.loss_fn(images, masks, epoch)
             scaler.scale(loss / args.accumulate).backward()
-        for name, value in {"loss": loss, **terms}.items():
-            terms_this_step[name] = terms_this_step.get(name, 0.0) + value.item() / args.accumulate
+        names = ("loss", *terms)
+        totals = totals + torch.stack([value.detach().double() for value in (loss, *terms.values())]) / args.accumulate
     if ctx.enabled:  # the whole batch's values, not this process's share
-        totals = all_reduce_sum(torch.tensor(list(terms_this_step.values()), device=ctx.device)).tolist()
-        terms_this_step = {name: total / ctx.world_size for name, total in zip(terms_this_step, totals)}
+        totals = all_reduce_sum(totals) / ctx.world_size
+    terms_this_step = dict(zip(names, totals.tolist()))  # the step's one device sync
     if not math.isfinite(terms_this_step["loss"]):
         stage.optimizer.zero_grad(set_to_none=True)
         raise NonFiniteLossError(f"loss terms {terms_this_step}")
@@ -306,6 +338,7 @@ def fit(stage: Stage, args: argparse.Namespace, ctx: DistributedContext, loader:
     val_set = make_val_set(args) if ctx.is_main else None
     val_settings = EvalSettings(device=ctx.device, amp=args.amp, batch_size=1, workers=min(args.workers, 2),
                                 img_size=args.img_size, data_root=args.data_root)
+    val_loader = eval_loader(val_set, val_settings, persistent=True) if val_set is not None else None
     steps_per_epoch = len(loader) // args.accumulate
     last_saved = start_epoch - 1 if start_epoch > 1 else None
     try:
@@ -342,9 +375,9 @@ def fit(stage: Stage, args: argparse.Namespace, ctx: DistributedContext, loader:
             summary.update({name: total / steps_per_epoch for name, total in sums.items()})
             summary["seconds"] = time.time() - epoch_start
             summary.update(val_mae="", val_fbeta="")
-            if val_set is not None and (epoch % args.val_every == 0 or epoch == args.epochs):
+            if val_loader is not None and (epoch % args.val_every == 0 or epoch == args.epochs):
                 with torch.random.fork_rng(devices=[ctx.device] if ctx.device.type == "cuda" else []):
-                    scores = validate(stage.dbd_model, val_set, val_settings)
+                    scores = validate(stage.dbd_model, val_loader, val_settings)
                 summary.update(val_mae=scores["mae"], val_fbeta=scores["fbeta"])
             logger.epoch(summary)
             improved = summary["val_mae"] != "" and (best_val_mae is None or summary["val_mae"] < best_val_mae)

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+
+from utils.resize import resize_bilinear
 
 
 def align_scale_shift(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor,
@@ -52,7 +53,7 @@ def scale_shift_invariant_loss(
     resized bilinearly to the target's size first. `valid` marks the pixels that count.
     """
     if pred.shape[-2:] != target.shape[-2:]:
-        pred = F.interpolate(pred, size=target.shape[-2:], mode="bilinear", align_corners=False)
+        pred = resize_bilinear(pred, target.shape[-2:])
     pred, target = pred.float(), target.float()
     if valid is None:
         valid = torch.ones_like(target, dtype=torch.bool)
@@ -71,5 +72,5 @@ def mean_anchor_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     the output in the target's range without changing what the invariant loss measures.
     """
     if pred.shape[-2:] != target.shape[-2:]:
-        pred = F.interpolate(pred, size=target.shape[-2:], mode="bilinear", align_corners=False)
+        pred = resize_bilinear(pred, target.shape[-2:])
     return ((pred.float().mean((1, 2, 3)) - target.float().mean((1, 2, 3))) ** 2).mean()

@@ -62,10 +62,17 @@ class Projectors(nn.Module):
         return [conv(f) for conv, f in zip(self.convs, features, strict=True)]
 
 
+def lower_median(flat: torch.Tensor) -> torch.Tensor:
+    """The value torch.median(dim=1, keepdim=True) gives (the lower middle value), by sorting: on CUDA a median
+    along a dimension has no deterministic implementation, so it would fail under --deterministic."""
+    middle = (flat.shape[1] - 1) // 2
+    return flat.sort(dim=1).values[:, middle : middle + 1]
+
+
 def normalised_depth(depth: torch.Tensor) -> torch.Tensor:
     """Per-image (d - median) / mean|d - median|: MiDaS's relative inverse depth on a fixed scale."""
     flat = depth.float().flatten(1)
-    median = flat.median(dim=1, keepdim=True).values
+    median = lower_median(flat)
     spread = (flat - median).abs().mean(dim=1, keepdim=True).clamp_min(1e-6)
     return ((flat - median) / spread).view_as(depth)
 

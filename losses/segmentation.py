@@ -8,6 +8,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from utils.resize import resize_bilinear
+
 Reduction = Literal["sum", "mean"]
 LossName = Literal["bce", "bce+edge"]
 
@@ -88,10 +90,10 @@ def segmentation_loss(
     else:
         raise ValueError(f"loss must be 'bce' or 'bce+edge', got {loss!r}")
     size = mask.shape[-2:]
-    terms = {"final": term(F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+    terms = {"final": term(resize_bilinear(logits, size)
                            if logits.shape[-2:] != size else logits)}
     for k, side in enumerate(sides, start=1):
-        terms[f"side{k}"] = term(F.interpolate(side, size=size, mode="bilinear", align_corners=False))
+        terms[f"side{k}"] = term(resize_bilinear(side, size))
     total = final_weight * terms["final"] + sum(v for key, v in terms.items() if key != "final")
     return total, terms
 

@@ -5,10 +5,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from utils.resize import resize_bilinear
+
 
 def upsample(x: torch.Tensor, factor: int = 2) -> torch.Tensor:
     """One bilinear resize by `factor` with align_corners=True (the authors' nn.Upsample)."""
-    return F.interpolate(x, scale_factor=factor, mode="bilinear", align_corners=True)
+    return resize_bilinear(x, factor=factor, align_corners=True)
 
 
 class ConvBN(nn.Sequential):

@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from utils.resize import BilinearUpsample
+
 from .encoders import create_timm_model
 from .layers import check_input_size, upsample
 
@@ -88,7 +90,7 @@ class MidasDecoder(nn.Module):
             self.add_module(f"refinenet{i}", FeatureFusionBlock(features))
         self.output_conv = nn.Sequential(
             nn.Conv2d(features, features // 2, 3, padding=1),
-            nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
+            BilinearUpsample(2, align_corners=False),
             nn.Conv2d(features // 2, 32, 3, padding=1),
             nn.ReLU(True),
             nn.Conv2d(32, 1, 1),

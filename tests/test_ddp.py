@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from models import build_model
+from models import build_midas, build_model
 from tests.test_training import common_args, read_csv, write_tiny_set
-from utils.checkpoint import read_checkpoint
+from utils.checkpoint import model_checkpoint, read_checkpoint, save_checkpoint
 from utils.distributed import EpochShuffleSampler
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,3 +60,36 @@ def test_torchrun_two_processes_match_one_process(tmp_path: Path):
     parameters = [name for name, _ in build_model("dffnet", backbone="resnest14d").named_parameters()]
     difference = torch.cat([(ddp[k] - one[k]).flatten() for k in parameters]).abs()
     assert difference.max() < 1e-6  # 4 Adam steps of lr 1e-3 moved the weights by up to 4e-3
+
+
+def test_torchrun_stage2_two_processes_match_one_process(tmp_path: Path):
+    """Stage 2 (both teachers with batch statistics, the projectors' own Adam) under torchrun: on the CPU each
+    process's teachers normalise its share of the batch, as one process's do for each micro-batch."""
+    data = write_tiny_set(tmp_path / "data", 8)
+    torch.manual_seed(0)
+    teacher = build_model("dffnet", backbone="resnest14d")
+    midas = build_midas(encoder="resnet18", features=16)
+    for network, path in ((teacher, tmp_path / "teacher.pth"), (midas, tmp_path / "midas.pth")):
+        save_checkpoint(model_checkpoint(network, {}, 0), path)
+    settings = ["--epochs", "2", "--no-augment", "--lr", "1e-3", "--teacher", str(tmp_path / "teacher.pth"),
+                "--depth-teacher", str(tmp_path / "midas.pth")]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                "train_kd.py", *common_args(data, tmp_path / "ddp", batch=4), *settings]
+    single = [sys.executable, "train_kd.py", *common_args(data, tmp_path / "single", batch=4), *settings,
+              "--accumulate", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for command in (torchrun, single):
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+        assert done.returncode == 0, done.stderr[-3000:]
+    ddp_rows = read_csv(tmp_path / "ddp" / "log" / "steps.csv")
+    single_rows = read_csv(tmp_path / "single" / "log" / "steps.csv")
+    assert len(ddp_rows) == len(single_rows) == 4
+    for a, b in zip(ddp_rows, single_rows):
+        for term in ("loss", "seg", "defocus_distill", "depth_distill"):
+            assert float(a[term]) == pytest.approx(float(b[term]), rel=1e-4), term
+    ddp, one = (read_checkpoint(tmp_path / run / "model.pth") for run in ("ddp", "single"))
+    for states in ((ddp["model"], one["model"]),
+                   *((ddp["extra_modules"][name], one["extra_modules"][name]) for name in ("to_defocus", "to_depth"))):
+        keys = [k for k, v in states[0].items() if v.is_floating_point() and "running" not in k]
+        difference = torch.cat([(states[0][k] - states[1][k]).flatten() for k in keys]).abs()
+        assert difference.max() < 1e-5

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import gpu_check
+from bench import gpu_check, gpu_check_parts
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,7 +25,7 @@ def test_quick_mode_on_cpu_runs_every_part_without_cuda(tmp_path):
     assert list(parts) == [part.name for part in gpu_check.PARTS]
     assert {entry["status"] for entry in parts.values()} <= {"ok", "failed", "skipped"}
     cuda_only = {part.name for part in gpu_check.PARTS if part.requires}
-    assert cuda_only == {"correctness", "fp16", "torchrun-2", "demo"}
+    assert cuda_only == {"correctness", "fp16", "torchrun-2", "torchrun-kd", "demo"}
     for name in cuda_only:
         assert parts[name] == {"status": "skipped", "reason": "no CUDA"}
     for name in gpu_check.COMPILE_PARTS:
@@ -41,7 +41,7 @@ def test_quick_mode_on_cpu_runs_every_part_without_cuda(tmp_path):
     assert (torchrun["backend"], torchrun["world_size"], torchrun["ddp"]) == ("gloo", 1, True)
     assert len(torchrun["losses"]) == report["sizes"]["torchrun_steps"]
     assert (results["data"]["width"], results["data"]["height"]) == (96, 64)
-    assert results["loader"]["batches"] * report["sizes"]["batch"] >= gpu_check.CUHK_TR_IMAGES
+    assert results["loader"]["batches"] * report["sizes"]["batch"] >= gpu_check_parts.CUHK_TR_IMAGES
     for stage in ("stage1", "stage2"):
         rows = results[stage]["rows"]
         assert [row["precision"] for row in rows] == ["fp32", "bf16+cl"]
@@ -89,3 +89,11 @@ def test_failing_hanging_and_late_parts_are_reported(tmp_path):
     assert late["status"] == "skipped" and "budget" in late["reason"]
     needy = gpu_check.run_part(gpu_check.Part("needy", _fail, 30, needs=("fail",)), cfg, {"fail": failed}, left=60)
     assert needy["status"] == "skipped" and "fail" in needy["reason"]
+
+
+def test_the_default_budget_holds_every_part_at_its_timeout_and_modules_stay_small():
+    """Each part that runs by default fits in the default budget even when every part before it takes its
+    whole timeout; the check is split into modules of one concern each."""
+    assert gpu_check.parse_args([]).budget == sum(part.timeout for part in gpu_check.PARTS)
+    for module in ("gpu_check", "gpu_check_parts", "gpu_check_training", "gpu_check_report"):
+        assert len((ROOT / "bench" / f"{module}.py").read_text().splitlines()) <= 400, module

@@ -15,7 +15,7 @@ from torch import nn
 import train_single
 from datasets import DatasetWarning, build_dataset, dataset_names
 from datasets.registry import CUHK_VALIDATION_LIST
-from engine.evaluate import EvalSettings, evaluate_model
+from engine.evaluate import EvalSettings, eval_loader, evaluate_model
 from engine.train import Stage, train_step, validate
 from losses import normalised_depth
 from models import DBDOutput
@@ -72,7 +72,8 @@ def test_official_map_is_the_sigmoid_nearest_upsampled(half_focus_set: str, tmp_
 def test_validation_scores_the_official_map(half_focus_set: str) -> None:
     """Guards the validation run during training: the same map and MAE as the official test protocol."""
     dataset = build_dataset(half_focus_set, "test", img_size=32)
-    scores = validate(FixedMap(), dataset, EvalSettings(batch_size=1, workers=0))
+    settings = EvalSettings(batch_size=1, workers=0)
+    scores = validate(FixedMap(), eval_loader(dataset, settings), settings)
     assert scores["mae"] == pytest.approx(OFFICIAL_MAE, abs=1e-6)
 
 

@@ -27,6 +27,13 @@ def select_device(name: str = "auto") -> torch.device:
     return device
 
 
+def use_device(device: torch.device) -> None:
+    """Make an indexed CUDA device the current one, so that nothing (pinned-memory threads, cuBLAS) opens a
+    context on GPU 0 when the run is on another GPU; a no-op elsewhere."""
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)
+
+
 def autocast(device: torch.device, amp: str = "off") -> contextlib.AbstractContextManager:
     """Mixed-precision context for `--amp off|bf16|fp16` (fp16 is CUDA-only)."""
     if amp not in AMP_DTYPES:
@@ -48,7 +55,7 @@ def bf16_is_fast(device: torch.device) -> bool:
     """Whether bf16 autocast runs in hardware here: a CUDA GPU with bf16 support, or a CPU with
     AVX512-BF16 / AMX (elsewhere it is emulated and several times slower than fp32)."""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        return torch.cuda.is_bf16_supported(including_emulation=False)
     return device.type == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
 
 
@@ -57,6 +64,16 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+CUBLAS_WORKSPACE = ":4096:8"
+
+
+def use_deterministic_algorithms() -> None:
+    """`--deterministic`: deterministic algorithms only (an op without one raises), and the cuBLAS workspace
+    setting they need (CUBLAS_WORKSPACE_CONFIG, kept when already set). Call before any CUDA work."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+    torch.use_deterministic_algorithms(True)
 
 
 def configure_backends(device: torch.device, deterministic: bool = False) -> None:
