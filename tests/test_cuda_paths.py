@@ -184,7 +184,7 @@ def test_depth_teacher_fp16_uses_a_gradient_scaler_one_sync_per_step_and_persist
     monkeypatch.setattr(torch.amp, "GradScaler", RecordingScaler)
     RecordingScaler.made = []
     loaders = record_loaders(monkeypatch, engine.depth)
-    syncs = count_syncs(monkeypatch, "train_depth_teacher")
+    syncs = count_syncs(monkeypatch, "_train_depth_teacher")  # the loop, run under the --save lock
     train_depth.main(["--data", str(data), "--val-data", str(data), "--img-size", "64", "--epochs", "1",
                       "--batch-size", "2", "--features", "16", "--workers", "2", "--device", "cpu", "--amp", "fp16",
                       "--save", str(tmp_path / "midas.pth"), "--log-dir", str(tmp_path / "log")])
