@@ -14,8 +14,8 @@ import torch
 import torch.nn as nn
 
 from engine.options import bad_input, pretrained_argument
-from engine.train import (Stage, make_train_loader, prepare_trained_module, run_stage, start_training,
-                          sync_batchnorm, synchronises_batchnorm)
+from engine.train import (Stage, make_train_loader, prepare_trained_module, refuse_one_image_batch_statistics,
+                          run_stage, start_training, sync_batchnorm, synchronises_batchnorm)
 from losses import Projectors, SegmentationCriterion, feature_distillation_loss, response_distillation_loss
 from models import VARIANTS, build_model, load_checkpoint, load_midas, load_model, make_frozen_teacher
 from utils.distributed import DistributedContext, unwrap_model
@@ -61,6 +61,8 @@ def prepare_teacher(teacher: nn.Module, args: argparse.Namespace, ctx: Distribut
     """A frozen teacher on the device (BatchNorm per --teacher-bn). With batch statistics under DDP on CUDA
     its BatchNorm is synchronised like the student's, so that its targets come from the global batch as on
     one GPU (and a process's single image does not make split attention's 1x1 BatchNorm fail)."""
+    if args.teacher_bn == "batch":
+        refuse_one_image_batch_statistics(teacher, args, ctx, "the teacher with --teacher-bn batch")
     teacher = make_frozen_teacher(teacher.to(ctx.device), bn=args.teacher_bn)
     if args.teacher_bn == "batch" and synchronises_batchnorm(ctx):
         teacher = sync_batchnorm(teacher)

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn as nn
-from timm.layers import convert_sync_batchnorm
+from timm.layers import SplitAttn, convert_sync_batchnorm
 from torch.utils.data import DataLoader, Dataset
 
 from datasets import build_dataset
@@ -167,6 +167,7 @@ def sync_batchnorm(module: nn.Module) -> nn.Module:
 def prepare_trained_module(module: nn.Module, args: argparse.Namespace, ctx: DistributedContext) -> nn.Module:
     """Move to the device, channels_last, SyncBatchNorm + DDP under torchrun, torch.compile on request.
     Every variant uses all its parameters in every step, so DDP does not search for unused ones."""
+    refuse_one_image_batch_statistics(module, args, ctx, "the trained network")
     module = module.to(ctx.device)
     if args.channels_last:
         module = module.to(memory_format=torch.channels_last)
@@ -178,6 +179,19 @@ def prepare_trained_module(module: nn.Module, args: argparse.Namespace, ctx: Dis
     if args.compile:
         module = torch.compile(module)
     return module
+
+
+def refuse_one_image_batch_statistics(module: nn.Module, args: argparse.Namespace, ctx: DistributedContext,
+                                      role: str) -> None:
+    """Stop at start when a network with split attention (ResNeSt) would take BatchNorm statistics of one image:
+    its 1x1 pooled map then has one value per channel, which BatchNorm refuses in training."""
+    micro_batch = args.batch_size // (ctx.world_size * args.accumulate)
+    if micro_batch > 1 or synchronises_batchnorm(ctx) or not any(isinstance(m, SplitAttn) for m in module.modules()):
+        return
+    raise SystemExit(f"--batch-size {args.batch_size} over {ctx.world_size} process(es) x --accumulate "
+                     f"{args.accumulate} gives micro-batches of 1 image, and {role} (split attention, ResNeSt) "
+                     "cannot take BatchNorm statistics of one image; use micro-batches of 2 or more (a larger "
+                     "--batch-size or a smaller --accumulate), or torchrun on CUDA GPUs (SyncBatchNorm)")
 
 
 def to_device(batch: dict[str, Any], args: argparse.Namespace, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -519,3 +519,17 @@ def test_a_missing_split_list_names_the_split_file_flag(tmp_path: Path) -> None:
     assert train_kd.parse_args(["--split-file", "x.txt"]).split_file == "x.txt"
     assert test_script.parse_args(["--split-file", "x.txt", "--pred-dir", "m", "--dataset", "CUHK-TE-1"]).split_file \
         == "x.txt"
+
+
+# ---- micro-batches of one image through split attention (found while fixing issue 19)
+
+
+def test_a_one_image_micro_batch_through_split_attention_is_refused_at_start(tmp_path: Path) -> None:
+    data = write_set(tmp_path / "set")
+    args = train_args(data, tmp_path)  # --batch-size 2
+    with pytest.raises(SystemExit, match=r"^--batch-size 2 over 1 process\(es\) x --accumulate 2 gives micro-batches "
+                                         r"of 1 image, and the trained network \(split attention, ResNeSt\) cannot"):
+        train_single.main(args + ["--accumulate", "2"])
+    resnet = [a if a != "resnest14d" else "resnet18" for a in args]
+    train_single.main(resnet + ["--accumulate", "2"])  # plain BatchNorm takes one image
+    assert (tmp_path / "model.pth").is_file()
