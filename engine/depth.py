@@ -24,7 +24,7 @@ from losses.depth import mean_anchor_loss, scale_shift_invariant_loss
 from models import build_midas
 from utils.checkpoint import first_non_finite, last_good_checkpoint, model_checkpoint, save_checkpoint
 from utils.depth_metrics import relative_depth_errors
-from utils.log import TrainingLogger, progress
+from utils.log import RemainingTime, TrainingLogger, progress
 from utils.runlock import RunLockError, acquire, release
 from utils.optim import adam, set_lr
 from utils.runtime import (autocast, configure_backends, seed_everything, select_device, use_deterministic_algorithms,
@@ -91,6 +91,7 @@ def _train_depth_teacher(args: argparse.Namespace, device: torch.device) -> Path
     logger = TrainingLogger(log_dir(args))
     logger.info(f"depth teacher: MiDaS v2.1 / {args.encoder} (width {args.features}), {len(train_set)} images, "
                 f"batch {args.batch_size}, {len(loader)} steps/epoch, {args.epochs} epochs, device {device}")
+    pace = RemainingTime(args.epochs * len(loader))
     try:
         for epoch in range(1, args.epochs + 1):
             lr = poly_lr(epoch, args.lr, args.epochs, 0.9)
@@ -116,6 +117,8 @@ def _train_depth_teacher(args: argparse.Namespace, device: torch.device) -> Path
                 logger.step({"epoch": epoch, "step": step, "global_step": (epoch - 1) * len(loader) + step,
                              "lr": lr, "loss": value})
                 bar.set_postfix(loss=f"{value:.4f}")
+                if (estimate := pace.step()) is not None:
+                    logger.info(estimate)
             bad_weight = first_non_finite(model.state_dict())
             if bad_weight is not None:
                 raise SystemExit(f"non-finite weights after epoch {epoch}: {bad_weight}; stopping without saving "

@@ -39,7 +39,7 @@ from utils.checkpoint import (CheckpointError, first_non_finite, last_good_check
                               read_training_checkpoint, save_checkpoint)
 from utils.distributed import (DistributedContext, EpochShuffleSampler, all_reduce_sum, barrier,
                                cleanup_distributed, setup_distributed)
-from utils.log import TrainingLogger, progress
+from utils.log import RemainingTime, TrainingLogger, progress
 from utils.optim import set_lr
 from utils.runlock import RunLockError, acquire, release
 from utils.runtime import configure_backends, seed_everything, use_deterministic_algorithms
@@ -355,6 +355,7 @@ def fit(stage: Stage, args: argparse.Namespace, ctx: DistributedContext, loader:
     val_loader = eval_loader(val_set, val_settings, persistent=True) if val_set is not None else None
     steps_per_epoch = len(loader) // args.accumulate
     last_saved = start_epoch - 1 if start_epoch > 1 else None
+    pace = RemainingTime((args.epochs - start_epoch + 1) * steps_per_epoch)
     try:
         for epoch in range(start_epoch, args.epochs + 1):
             lr = poly_lr(epoch, args.lr, args.schedule_epochs, args.lr_power)
@@ -380,6 +381,8 @@ def fit(stage: Stage, args: argparse.Namespace, ctx: DistributedContext, loader:
                 for name, value in terms_this_step.items():
                     sums[name] = sums.get(name, 0.0) + value
                 bar.set_postfix(loss=f"{terms_this_step['loss']:.4f}")
+                if (estimate := pace.step()) is not None:
+                    logger.info(estimate)
             bad_weight = first_non_finite_weight(stage, ctx)
             if bad_weight is not None:
                 raise NonFiniteWeightsError(f"non-finite weights after epoch {epoch}: {bad_weight}; stopping "

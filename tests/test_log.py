@@ -83,3 +83,13 @@ def test_progress_bars_are_made_in_utils_log_only() -> None:
     users = sorted(str(path.relative_to(ROOT)) for path in ROOT.rglob("*.py")
                    if path.relative_to(ROOT).parts[0] not in ("tests", ".venv") and "tqdm" in path.read_text())
     assert users == ["utils/log.py"]
+
+
+def test_remaining_time_is_announced_once_from_the_measured_pace(monkeypatch):
+    clock = iter([100.0, 105.0])  # created at t=100; 10 steps done at t=105: 0.5 s/step
+    monkeypatch.setattr(utils.log.time, "time", lambda: next(clock))
+    pace = utils.log.RemainingTime(total_steps=250, after=10)
+    lines = [pace.step() for _ in range(12)]
+    assert lines[:9] == [None] * 9 and lines[10:] == [None, None]
+    assert lines[9] == ("0.50 s/step over the first 10 steps: about 2.0 min for the 240 steps left "
+                        "(validation and saving not included)")

@@ -81,6 +81,25 @@ def progress(iterable: Iterable | None = None, *, total: int | None = None, desc
     return LineProgress(iterable, total=total, desc=desc, unit=unit, initial=initial, disable=disable)
 
 
+class RemainingTime:
+    """Once, after the first `after` steps of a run: the measured seconds per step and the time the remaining
+    steps will take at that pace (validation and saving not included)."""
+
+    def __init__(self, total_steps: int, after: int = 10) -> None:
+        self.total_steps, self.after = total_steps, min(after, total_steps)
+        self.start, self.done = time.time(), 0
+
+    def step(self) -> str | None:
+        """Count one step; the estimate line at the `after`-th step, else None."""
+        self.done += 1
+        if self.done != self.after:
+            return None
+        per_step = (time.time() - self.start) / self.done
+        left = self.total_steps - self.done
+        return (f"{per_step:.2f} s/step over the first {self.done} steps: about {per_step * left / 60:.1f} min "
+                f"for the {left} steps left (validation and saving not included)")
+
+
 def _open_tensorboard(log_dir: Path) -> Any:
     try:
         from torch.utils.tensorboard import SummaryWriter
