@@ -222,7 +222,7 @@ def test_ddp_on_cuda_keeps_timm_batchnorm_activations_and_skips_the_unused_param
     activations = [type(m.act) for m in backbone.modules() if isinstance(m, BatchNormAct2d)]
     assert nn.SiLU in activations
     reference = copy.deepcopy(backbone).eval()
-    args = argparse.Namespace(channels_last=False, compile=False)
+    args = argparse.Namespace(channels_last=False, compile=False, batch_size=2, accumulate=1)
     network = engine.train.prepare_trained_module(backbone, args, CUDA_DDP)
     converted = [m for m in network.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     assert all(isinstance(m, nn.SyncBatchNorm) for m in converted)

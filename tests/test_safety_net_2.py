@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import io
 import os
+import random
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ import torch
 from PIL import Image
 
 import engine.stages
+import engine.train
 import train_kd
 import train_single
 from datasets import DepthDataset, MaskPolarity, build_dataset
@@ -226,6 +228,22 @@ def test_ebd_iou_counts_a_pixel_at_one_half_as_blurred() -> None:
     assert isinstance(metrics, OfficialMetrics) and metrics.iou_size == (320, 320)
     row = metrics.update(torch.tensor([[0.5, 0.0], [1.0, 1.0]]), torch.tensor([[0.0, 0.0], [1.0, 1.0]]), "a")
     assert row["iou"] == 1.0 and metrics.summary()["iou"] == 1.0
+
+
+# ---- 11. a resumed run gets back python's and numpy's generators, not only torch's
+
+
+def test_rng_states_survive_a_checkpoint_for_python_numpy_and_torch(tmp_path: Path) -> None:
+    random.seed(5)
+    np.random.seed(6)
+    torch.manual_seed(7)
+    save_checkpoint({"rng": engine.train.rng_state(torch.device("cpu"))}, tmp_path / "state.pth")
+    draws = (random.random(), float(np.random.rand()), float(torch.rand(1)))
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+    engine.train.set_rng_state(read_checkpoint(tmp_path / "state.pth")["rng"], torch.device("cpu"))
+    assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == draws
 
 
 # ---- imports go one way: no module of the project imports, even indirectly, one that imports it
