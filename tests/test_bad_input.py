@@ -26,7 +26,7 @@ from datasets.files import load_rgb
 from engine.evaluate import EvalSettings, photo_output_stems, predict_photos
 from engine.options import log_dir
 from models import build_midas, build_model
-from utils.checkpoint import read_checkpoint, save_checkpoint
+from utils.checkpoint import model_checkpoint, read_checkpoint, save_checkpoint
 from utils.distributed import DistributedContext
 from utils.report import write_results
 
@@ -80,8 +80,7 @@ def detector(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     model = build_model("dffnet", backbone="resnest14d")
     path = tmp_path_factory.mktemp("detector") / "dffnet.pth"
-    save_checkpoint({"format": "ddffnet-checkpoint-v1", "model": model.state_dict(), "model_config": model.config,
-                     "config": {}, "epoch": 0}, path)
+    save_checkpoint(model_checkpoint(model, {}, 0), path)
     return path
 
 
@@ -91,8 +90,7 @@ def midas(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     model = build_midas(encoder="resnet18", features=16)
     path = tmp_path_factory.mktemp("midas") / "midas_small.pt"
-    save_checkpoint({"format": "ddffnet-checkpoint-v1", "model": model.state_dict(), "model_config": model.config,
-                     "config": {}, "epoch": 0}, path)
+    save_checkpoint(model_checkpoint(model, {}, 0), path)
     return path
 
 

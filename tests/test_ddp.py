@@ -37,21 +37,25 @@ def test_sampler_order_depends_only_on_seed_and_epoch():
         EpochShuffleSampler(50, 6, world_size=4)
 
 
-def test_torchrun_two_processes_match_one_process(tmp_path: Path):
-    data = write_tiny_set(tmp_path / "data", 8)
-    settings = ["--epochs", "2", "--no-augment", "--lr", "1e-3"]
+def run_two_processes_and_one(script: str, data: Path, settings: list[str], tmp_path: Path) -> tuple[list, list]:
+    """`script` under torchrun with 2 gloo processes (run dir tmp_path/ddp) and as one process with --accumulate 2
+    (tmp_path/single), global batch 4; the steps.csv rows of each. Per-process BatchNorm on the CPU makes 2
+    processes equal to 2 micro-batches. Every process runs on one thread, so that sums go in the same order
+    (with other thread counts Adam magnifies rounding differences in near-zero gradients)."""
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                "train_single.py", *common_args(data, tmp_path / "ddp", batch=4), *settings]
-    single = [sys.executable, "train_single.py", *common_args(data, tmp_path / "single", batch=4), *settings,
-              "--accumulate", "2"]  # per-process BatchNorm on CPU: 2 processes == 2 micro-batches
-    # torchrun gives each process one thread; so does the single run, so that both sum in the same order
-    # (with other thread counts Adam magnifies rounding differences in near-zero gradients)
+                script, *common_args(data, tmp_path / "ddp", batch=4), *settings]
+    single = [sys.executable, script, *common_args(data, tmp_path / "single", batch=4), *settings, "--accumulate", "2"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for command in (torchrun, single):
         done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
         assert done.returncode == 0, done.stderr[-3000:]
-    ddp_rows = read_csv(tmp_path / "ddp" / "log" / "steps.csv")
-    single_rows = read_csv(tmp_path / "single" / "log" / "steps.csv")
+    return tuple(read_csv(tmp_path / run / "log" / "steps.csv") for run in ("ddp", "single"))
+
+
+def test_torchrun_two_processes_match_one_process(tmp_path: Path):
+    data = write_tiny_set(tmp_path / "data", 8)
+    settings = ["--epochs", "2", "--no-augment", "--lr", "1e-3"]
+    ddp_rows, single_rows = run_two_processes_and_one("train_single.py", data, settings, tmp_path)
     assert len(ddp_rows) == len(single_rows) == 4
     for a, b in zip(ddp_rows, single_rows):
         assert float(a["loss"]) == pytest.approx(float(b["loss"]), rel=1e-4)
@@ -73,16 +77,7 @@ def test_torchrun_stage2_two_processes_match_one_process(tmp_path: Path):
         save_checkpoint(model_checkpoint(network, {}, 0), path)
     settings = ["--epochs", "2", "--no-augment", "--lr", "1e-3", "--teacher", str(tmp_path / "teacher.pth"),
                 "--depth-teacher", str(tmp_path / "midas.pth")]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                "train_kd.py", *common_args(data, tmp_path / "ddp", batch=4), *settings]
-    single = [sys.executable, "train_kd.py", *common_args(data, tmp_path / "single", batch=4), *settings,
-              "--accumulate", "2"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    for command in (torchrun, single):
-        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
-        assert done.returncode == 0, done.stderr[-3000:]
-    ddp_rows = read_csv(tmp_path / "ddp" / "log" / "steps.csv")
-    single_rows = read_csv(tmp_path / "single" / "log" / "steps.csv")
+    ddp_rows, single_rows = run_two_processes_and_one("train_kd.py", data, settings, tmp_path)
     assert len(ddp_rows) == len(single_rows) == 4
     for a, b in zip(ddp_rows, single_rows):
         for term in ("loss", "seg", "defocus_distill", "depth_distill"):
