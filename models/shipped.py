@@ -41,8 +41,9 @@ def default_detector() -> tuple[Path, str]:
     if AUTHORS_CHECKPOINT.is_file():
         return AUTHORS_CHECKPOINT, f"using {AUTHORS_CHECKPOINT} (the authors' D-DFFNet, as found)"
     relative = SHIPPED_CHECKPOINT.relative_to(ROOT)
-    return SHIPPED_CHECKPOINT, (f"using {relative}: {describe(SHIPPED_CHECKPOINT)} "
-                                f"({AUTHORS_CHECKPOINT} is absent; see {relative.parent}/MODEL_CARD.md)")
+    description = describe(SHIPPED_CHECKPOINT)
+    card = "" if "MODEL_CARD.md" in description else f"; see {relative.parent}/MODEL_CARD.md"
+    return SHIPPED_CHECKPOINT, f"using {relative}: {description} ({AUTHORS_CHECKPOINT} is absent{card})"
 
 
 def export_release(training_checkpoint: str | os.PathLike, out: str | os.PathLike, description: str) -> Path:
