@@ -1,10 +1,12 @@
 """Does depth distillation help where defocus cues vanish? A controlled, multi-seed test of the paper's claim.
 
-    python bench/depth_effect.py [--seeds 1 2 3] [--epochs 4] [--out bench/results/depth_effect] [--quick]
+    python bench/depth_effect.py [--seeds 1 2 3] [--epochs 4] [--depth-teacher short|PATH]
+                                 [--out bench/results/depth_effect] [--quick]
 
 On the synthetic defocus data (datasets/synthetic.py, which also writes which pixels show a nearly
-textureless surface: homogeneous/), at the demo's scale and with the demo's depth teacher (MiDaS v2.1
-architecture, resnet18 encoder, trained on the synthetic depth), it trains for every seed:
+textureless surface: homogeneous/), at the demo's scale and with the demo's depth teacher (`short`: MiDaS v2.1
+architecture, resnet18 encoder, 256 steps on the synthetic depth; a path takes any MiDaS file instead), it
+scores the depth teacher (AbsRel, delta < 1.25, tools/score_depth.py) and trains for every seed:
 
     DFFNet          stage 1 (train_single.py); also the defocus teacher of that seed's stage 2
     D-DFFNet        stage 2, feature distillation from both teachers (the paper's method)
@@ -87,8 +89,9 @@ def run_name(method: str, seed: int) -> str:
 class Benchmark:
     """The runs of one benchmark under `out`: each is done when its marker file exists."""
 
-    def __init__(self, out: Path, scale: Scale, seeds: list[int], amp: str, workers: int) -> None:
-        self.out, self.scale, self.seeds = out, scale, seeds
+    def __init__(self, out: Path, scale: Scale, seeds: list[int], amp: str, workers: int,
+                 depth_teacher: str = "short") -> None:
+        self.out, self.scale, self.seeds, self.depth_teacher = out, scale, seeds, depth_teacher
         self.data, self.checkpoints, self.logs = out / "data", out / "checkpoints", out / "logs"
         self.common = ["--backbone", "resnet18", "--pretrained", "none", "--img-size", str(scale.img_size),
                        "--batch-size", str(scale.batch), "--lr", "1e-3", "--epochs", str(scale.epochs),
@@ -100,19 +103,28 @@ class Benchmark:
         self.times: dict[str, dict[str, float]] = {}
 
     def plan(self) -> list[Step]:
-        """Every step with the steps it needs: data, the depth teacher, per seed DFFNet and the four
-        stage-2 variants (after that seed's DFFNet and the depth teacher), then the scores."""
+        """Every step with the steps it needs: data, the depth teacher (trained with `short`) and its score,
+        per seed DFFNet and the four stage-2 variants (after that seed's DFFNet and the depth teacher), then
+        the scores."""
         py, s = sys.executable, self.scale
         steps = [Step(f"data_{part}", [py, "tools/make_synthetic.py", str(self.data / part), "--n", str(n), "--seed",
                                        str(seed), "--size", str(s.img_size), "--workers", "2", "--overwrite"])
                  for part, n, seed in (("train", s.train_n, 1), ("test", s.test_n, 2))]
-        midas = self.checkpoints / "midas_small.pth"
-        steps.append(Step("depth_teacher", [
-            py, "train_depth.py", "--data", str(self.data / "train"), "--val-data", str(self.data / "test"),
-            "--encoder", "resnet18", "--features", "64", "--img-size", str(s.img_size), "--epochs",
-            str(s.depth_epochs), "--batch-size", str(s.batch), "--lr", "5e-4", "--workers", str(self.workers),
-            "--amp", self.amp, "--save", str(midas), "--log-dir", str(self.logs / "depth_teacher"), "--overwrite"],
-            needs=("data_train", "data_test")))
+        teacher_steps: tuple[str, ...] = ()
+        if self.depth_teacher == "short":
+            midas = self.checkpoints / "midas_small.pth"
+            teacher_steps = ("depth_teacher",)
+            steps.append(Step("depth_teacher", [
+                py, "train_depth.py", "--data", str(self.data / "train"), "--val-data", str(self.data / "test"),
+                "--encoder", "resnet18", "--features", "64", "--img-size", str(s.img_size), "--epochs",
+                str(s.depth_epochs), "--batch-size", str(s.batch), "--lr", "5e-4", "--workers", str(self.workers),
+                "--amp", self.amp, "--save", str(midas), "--log-dir", str(self.logs / "depth_teacher"),
+                "--overwrite"], needs=("data_train", "data_test")))
+        else:
+            midas = Path(self.depth_teacher)
+        steps.append(Step("score_depth_teacher", [
+            py, "tools/score_depth.py", str(midas), str(self.data / "test"), "--img-size", str(s.img_size),
+            "--json", str(self.out / "scores" / "depth_teacher.json")], needs=("data_test", *teacher_steps)))
         train_set = ["--train-set", f"synthetic:{self.data / 'train'}"]
         for seed in self.seeds:
             teacher = run_name("DFFNet", seed)
@@ -121,7 +133,7 @@ class Benchmark:
                 if method == "DFFNet":
                     script, extra, needs = "train_single.py", [], ("data_train",)
                 else:
-                    script, needs = "train_kd.py", ("depth_teacher", teacher)
+                    script, needs = "train_kd.py", (*teacher_steps, teacher)
                     extra = [*STAGE2_FLAGS[method], "--teacher", str(self.checkpoints / f"{teacher}.pth"),
                              "--depth-teacher", str(midas), "--teacher-bn", "batch"]
                 steps.append(Step(name, [py, script, *train_set, *self.common, "--seed", str(seed), *extra,
@@ -219,7 +231,7 @@ def print_table(table: dict) -> list[str]:
     return lines
 
 
-def bar_chart(table: dict, seeds: list[int], path: Path) -> None:
+def bar_chart(table: dict, seeds: list[int], path: Path, teacher: dict) -> None:
     """Top row: MAE / F-beta / IoU per region, one bar per method (mean over seeds, std as error bar,
     single seeds as dots). Bottom row: each method minus DFFNet, paired by seed."""
     import matplotlib
@@ -246,7 +258,8 @@ def bar_chart(table: dict, seeds: list[int], path: Path) -> None:
     figure.legend(*axes[0][0].get_legend_handles_labels(), loc="upper center", ncol=len(METHODS),
                   bbox_to_anchor=(0.5, 0.955), fontsize=9)
     figure.suptitle(f"Depth distillation on synthetic defocus data: mean ± std over {len(seeds)} seed(s), "
-                    "dots = single seeds", fontsize=11)
+                    f"dots = single seeds; depth teacher AbsRel {teacher['abs_rel']:.3f}, "
+                    f"δ<1.25 {teacher['delta1']:.3f}", fontsize=11)
     figure.tight_layout(rect=(0, 0, 1, 0.91))
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100)
@@ -264,6 +277,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=2,
                         help="runs at once, each with cores / jobs threads (a step waits only for the runs it "
                              "needs: with 2, two seeds' DFFNets train side by side)")
+    parser.add_argument("--depth-teacher", default="short",
+                        help="short: train the demo's 256-step teacher on the benchmark's data; or the path of a "
+                             "MiDaS file (e.g. depth_pretrained/midas_v21-f6b98070.pt)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, to test the pipeline")
     parser.add_argument("--overwrite", action="store_true", help="delete --out and start afresh")
     args = parser.parse_args(argv)
@@ -279,31 +295,37 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out or ROOT / "bench" / "results" / f"depth_effect{'_quick' if args.quick else ''}")
     if args.overwrite and out.exists():
         shutil.rmtree(out)
+    if args.depth_teacher != "short" and not Path(args.depth_teacher).is_file():
+        raise SystemExit(f"--depth-teacher {args.depth_teacher}: no such file (or use short)")
     out.mkdir(parents=True, exist_ok=True)
     amp = args.amp
     if amp == "auto":
         import utils.runtime as runtime
         amp = "bf16" if runtime.bf16_is_fast(runtime.select_device("auto")) else "off"
-    config = {"scale": scale.__dict__, "seeds": args.seeds, "amp": amp, "workers": args.workers}
+    config = {"scale": scale.__dict__, "seeds": args.seeds, "amp": amp, "workers": args.workers,
+              "depth_teacher": args.depth_teacher}
     config_file = out / "config.json"
     if config_file.is_file() and json.loads(config_file.read_text()) != config:
         raise SystemExit(f"{out} holds a run with other settings ({config_file}); pass --overwrite or another --out")
     config_file.write_text(json.dumps(config, indent=1))
 
-    bench = Benchmark(out, scale, args.seeds, amp, args.workers)
+    bench = Benchmark(out, scale, args.seeds, amp, args.workers, args.depth_teacher)
     start = time.time()
     bench.run_all(args.jobs)
     table = summarise(bench)
     lines = print_table(table)
+    teacher = json.loads((out / "scores" / "depth_teacher.json").read_text())["rows"][0]
     from bench.common import machine
     import torch
     seconds = {name: t["end"] - t["start"] for name, t in bench.times.items()}
     wall = max(t["end"] for t in bench.times.values()) - min(t["start"] for t in bench.times.values())
     result = {"config": config, "jobs": args.jobs, "machine": machine(torch.device("cpu")),
               "wall_clock_seconds": wall, "step_seconds_sum": sum(seconds.values()), "step_seconds": seconds,
-              "seconds_this_invocation": time.time() - start, "table": table}
+              "seconds_this_invocation": time.time() - start, "depth_teacher": teacher, "table": table}
     (out / "depth_effect.json").write_text(json.dumps(result, indent=1))
-    bar_chart(table, args.seeds, out / "depth_effect.png")
+    bar_chart(table, args.seeds, out / "depth_effect.png", teacher)
+    print(f"depth teacher ({args.depth_teacher}) on the test images: AbsRel {teacher['abs_rel']:.3f}, delta<1.25 {teacher['delta1']:.3f} (constant map "
+          f"{teacher['constant_abs_rel']:.3f} / {teacher['constant_delta1']:.3f})")
     print("\n".join(lines))
     print(f"\nwall clock {wall / 60:.1f} min from the first step's start to the last step's end ({args.jobs} jobs at "
           f"once; {sum(seconds.values()) / 60:.1f} min summed over the steps; includes any pause between "

@@ -20,8 +20,8 @@ from torch.utils.data import DataLoader
 
 from datasets import DepthDataset
 from engine.options import bad_input, check_depth_teacher_arguments, log_dir, pretrained_argument
-from losses.depth import mean_anchor_loss, scale_shift_invariant_loss
-from models import build_midas
+from losses.depth import mean_anchor_loss, normalised_depth_loss, scale_shift_invariant_loss
+from models import build_midas, load_midas
 from utils.checkpoint import first_non_finite, last_good_checkpoint, model_checkpoint, save_checkpoint
 from utils.depth_metrics import relative_depth_errors
 from utils.log import RemainingTime, TrainingLogger, progress
@@ -30,6 +30,8 @@ from utils.optim import adam, set_lr
 from utils.runtime import (autocast, configure_backends, seed_everything, select_device, use_deterministic_algorithms,
                            use_device)
 from utils.schedule import poly_lr
+
+DEAD_STEPS = 50  # consecutive all-zero depth maps after which training stops (a dead final ReLU)
 
 
 @torch.no_grad()
@@ -47,6 +49,25 @@ def evaluate_depth(model: torch.nn.Module, loader: DataLoader, device: torch.dev
             totals[name] += values.sum().item()
         count += len(target)
     return {name: total / max(count, 1) for name, total in totals.items()}
+
+
+def score_depth_teacher(checkpoint: str | Path, data: str | Path, img_size: int, device: torch.device,
+                        amp: str = "off", batch_size: int = 8) -> dict[str, float]:
+    """AbsRel and delta < 1.25 of a depth teacher (MiDaS file or our checkpoint) on the images of a folder
+    with depth/ (tools/make_synthetic.py) at `img_size`, beside those of a constant map (the trivial
+    baseline: after alignment, every pixel at the image's mean inverse depth)."""
+    with bad_input("data"):
+        dataset = DepthDataset(data, img_size=img_size, augment=False)
+    loader = DataLoader(dataset, batch_size=batch_size)
+    with bad_input("checkpoint"):
+        model = load_midas(checkpoint, map_location=device)
+    scores = evaluate_depth(model, loader, device, amp)
+    constant = {"abs_rel": 0.0, "delta1": 0.0}
+    for batch in loader:
+        for name, values in relative_depth_errors(torch.ones_like(batch["depth"]), batch["depth"]).items():
+            constant[name] += values.sum().item()
+    return {**scores, **{f"constant_{name}": total / len(dataset) for name, total in constant.items()},
+            "images": len(dataset)}
 
 
 def train_depth_teacher(args: argparse.Namespace) -> Path:
@@ -92,6 +113,7 @@ def _train_depth_teacher(args: argparse.Namespace, device: torch.device) -> Path
     logger.info(f"depth teacher: MiDaS v2.1 / {args.encoder} (width {args.features}), {len(train_set)} images, "
                 f"batch {args.batch_size}, {len(loader)} steps/epoch, {args.epochs} epochs, device {device}")
     pace = RemainingTime(args.epochs * len(loader))
+    dead_steps = 0
     try:
         for epoch in range(1, args.epochs + 1):
             lr = poly_lr(epoch, args.lr, args.epochs, 0.9)
@@ -103,12 +125,19 @@ def _train_depth_teacher(args: argparse.Namespace, device: torch.device) -> Path
                 with autocast(device, args.amp):
                     depth = model(batch["image"].to(device, non_blocking=True)).depth
                 target = batch["depth"].to(device)
-                loss = (scale_shift_invariant_loss(depth, target, grad_weight=args.grad_weight)
+                fit = normalised_depth_loss if args.loss == "normalised" else scale_shift_invariant_loss
+                loss = (fit(depth, target, grad_weight=args.grad_weight)
                         + args.anchor_weight * mean_anchor_loss(depth, target))
-                value = loss.item()  # the step's one device sync
+                value, peak = torch.stack([loss.detach(), depth.detach().float().amax()]).tolist()  # one sync
                 if not math.isfinite(value):
                     raise SystemExit(f"non-finite depth loss at epoch {epoch}, step {step}; stopping. Last good "
                                      f"checkpoint: {last_good_checkpoint(args.save, epoch - 1)}")
+                dead_steps = dead_steps + 1 if peak <= 0 else 0
+                if dead_steps == DEAD_STEPS:
+                    raise SystemExit(f"the depth map has been zero everywhere for {DEAD_STEPS} steps (epoch {epoch}, "
+                                     f"step {step}): the final ReLU died and no gradient reaches the network. "
+                                     "Stopping; lower --lr or raise --anchor-weight. Last good checkpoint: "
+                                     f"{last_good_checkpoint(args.save, epoch - 1)}")
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)

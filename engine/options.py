@@ -119,6 +119,9 @@ def add_depth_teacher_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--anchor-weight", type=float, default=0.1,
                         help="weight of the mean-matching term that keeps the non-negative output alive "
                              "(losses.depth.mean_anchor_loss); 0 = the invariant loss alone")
+    parser.add_argument("--loss", choices=["ssi", "normalised"], default="ssi",
+                        help="ssi: MiDaS's least-squares scale-and-shift-invariant MSE; normalised: its median-"
+                             "normalised L1, which keeps the sign (losses.depth.normalised_depth_loss)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--device", default="auto")

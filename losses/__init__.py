@@ -1,6 +1,6 @@
 """Training losses: BCE + DOF-edge segmentation loss, feature and response distillation, depth."""
-from losses.distillation import (Projectors, feature_distillation_loss, l2_normalise, normalised_depth,
-                                 response_distillation_loss)
+from losses.depth import normalised_depth
+from losses.distillation import Projectors, feature_distillation_loss, l2_normalise, response_distillation_loss
 from losses.segmentation import (SegmentationCriterion, bce_dof_edge_loss, dof_edge_loss, label_edges,
                                  prediction_edges, segmentation_loss)
 

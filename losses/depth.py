@@ -1,4 +1,5 @@
-"""MiDaS's scale-and-shift-invariant depth loss (Ranftl et al., TPAMI 2022, eqs. 4-5 and 11)."""
+"""MiDaS's scale-and-shift-invariant depth losses (Ranftl et al., TPAMI 2022, eqs. 4-7 and 11): the
+least-squares fit and the median normalisation."""
 from __future__ import annotations
 
 import torch
@@ -8,8 +9,9 @@ from utils.resize import resize_bilinear
 
 def align_scale_shift(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor,
                       nonnegative_scale: bool = False) -> torch.Tensor:
-    """Per-image least-squares scale s and shift t; returns s * pred + t (B x 1 x H x W). With
-    `nonnegative_scale` the fit is constrained to s >= 0 (an inverted map then gets s = 0)."""
+    """Per-image least-squares scale s and shift t; returns s * pred + t (B x 1 x H x W). `valid` marks the
+    pixels that count (bool) or weighs them (float). With `nonnegative_scale` the fit is constrained to
+    s >= 0 (an inverted map then gets s = 0)."""
     b = pred.shape[0]
     p, g, m = pred.reshape(b, -1), target.reshape(b, -1), valid.reshape(b, -1).to(pred.dtype)
     n = m.sum(1).clamp_min(1.0)
@@ -62,6 +64,35 @@ def scale_shift_invariant_loss(
     if grad_weight == 0:
         return ssi
     return ssi + grad_weight * gradient_matching_loss(residual, valid, scales)
+
+
+def lower_median(flat: torch.Tensor) -> torch.Tensor:
+    """The value torch.median(dim=1, keepdim=True) gives (the lower middle value), by sorting: on CUDA a median
+    along a dimension has no deterministic implementation, so it would fail under --deterministic."""
+    middle = (flat.shape[1] - 1) // 2
+    return flat.sort(dim=1).values[:, middle : middle + 1]
+
+
+def normalised_depth(depth: torch.Tensor) -> torch.Tensor:
+    """Per-image (d - median) / mean|d - median|: MiDaS's relative inverse depth on a fixed scale."""
+    flat = depth.float().flatten(1)
+    median = lower_median(flat)
+    spread = (flat - median).abs().mean(dim=1, keepdim=True).clamp_min(1e-6)
+    return ((flat - median) / spread).view_as(depth)
+
+
+def normalised_depth_loss(pred: torch.Tensor, target: torch.Tensor, grad_weight: float = 0.5,
+                          scales: int = 4) -> torch.Tensor:
+    """MiDaS's median-normalised form of the invariant loss (eqs. 6-7, untrimmed): mean |n(pred) - n(target)|
+    with n = normalised_depth, + grad_weight x multi-scale gradient matching of that residual. Unlike the
+    least-squares fit, the normalisation keeps the sign: an inverted map is penalised, not flipped back."""
+    if pred.shape[-2:] != target.shape[-2:]:
+        pred = resize_bilinear(pred, target.shape[-2:])
+    residual = normalised_depth(pred) - normalised_depth(target)
+    loss = residual.abs().mean()
+    if grad_weight == 0:
+        return loss
+    return loss + grad_weight * gradient_matching_loss(residual, torch.ones_like(residual, dtype=torch.bool), scales)
 
 
 def mean_anchor_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

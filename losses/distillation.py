@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from losses.depth import scale_shift_invariant_loss
+from losses.depth import normalised_depth, scale_shift_invariant_loss
 
 
 def l2_normalise(features: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -60,21 +60,6 @@ class Projectors(nn.Module):
     def forward(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Project each student level to its teacher's channel count."""
         return [conv(f) for conv, f in zip(self.convs, features, strict=True)]
-
-
-def lower_median(flat: torch.Tensor) -> torch.Tensor:
-    """The value torch.median(dim=1, keepdim=True) gives (the lower middle value), by sorting: on CUDA a median
-    along a dimension has no deterministic implementation, so it would fail under --deterministic."""
-    middle = (flat.shape[1] - 1) // 2
-    return flat.sort(dim=1).values[:, middle : middle + 1]
-
-
-def normalised_depth(depth: torch.Tensor) -> torch.Tensor:
-    """Per-image (d - median) / mean|d - median|: MiDaS's relative inverse depth on a fixed scale."""
-    flat = depth.float().flatten(1)
-    median = lower_median(flat)
-    spread = (flat - median).abs().mean(dim=1, keepdim=True).clamp_min(1e-6)
-    return ((flat - median) / spread).view_as(depth)
 
 
 def response_distillation_loss(heads: Sequence[torch.Tensor],

@@ -44,8 +44,10 @@ def test_quick_run_trains_scores_and_resumes(tmp_path: Path):
     with Image.open(out / "depth_effect.png") as chart:
         chart.load()
         assert chart.size[0] > 800 and len(np.unique(np.asarray(chart.convert("L")))) > 10
+    assert 0 < result["depth_teacher"]["abs_rel"] and 0 < result["depth_teacher"]["constant_abs_rel"]
+    assert "depth teacher (short) on the test images: AbsRel" in first.stdout
     logs = {p: p.stat().st_mtime_ns for p in (out / "logs").glob("*.log")}
-    assert len(logs) == 2 + 1 + 5 + 5  # data x 2, depth teacher, 5 trainings, 5 scores
+    assert len(logs) == 2 + 2 + 5 + 5  # data x 2, depth teacher and its score, 5 trainings, 5 scores
 
     again = run_quick(out)  # everything is done: nothing runs again, the summary is the same
     assert again.returncode == 0, again.stderr[-3000:]
@@ -71,3 +73,22 @@ def test_summary_is_mean_std_and_the_paired_difference(monkeypatch: pytest.Monke
     assert cell["mean"] == pytest.approx(0.22) and cell["std"] == pytest.approx(0.0424264, abs=1e-7)
     assert cell["minus_dffnet"]["mean"] == pytest.approx(-0.03)
     assert cell["minus_dffnet"]["std"] == pytest.approx(0.0282843, abs=1e-7)
+
+
+def test_a_given_teacher_file_replaces_the_short_one(tmp_path: Path):
+    """By default the benchmark trains the short teacher first and every stage-2 run waits for it; with a
+    file, nothing trains a depth teacher and the stage-2 runs and the teacher's score read that file."""
+    def teacher_of(steps: list) -> set[str]:
+        return {step.command[step.command.index("--depth-teacher") + 1] for step in steps
+                if "--depth-teacher" in step.command}
+
+    short = depth_effect.Benchmark(tmp_path, depth_effect.QUICK, [1, 2], "off", 0).plan()
+    assert teacher_of(short) == {str(tmp_path / "checkpoints" / "midas_small.pth")}
+    assert [step.name for step in short if step.command[1] == "train_depth.py"] == ["depth_teacher"]
+    assert all("depth_teacher" in step.needs for step in short if "--depth-teacher" in step.command)
+    given = tmp_path / "midas.pth"
+    planned = depth_effect.Benchmark(tmp_path, depth_effect.QUICK, [1, 2], "off", 0, str(given)).plan()
+    assert teacher_of(planned) == {str(given)}
+    assert not any(step.command[1] == "train_depth.py" for step in planned)
+    score = next(step for step in planned if step.name == "score_depth_teacher")
+    assert score.command[2] == str(given)

@@ -118,3 +118,66 @@ def test_train_depth_stops_on_non_finite_weights_and_keeps_the_last_good_checkpo
         main(["--data", str(data), "--img-size", "64", "--epochs", "3", "--batch-size", "2", "--features", "16",
               "--workers", "0", "--device", "cpu", "--save", str(save), "--log-dir", str(tmp_path / "log")])
     assert save.read_bytes() == epoch1_file[0]
+
+
+def test_train_depth_stops_when_the_depth_map_dies(tmp_path, monkeypatch):
+    """A final ReLU that outputs zero everywhere gets no gradient back: training stops with the remedy named
+    instead of running to the end on a constant map (what lr 2e-3 did to a 5,120-step run)."""
+    import pytest
+
+    import engine.depth
+    from datasets.synthetic import generate_dataset
+    from train_depth import main
+
+    data = generate_dataset(tmp_path / "syn", n=4, seed=3, size=64)
+    real_build = engine.depth.build_midas
+
+    def build_dead(*args, **kwargs):
+        model = real_build(*args, **kwargs)
+        with torch.no_grad():
+            model.scratch.output_conv[-2].bias.fill_(-1e3)  # the last conv before the ReLU: always negative
+        return model
+
+    monkeypatch.setattr(engine.depth, "build_midas", build_dead)
+    monkeypatch.setattr(engine.depth, "DEAD_STEPS", 3)
+    with pytest.raises(SystemExit, match=r"zero everywhere for 3 steps .*lower --lr or raise --anchor-weight"):
+        main(["--data", str(data), "--img-size", "64", "--epochs", "2", "--batch-size", "2", "--features", "16",
+              "--workers", "0", "--device", "cpu", "--save", str(tmp_path / "m.pth"), "--log-dir", str(tmp_path / "l")])
+
+
+def test_normalised_loss_is_zero_for_a_positive_affine_map_and_penalises_an_inverted_one():
+    """Any s * target + t with s > 0 scores 0 under both losses. An inverted map (s < 0) also scores 0 under
+    the least-squares fit, which flips it back; the median normalisation keeps the sign and penalises it."""
+    from losses.depth import normalised_depth_loss
+
+    g = torch.Generator().manual_seed(1)
+    target = torch.rand(2, 1, 16, 16, generator=g) + 0.1
+    assert normalised_depth_loss(3 * target + 0.5, target).item() < 1e-5
+    inverted = 2.0 - target
+    assert scale_shift_invariant_loss(inverted, target).item() < 1e-6
+    assert normalised_depth_loss(inverted, target, grad_weight=0.0).item() > 1.0
+    pred = torch.rand(2, 1, 16, 16, generator=g, requires_grad=True)
+    normalised_depth_loss(pred, target).backward()
+    assert pred.grad.abs().sum() > 0
+
+
+def test_score_depth_reports_the_teacher_beside_a_constant_map_and_names_bad_files(tmp_path, capsys):
+    import json
+
+    import pytest
+
+    from datasets.synthetic import generate_dataset
+    from models import build_midas
+    from tools.score_depth import main
+    from utils.checkpoint import model_checkpoint, save_checkpoint
+
+    data = generate_dataset(tmp_path / "syn", n=3, seed=3, size=64)
+    teacher = save_checkpoint(model_checkpoint(build_midas("resnet18", features=16), {}, 1), tmp_path / "m.pth")
+    main([str(teacher), str(data), "--img-size", "64", "96", "--device", "cpu", "--json", str(tmp_path / "s.json")])
+    rows = json.loads((tmp_path / "s.json").read_text())["rows"]
+    assert [(r["img_size"], r["images"]) for r in rows] == [(64, 3), (96, 3)]
+    assert all(0 < r["constant_abs_rel"] < 1 and 0 <= r["delta1"] <= 1 for r in rows)
+    assert capsys.readouterr().out.count(f"| {data} |") == 2
+    (tmp_path / "bad.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(SystemExit, match="checkpoint: .*bad.pth"):
+        main([str(tmp_path / "bad.pth"), str(data), "--img-size", "64", "--device", "cpu"])

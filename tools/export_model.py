@@ -19,7 +19,7 @@ from utils.checkpoint import CheckpointError  # noqa: E402
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("checkpoint", help="a checkpoint written by train_single.py or train_kd.py")
+    parser.add_argument("checkpoint", help="a checkpoint written by train_single.py, train_kd.py or train_depth.py")
     parser.add_argument("out", help="the file to write")
     parser.add_argument("--description", required=True, help="one line: what the model is (test.py prints it)")
     args = parser.parse_args(argv)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Train, export and score the real-photo DFFNet shipped in checkpoint/release/ (MODEL_CARD.md there).
 #
-#   bash tools/train_release.sh                  # about 45 min on a quiet 2-core CPU (see the model card)
+#   bash tools/train_release.sh                  # about 75 min on one quiet thread with AMX (see the model card)
 #   RESUME=1 bash tools/train_release.sh         # continue an interrupted run from its last epoch
 #
 # The recipe joins the two winners of bench/release_recipes.py ("resnet10t 224" and "crops 160"), run
