@@ -324,8 +324,9 @@ def main(argv: list[str] | None = None) -> None:
               "seconds_this_invocation": time.time() - start, "depth_teacher": teacher, "table": table}
     (out / "depth_effect.json").write_text(json.dumps(result, indent=1))
     bar_chart(table, args.seeds, out / "depth_effect.png", teacher)
-    print(f"depth teacher ({args.depth_teacher}) on the test images: AbsRel {teacher['abs_rel']:.3f}, delta<1.25 {teacher['delta1']:.3f} (constant map "
-          f"{teacher['constant_abs_rel']:.3f} / {teacher['constant_delta1']:.3f})")
+    print(f"depth teacher ({args.depth_teacher}) on the test images: AbsRel {teacher['abs_rel']:.3f}, "
+          f"delta<1.25 {teacher['delta1']:.3f} (constant map {teacher['constant_abs_rel']:.3f} / "
+          f"{teacher['constant_delta1']:.3f})")
     print("\n".join(lines))
     print(f"\nwall clock {wall / 60:.1f} min from the first step's start to the last step's end ({args.jobs} jobs at "
           f"once; {sum(seconds.values()) / 60:.1f} min summed over the steps; includes any pause between "

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 from datasets import DepthDataset
 from engine.options import bad_input, check_depth_teacher_arguments, log_dir, pretrained_argument
 from losses.depth import mean_anchor_loss, normalised_depth_loss, scale_shift_invariant_loss
-from models import build_midas, load_midas
+from models import build_midas
 from utils.checkpoint import first_non_finite, last_good_checkpoint, model_checkpoint, save_checkpoint
 from utils.depth_metrics import relative_depth_errors
 from utils.log import RemainingTime, TrainingLogger, progress
@@ -35,39 +35,36 @@ DEAD_STEPS = 50  # consecutive all-zero depth maps after which training stops (a
 
 
 @torch.no_grad()
-def evaluate_depth(model: torch.nn.Module, loader: DataLoader, device: torch.device, amp: str) -> dict[str, float]:
+def evaluate_depth(model: torch.nn.Module, loader: DataLoader, device: torch.device, amp: str,
+                   with_constant: bool = False) -> dict[str, float]:
     """AbsRel and delta < 1.25 (utils.depth_metrics: per-image scale-and-shift alignment, MiDaS's
-    convention), averaged over the images of `loader`."""
+    convention), averaged over the images of `loader`; with `with_constant`, in the same pass, also those
+    of a constant map (the trivial baseline: after alignment, every pixel at the image's mean)."""
     model.eval()
     totals, count = {"abs_rel": 0.0, "delta1": 0.0}, 0
+    if with_constant:
+        totals.update({"constant_abs_rel": 0.0, "constant_delta1": 0.0})
     for batch in loader:
         with autocast(device, amp):
             depth = model(batch["image"].to(device)).depth.float()
         target = batch["depth"].to(device)
         depth = F.interpolate(depth, size=target.shape[-2:], mode="bilinear", align_corners=False)
-        for name, values in relative_depth_errors(depth, target).items():
-            totals[name] += values.sum().item()
+        maps = {"": depth, "constant_": torch.ones_like(target)} if with_constant else {"": depth}
+        for prefix, prediction in maps.items():
+            for name, values in relative_depth_errors(prediction, target).items():
+                totals[prefix + name] += values.sum().item()
         count += len(target)
     return {name: total / max(count, 1) for name, total in totals.items()}
 
 
-def score_depth_teacher(checkpoint: str | Path, data: str | Path, img_size: int, device: torch.device,
+def score_depth_teacher(model: torch.nn.Module, data: str | Path, img_size: int, device: torch.device,
                         amp: str = "off", batch_size: int = 8) -> dict[str, float]:
-    """AbsRel and delta < 1.25 of a depth teacher (MiDaS file or our checkpoint) on the images of a folder
-    with depth/ (tools/make_synthetic.py) at `img_size`, beside those of a constant map (the trivial
-    baseline: after alignment, every pixel at the image's mean inverse depth)."""
+    """AbsRel and delta < 1.25 of a depth teacher on the images of a folder with depth/
+    (tools/make_synthetic.py) at `img_size`, beside those of a constant map, and the image count."""
     with bad_input("data"):
         dataset = DepthDataset(data, img_size=img_size, augment=False)
-    loader = DataLoader(dataset, batch_size=batch_size)
-    with bad_input("checkpoint"):
-        model = load_midas(checkpoint, map_location=device)
-    scores = evaluate_depth(model, loader, device, amp)
-    constant = {"abs_rel": 0.0, "delta1": 0.0}
-    for batch in loader:
-        for name, values in relative_depth_errors(torch.ones_like(batch["depth"]), batch["depth"]).items():
-            constant[name] += values.sum().item()
-    return {**scores, **{f"constant_{name}": total / len(dataset) for name, total in constant.items()},
-            "images": len(dataset)}
+    scores = evaluate_depth(model, DataLoader(dataset, batch_size=batch_size), device, amp, with_constant=True)
+    return {**scores, "images": len(dataset)}
 
 
 def train_depth_teacher(args: argparse.Namespace) -> Path:

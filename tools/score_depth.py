@@ -1,7 +1,7 @@
 """Score a depth teacher on synthetic sets with depth maps: AbsRel and delta < 1.25 per set and input size,
 beside a constant map (the trivial baseline); per-image scale-and-shift alignment, as MiDaS is scored.
 
-    python tools/score_depth.py depth_pretrained/midas_synthetic_cpu.pth results/depth_val --img-size 128 160 320
+    python tools/score_depth.py depth_pretrained/midas_small.pth results/depth_val --img-size 128 160 320
 """
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from engine.depth import score_depth_teacher  # noqa: E402
-from engine.options import check_img_size  # noqa: E402
+from engine.options import bad_input, check_img_size  # noqa: E402
+from models import load_midas  # noqa: E402
 from utils.runtime import AMP_DTYPES, select_device  # noqa: E402
 
 
@@ -30,12 +31,14 @@ def main(argv: list[str] | None = None) -> None:
     for size in args.img_size:
         check_img_size(size)
     device = select_device(args.device)
+    with bad_input("checkpoint"):
+        model = load_midas(args.checkpoint, map_location=device)
     rows = []
     print("| data | px | images | AbsRel | delta<1.25 | constant map AbsRel | constant map delta<1.25 |")
     print("|---|---|---|---|---|---|---|")
     for data in args.data:
         for size in args.img_size:
-            row = score_depth_teacher(args.checkpoint, data, size, device, args.amp)
+            row = score_depth_teacher(model, data, size, device, args.amp)
             rows.append({"data": data, "img_size": size, **row})
             print(f"| {data} | {size} | {row['images']} | {row['abs_rel']:.3f} | {row['delta1']:.3f} | "
                   f"{row['constant_abs_rel']:.3f} | {row['constant_delta1']:.3f} |", flush=True)
