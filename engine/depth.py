@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 
 from datasets import DepthDataset
 from engine.options import bad_input, check_depth_teacher_arguments, log_dir, pretrained_argument
-from losses.depth import mean_anchor_loss, normalised_depth_loss, scale_shift_invariant_loss
+from losses.depth import DEPTH_LOSSES, mean_anchor_loss
 from models import build_midas
 from utils.checkpoint import first_non_finite, last_good_checkpoint, model_checkpoint, save_checkpoint
 from utils.depth_metrics import relative_depth_errors
@@ -29,7 +29,7 @@ from utils.runlock import RunLockError, acquire, release
 from utils.optim import adam, set_lr
 from utils.runtime import (autocast, configure_backends, seed_everything, select_device, use_deterministic_algorithms,
                            use_device)
-from utils.schedule import poly_lr
+from utils.schedule import poly_lr, warmup_factor
 
 DEAD_STEPS = 50  # consecutive all-zero depth maps after which training stops (a dead final ReLU)
 
@@ -114,16 +114,16 @@ def _train_depth_teacher(args: argparse.Namespace, device: torch.device) -> Path
     try:
         for epoch in range(1, args.epochs + 1):
             lr = poly_lr(epoch, args.lr, args.epochs, 0.9)
-            set_lr(optimizer, lr)
             model.train()
             start, running = time.time(), 0.0
             bar = progress(loader, desc=f"depth epoch {epoch}/{args.epochs}")
             for step, batch in enumerate(bar, start=1):
+                global_step = (epoch - 1) * len(loader) + step
+                set_lr(optimizer, lr * warmup_factor(global_step, args.warmup_steps))
                 with autocast(device, args.amp):
                     depth = model(batch["image"].to(device, non_blocking=True)).depth
                 target = batch["depth"].to(device)
-                fit = normalised_depth_loss if args.loss == "normalised" else scale_shift_invariant_loss
-                loss = (fit(depth, target, grad_weight=args.grad_weight)
+                loss = (DEPTH_LOSSES[args.loss](depth, target, grad_weight=args.grad_weight)
                         + args.anchor_weight * mean_anchor_loss(depth, target))
                 value, peak = torch.stack([loss.detach(), depth.detach().float().amax()]).tolist()  # one sync
                 if not math.isfinite(value):
@@ -133,15 +133,15 @@ def _train_depth_teacher(args: argparse.Namespace, device: torch.device) -> Path
                 if dead_steps == DEAD_STEPS:
                     raise SystemExit(f"the depth map has been zero everywhere for {DEAD_STEPS} steps (epoch {epoch}, "
                                      f"step {step}): the final ReLU died and no gradient reaches the network. "
-                                     "Stopping; lower --lr or raise --anchor-weight. Last good checkpoint: "
-                                     f"{last_good_checkpoint(args.save, epoch - 1)}")
+                                     "Stopping; lower --lr, raise --anchor-weight or warm up (--warmup-steps). "
+                                     f"Last good checkpoint: {last_good_checkpoint(args.save, epoch - 1)}")
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
                 running += value
-                logger.step({"epoch": epoch, "step": step, "global_step": (epoch - 1) * len(loader) + step,
-                             "lr": lr, "loss": value})
+                logger.step({"epoch": epoch, "step": step, "global_step": global_step,
+                             "lr": lr * warmup_factor(global_step, args.warmup_steps), "loss": value})
                 bar.set_postfix(loss=f"{value:.4f}")
                 if (estimate := pace.step()) is not None:
                     logger.info(estimate)

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from datasets import DatasetError
+from losses.depth import DEPTH_LOSSES
 from models.layers import INPUT_MULTIPLE
 from utils.checkpoint import CheckpointError
 from utils.distributed import DistributedContext
@@ -115,13 +116,17 @@ def add_depth_teacher_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=3e-4, help="Adam base learning rate, poly decay per epoch")
+    parser.add_argument("--warmup-steps", type=int, default=0,
+                        help="linear learning-rate warm-up over the first N steps (keeps a network trained from "
+                             "scratch out of its final ReLU's dead zone)")
     parser.add_argument("--grad-weight", type=float, default=0.5, help="weight of MiDaS's gradient-matching term")
     parser.add_argument("--anchor-weight", type=float, default=0.1,
                         help="weight of the mean-matching term that keeps the non-negative output alive "
                              "(losses.depth.mean_anchor_loss); 0 = the invariant loss alone")
-    parser.add_argument("--loss", choices=["ssi", "normalised"], default="ssi",
+    parser.add_argument("--loss", choices=list(DEPTH_LOSSES), default="ssi",
                         help="ssi: MiDaS's least-squares scale-and-shift-invariant MSE; normalised: its median-"
-                             "normalised L1, which keeps the sign (losses.depth.normalised_depth_loss)")
+                             "normalised L1, which keeps the sign (losses.depth.normalised_depth_loss); ordinal: L1 "
+                             "to the per-image mid-rank of inverse depth (losses.depth.ordinal_depth_loss)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--device", default="auto")
@@ -231,6 +236,8 @@ def check_depth_teacher_arguments(args: argparse.Namespace, device: torch.device
     check_amp(args.amp, device)
     check_outputs(args)
     check_save_is_new(args)
+    if args.warmup_steps < 0:
+        raise SystemExit(f"--warmup-steps must be >= 0, got {args.warmup_steps}")
 
 
 @contextlib.contextmanager

@@ -1,5 +1,5 @@
-"""MiDaS's scale-and-shift-invariant depth losses (Ranftl et al., TPAMI 2022, eqs. 4-7 and 11): the
-least-squares fit and the median normalisation."""
+"""Relative-depth losses: MiDaS's scale-and-shift-invariant ones (Ranftl et al., TPAMI 2022, eqs. 4-7 and 11:
+the least-squares fit and the median normalisation) and an ordinal one (per-image mid-rank targets)."""
 from __future__ import annotations
 
 import torch
@@ -95,6 +95,30 @@ def normalised_depth_loss(pred: torch.Tensor, target: torch.Tensor, grad_weight:
     return loss + grad_weight * gradient_matching_loss(residual, torch.ones_like(residual, dtype=torch.bool), scales)
 
 
+def ordinal_depth(depth: torch.Tensor) -> torch.Tensor:
+    """Per-image mid-rank of every pixel's value, in (0, 1]: the share of the image's pixels below it plus half
+    the share equal to it. Invariant to any increasing transform of `depth`; ties (a flat surface) share one value."""
+    flat = depth.float().flatten(1).contiguous()
+    ordered = flat.sort(dim=1).values
+    below = torch.searchsorted(ordered, flat, right=False)
+    up_to = torch.searchsorted(ordered, flat, right=True)
+    return ((below + up_to).float() / (2 * flat.shape[1]) + 0.5 / flat.shape[1]).view_as(depth)
+
+
+def ordinal_depth_loss(pred: torch.Tensor, target: torch.Tensor, grad_weight: float = 0.5,
+                       scales: int = 4) -> torch.Tensor:
+    """Mean |pred - ordinal_depth(target)| + grad_weight x multi-scale gradient matching of that residual: `pred`
+    regresses the depth order of the image's pixels (1 = nearest), which is what AbsRel and delta < 1.25 reward
+    after alignment, on one scale for every image (raw inverse depths span three decades between scenes)."""
+    if pred.shape[-2:] != target.shape[-2:]:
+        pred = resize_bilinear(pred, target.shape[-2:])
+    residual = pred.float() - ordinal_depth(target)
+    loss = residual.abs().mean()
+    if grad_weight == 0:
+        return loss
+    return loss + grad_weight * gradient_matching_loss(residual, torch.ones_like(residual, dtype=torch.bool), scales)
+
+
 def mean_anchor_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Squared difference of the per-image means of `pred` and `target` (B x 1 x H x W), averaged.
 
@@ -105,3 +129,6 @@ def mean_anchor_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     if pred.shape[-2:] != target.shape[-2:]:
         pred = resize_bilinear(pred, target.shape[-2:])
     return ((pred.float().mean((1, 2, 3)) - target.float().mean((1, 2, 3))) ** 2).mean()
+
+
+DEPTH_LOSSES = {"ssi": scale_shift_invariant_loss, "normalised": normalised_depth_loss, "ordinal": ordinal_depth_loss}

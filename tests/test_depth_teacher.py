@@ -140,7 +140,7 @@ def test_train_depth_stops_when_the_depth_map_dies(tmp_path, monkeypatch):
 
     monkeypatch.setattr(engine.depth, "build_midas", build_dead)
     monkeypatch.setattr(engine.depth, "DEAD_STEPS", 3)
-    with pytest.raises(SystemExit, match=r"zero everywhere for 3 steps .*lower --lr or raise --anchor-weight"):
+    with pytest.raises(SystemExit, match=r"zero everywhere for 3 steps .*lower --lr, raise --anchor-weight or warm up"):
         main(["--data", str(data), "--img-size", "64", "--epochs", "2", "--batch-size", "2", "--features", "16",
               "--workers", "0", "--device", "cpu", "--save", str(tmp_path / "m.pth"), "--log-dir", str(tmp_path / "l")])
 
@@ -181,3 +181,44 @@ def test_score_depth_reports_the_teacher_beside_a_constant_map_and_names_bad_fil
     (tmp_path / "bad.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(SystemExit, match="checkpoint: .*bad.pth"):
         main([str(tmp_path / "bad.pth"), str(data), "--img-size", "64", "--device", "cpu"])
+
+
+def test_ordinal_target_is_the_mid_rank_and_ignores_any_increasing_transform():
+    """Ties share the middle of their ranks; 1 is the nearest pixel; exp / affine maps of the inverse depth give
+    the same target, an inverted map a different one, and the loss of the target itself is 0."""
+    from losses.depth import ordinal_depth, ordinal_depth_loss
+
+    inverse_depth = torch.tensor([0.5, 0.5, 2.0, 8.0]).view(1, 1, 1, 4)
+    assert torch.allclose(ordinal_depth(inverse_depth).flatten(), torch.tensor([0.375, 0.375, 0.75, 1.0]))
+    g = torch.Generator().manual_seed(2)
+    target = torch.rand(2, 1, 12, 12, generator=g) + 0.05
+    for transformed in (3 * target + 1, target.exp()):
+        assert torch.equal(ordinal_depth(transformed), ordinal_depth(target))
+    assert not torch.equal(ordinal_depth(-target), ordinal_depth(target))
+    assert ordinal_depth_loss(ordinal_depth(target), target).item() < 1e-6
+    pred = torch.rand(2, 1, 12, 12, generator=g, requires_grad=True)
+    ordinal_depth_loss(pred, target).backward()
+    assert pred.grad.abs().sum() > 0
+
+
+def test_warmup_factor_ramps_linearly_then_holds():
+    from utils.schedule import warmup_factor
+
+    assert [warmup_factor(s, 4) for s in (1, 2, 4, 9)] == [0.25, 0.5, 1.0, 1.0]
+    assert warmup_factor(1, 0) == 1.0
+
+
+def test_depth_oracles_rank_the_maps_as_the_metric_should(tmp_path):
+    """bench/depth_oracles.py on a few tiny scenes: the true order is nearly perfect, a constant map is the
+    worst, noise on the true depth costs more as it grows, and the JSON holds every row."""
+    import json
+
+    from bench.depth_oracles import main
+
+    main(["--n", "6", "--seed", "7", "--size", "48", "--json", str(tmp_path / "o.json")])
+    table = json.loads((tmp_path / "o.json").read_text())["oracles"]
+    assert table["true order (per-image rank)"]["abs_rel"] < 0.15
+    assert max(row["abs_rel"] for row in table.values()) == table["constant"]["abs_rel"]
+    noisy = [table[f"true depth x layer noise, sigma {s}"]["abs_rel"] for s in (0.1, 0.5)]
+    assert noisy[0] < noisy[1]
+    assert {"figure / ground (objects near, backdrop far)", "defocus magnitude, abs(1/z - 1/z_focus)"} <= set(table)

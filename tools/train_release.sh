@@ -17,7 +17,9 @@
 #   DUT_DIR     optional DUT-style folder (image/, gt/) scored as photos from another source
 #               [data/DUT-sample, else ../shared/data/DUT-sample]
 #   OUT         run folder: checkpoint, logs, scores                     [results/release]
-#   EPOCHS      training epochs of 63 steps                              [90]
+#   TRAIN_SET   CUHK-TR-1-FIT (504 photos, validated on CUHK-TR-1-VAL) or CUHK-TR-1 (all 604, no
+#               validation: the shipped file)                            [CUHK-TR-1-FIT]
+#   EPOCHS      training epochs (63 steps on CUHK-TR-1-FIT, 75 on CUHK-TR-1) [90]
 #   THREADS     CPU threads                                              [2]
 #   EXPORT      where the fp16 release file goes                         [$OUT/dffnet_cuhk_cpu.pth]
 set -euo pipefail
@@ -26,6 +28,12 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 OUT=${OUT:-results/release}
 EPOCHS=${EPOCHS:-90}
+TRAIN_SET=${TRAIN_SET:-CUHK-TR-1-FIT}
+case "$TRAIN_SET" in
+    CUHK-TR-1-FIT) VAL=(--val-set CUHK-TR-1-VAL --val-every 4) ;;
+    CUHK-TR-1) VAL=() ;;
+    *) echo "train_release.sh: TRAIN_SET must be CUHK-TR-1-FIT or CUHK-TR-1, got '$TRAIN_SET'" >&2; exit 2 ;;
+esac
 export OMP_NUM_THREADS=${THREADS:-2}
 EXPORT=${EXPORT:-$OUT/dffnet_cuhk_cpu.pth}
 
@@ -50,8 +58,8 @@ ln -sfn "$(realpath "$SPLIT_LIST")" "$ROOT/splits/cuhk_te1.txt"
 
 START=(--overwrite)
 [ "${RESUME:-0}" = 1 ] && START=(--resume)
-echo "[$(date +%T)] training: CUHK-TR-1-FIT from $CUHK_DIR, $EPOCHS epochs, $OMP_NUM_THREADS thread(s)"
-"$PY" train_single.py --train-set CUHK-TR-1-FIT --val-set CUHK-TR-1-VAL --val-every 4 --data-root "$ROOT" \
+echo "[$(date +%T)] training: $TRAIN_SET from $CUHK_DIR, $EPOCHS epochs, $OMP_NUM_THREADS thread(s)"
+"$PY" train_single.py --train-set "$TRAIN_SET" "${VAL[@]}" --data-root "$ROOT" \
     --backbone resnet10t --pretrained none --img-size 224 --crop-scale 0.5 \
     --batch-size 8 --lr 5e-4 --epochs "$EPOCHS" --schedule-epochs "$EPOCHS" \
     --amp bf16 --channels-last --workers 1 \
@@ -59,10 +67,15 @@ echo "[$(date +%T)] training: CUHK-TR-1-FIT from $CUHK_DIR, $EPOCHS epochs, $OMP
 
 echo "[$(date +%T)] export: fp16 weights + training config -> $EXPORT"
 "$PY" tools/export_model.py "$OUT/dffnet_release_train.pth" "$EXPORT" --description \
-    "DFFNet (resnet10t, from scratch, 224 px) trained by this repository on CUHK-TR-1-FIT on a CPU; checkpoint/release/MODEL_CARD.md"
+    "DFFNet (resnet10t, from scratch, 224 px) trained by this repository on $TRAIN_SET on a CPU; checkpoint/release/MODEL_CARD.md"
 
 echo "[$(date +%T)] scores (official protocol) of the exported file"
-SETS=(CUHK-TR-1-VAL)
+SETS=()
+[ "$TRAIN_SET" = CUHK-TR-1-FIT ] && SETS+=(CUHK-TR-1-VAL)
 [ -n "$DUT_DIR" ] && SETS+=("folder:$(realpath "$DUT_DIR"):white=in-focus")
-"$PY" test.py --checkpoint "$EXPORT" --data-root "$ROOT" --dataset "${SETS[@]}" --out "$OUT/scores"
+if [ ${#SETS[@]} -gt 0 ]; then
+    "$PY" test.py --checkpoint "$EXPORT" --data-root "$ROOT" --dataset "${SETS[@]}" --out "$OUT/scores"
+else
+    echo "no held-out set to score (training on CUHK-TR-1 uses the validation photos; no DUT_DIR)"
+fi
 echo "[$(date +%T)] done: $EXPORT; copy it to checkpoint/release/ and update models/shipped.py's SHA-256"

@@ -24,3 +24,10 @@ def distill_alpha(epoch: int, max_epochs: int = 75) -> float:
     if max_epochs <= DISTILL_ALPHA_HOLD:
         raise ValueError(f"distill_alpha: epoch {epoch} needs max_epochs above {DISTILL_ALPHA_HOLD}, got {max_epochs}")
     return 3.0 * (epoch - DISTILL_ALPHA_HOLD) / (max_epochs - DISTILL_ALPHA_HOLD)
+
+
+def warmup_factor(step: int, warmup_steps: int) -> float:
+    """Linear learning-rate warm-up: step / warmup_steps for the first warmup_steps steps (1-based), then 1."""
+    if warmup_steps <= 0:
+        return 1.0
+    return min(1.0, step / warmup_steps)
