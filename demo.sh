@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole D-DFFNet method, offline, on the embedded synthetic defocus data (CPU, about 14 minutes on 2 cores):
 #   1. generate a synthetic train / test set (thin-lens defocus, exact masks, depth maps)
-#   2. a depth teacher: MiDaS v2.1 architecture with a small encoder trained on the synthetic depth
-#      (or the real depth_pretrained/midas_v21-f6b98070.pt when it is present)
+#   2. the depth teacher: the real depth_pretrained/midas_v21-f6b98070.pt when it is present, else the
+#      MiDaS-architecture teacher this repository pretrained on synthetic depth and ships beside it
 #   3. stage 1, train_single.py: DFFNet
 #   4. stage 2, train_kd.py: D-DFFNet distilled from DFFNet and the depth teacher
 #   5. test.sh on the synthetic test set, with two trivial baselines; PR curves and a qualitative grid
@@ -22,9 +22,8 @@ IMG=${DEMO_IMG_SIZE:-160}           # generated and network resolution
 BACKBONE=${DEMO_BACKBONE:-resnet18}
 BATCH=${DEMO_BATCH:-8}
 LR=${DEMO_LR:-1e-3}                 # from scratch (the paper fine-tunes ImageNet weights at 1e-4)
-EPOCHS=${DEMO_EPOCHS:-8}            # stage 1 (128 steps each at the defaults)
-KD_EPOCHS=${DEMO_KD_EPOCHS:-3}      # stage 2
-DEPTH_EPOCHS=${DEMO_DEPTH_EPOCHS:-2}
+EPOCHS=${DEMO_EPOCHS:-6}            # stage 1 (128 steps each at the defaults)
+KD_EPOCHS=${DEMO_KD_EPOCHS:-$EPOCHS}  # stage 2: as many steps as stage 1, as in the paper
 WORKERS=${DEMO_WORKERS:-1}
 MINUTES=${DEMO_MINUTES:-14}
 AMP=${DEMO_AMP:-$($PY -c 'import torch, utils.runtime as r; d = r.select_device("auto"); print("bf16" if r.bf16_is_fast(d) else "off")')}
@@ -35,6 +34,7 @@ DATA=$OUT/data
 CKPT=$OUT/checkpoints
 LOGS=$OUT/logs
 REAL_MIDAS=depth_pretrained/midas_v21-f6b98070.pt
+SHIPPED_MIDAS=depth_pretrained/midas_synthetic_cpu.pth
 SHIPPED=checkpoint/release/dffnet_cuhk_cpu.pth
 # Step lines carry the wall-clock time, [HH:MM:SS], as the Python scripts stamp theirs (utils/log.py).
 stamp() { printf '\n[%s] == %s\n' "$(date +%H:%M:%S)" "$*"; }
@@ -54,11 +54,8 @@ if [[ -f $REAL_MIDAS ]]; then
   stamp "2/6 depth teacher: $REAL_MIDAS (the released MiDaS v2.1)"
   DEPTH_TEACHER=$REAL_MIDAS
 else
-  stamp "2/6 depth teacher: $REAL_MIDAS is absent; training MiDaS v2.1 / resnet18 on the synthetic depth maps"
-  DEPTH_TEACHER=$CKPT/midas_small.pth
-  $PY train_depth.py --data "$DATA/train" --val-data "$DATA/test" --encoder resnet18 --features 64 \
-      --img-size "$IMG" --epochs "$DEPTH_EPOCHS" --batch-size "$BATCH" --lr 5e-4 --workers "$WORKERS" \
-      --amp "$AMP" --save "$DEPTH_TEACHER" --log-dir "$LOGS/depth_teacher" --overwrite
+  stamp "2/6 depth teacher: $REAL_MIDAS is absent; using $SHIPPED_MIDAS (MiDaS v2.1 / resnet18 pretrained on synthetic depth by this repository, depth_pretrained/MODEL_CARD.md)"
+  DEPTH_TEACHER=$SHIPPED_MIDAS
 fi
 
 stamp "3/6 stage 1: DFFNet (train_single.py)"
@@ -68,7 +65,7 @@ $PY train_single.py --train-set "synthetic:$DATA/train" --backbone "$BACKBONE" -
 
 stamp "4/6 stage 2: D-DFFNet (train_kd.py)"
 $PY train_kd.py --train-set "synthetic:$DATA/train" --backbone "$BACKBONE" --pretrained "$PRETRAINED" \
-    --img-size "$IMG" --batch-size "$BATCH" --lr "$LR" --epochs "$KD_EPOCHS" --schedule-epochs 16 \
+    --img-size "$IMG" --batch-size "$BATCH" --lr "$LR" --epochs "$KD_EPOCHS" --schedule-epochs "$KD_EPOCHS" \
     --workers "$WORKERS" "${FAST[@]}" --teacher "$CKPT/DFFNet.pth" --depth-teacher "$DEPTH_TEACHER" \
     --save "$CKPT/D-DFFNet.pth" --log-dir "$LOGS/D-DFFNet" --overwrite
 

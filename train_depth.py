@@ -1,7 +1,8 @@
-"""Train a MiDaS-v2.1-architecture depth teacher on images with depth maps (scale-and-shift-invariant loss).
+"""Train a MiDaS-v2.1-architecture depth teacher on images with depth maps (relative-depth losses).
 
-Used by the offline demo in place of midas_v21-f6b98070.pt, and by anyone who needs a depth teacher with
-another encoder. The result loads with `train_kd.py --depth-teacher PATH` like the released file.
+Trains the teacher shipped in depth_pretrained/ (tools/train_depth_teacher.sh), which stands in for
+midas_v21-f6b98070.pt in the offline demo, and serves anyone who needs a depth teacher with another encoder.
+The result loads with `train_kd.py --depth-teacher PATH` like the released file.
 """
 from __future__ import annotations
 

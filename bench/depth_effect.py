@@ -1,12 +1,12 @@
 """Does depth distillation help where defocus cues vanish? A controlled, multi-seed test of the paper's claim.
 
-    python bench/depth_effect.py [--seeds 1 2 3] [--epochs 4] [--depth-teacher short|PATH]
+    python bench/depth_effect.py [--seeds 1 2 3] [--epochs 4] [--depth-teacher PATH|short]
                                  [--out bench/results/depth_effect] [--quick]
 
 On the synthetic defocus data (datasets/synthetic.py, which also writes which pixels show a nearly
-textureless surface: homogeneous/), at the demo's scale and with the demo's depth teacher (`short`: MiDaS v2.1
-architecture, resnet18 encoder, 256 steps on the synthetic depth; a path takes any MiDaS file instead), it
-scores the depth teacher (AbsRel, delta < 1.25, tools/score_depth.py) and trains for every seed:
+textureless surface: homogeneous/), at the demo's scale and with the demo's depth teacher (by default the
+shipped depth_pretrained/midas_synthetic_cpu.pth; `short` trains the earlier demo's 256-step MiDaS / resnet18
+teacher on the benchmark's data; a path takes any MiDaS file), it scores the depth teacher (AbsRel, delta < 1.25, tools/score_depth.py) and trains for every seed:
 
     DFFNet          stage 1 (train_single.py); also the defocus teacher of that seed's stage 2
     D-DFFNet        stage 2, feature distillation from both teachers (the paper's method)
@@ -38,6 +38,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from models.shipped import SHIPPED_DEPTH_TEACHER  # noqa: E402
 from utils.log import console, progress  # noqa: E402
 
 METHODS = ("DFFNet", "D-DFFNet", "D-DFFNet depth", "D-DFFNet DOF", "R-DFFNet")
@@ -90,7 +91,7 @@ class Benchmark:
     """The runs of one benchmark under `out`: each is done when its marker file exists."""
 
     def __init__(self, out: Path, scale: Scale, seeds: list[int], amp: str, workers: int,
-                 depth_teacher: str = "short") -> None:
+                 depth_teacher: str = str(SHIPPED_DEPTH_TEACHER)) -> None:
         self.out, self.scale, self.seeds, self.depth_teacher = out, scale, seeds, depth_teacher
         self.data, self.checkpoints, self.logs = out / "data", out / "checkpoints", out / "logs"
         self.common = ["--backbone", "resnet18", "--pretrained", "none", "--img-size", str(scale.img_size),
@@ -277,9 +278,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=2,
                         help="runs at once, each with cores / jobs threads (a step waits only for the runs it "
                              "needs: with 2, two seeds' DFFNets train side by side)")
-    parser.add_argument("--depth-teacher", default="short",
-                        help="short: train the demo's 256-step teacher on the benchmark's data; or the path of a "
-                             "MiDaS file (e.g. depth_pretrained/midas_v21-f6b98070.pt)")
+    parser.add_argument("--depth-teacher", default=str(SHIPPED_DEPTH_TEACHER.relative_to(ROOT)),
+                        help="the path of a MiDaS file (default: the shipped synthetic-depth teacher; "
+                             "depth_pretrained/midas_v21-f6b98070.pt for the real one), or short: train the earlier "
+                             "demo's 256-step teacher on the benchmark's data (the weak-teacher row)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, to test the pipeline")
     parser.add_argument("--overwrite", action="store_true", help="delete --out and start afresh")
     args = parser.parse_args(argv)

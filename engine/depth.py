@@ -1,11 +1,12 @@
 """Training a MiDaS-v2.1-architecture depth teacher on images with depth maps.
 
-Stands in for `midas_v21-f6b98070.pt` where that file is absent (the offline demo), and serves anyone who
-needs a depth teacher with another encoder. The loss is MiDaS's scale-and-shift-invariant loss on inverse
-depth (losses.depth) plus a weak mean-matching anchor that keeps a network trained from scratch out of its
-final ReLU's dead zone. Held-out images are scored by AbsRel and delta < 1.25 after per-image
-scale-and-shift alignment (utils.depth_metrics). `--amp fp16` trains with a gradient scaler. The saved
-file loads with models.load_midas like the released one.
+Trains the teacher shipped in depth_pretrained/ (tools/train_depth_teacher.sh), which stands in for
+`midas_v21-f6b98070.pt` where that file is absent, and serves anyone who needs a depth teacher with another
+encoder. The loss (`--loss`, losses.depth) is MiDaS's scale-and-shift-invariant loss on inverse depth, its
+median-normalised form, or an ordinal one (per-image mid-rank targets), plus an optional weak mean-matching
+anchor; a linear warm-up keeps a network trained from scratch out of its final ReLU's dead zone. Held-out
+images are scored by AbsRel and delta < 1.25 after per-image scale-and-shift alignment (utils.depth_metrics).
+`--amp fp16` trains with a gradient scaler. The saved file loads with models.load_midas like the released one.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from torch.utils.data import DataLoader
 from datasets import DepthDataset
 from engine.options import bad_input, check_depth_teacher_arguments, log_dir, pretrained_argument
 from losses.depth import DEPTH_LOSSES, mean_anchor_loss
-from models import build_midas
+from models import build_midas, load_checkpoint
 from utils.checkpoint import first_non_finite, last_good_checkpoint, model_checkpoint, save_checkpoint
 from utils.depth_metrics import relative_depth_errors
 from utils.log import RemainingTime, TrainingLogger, progress
@@ -103,6 +104,9 @@ def _train_depth_teacher(args: argparse.Namespace, device: torch.device) -> Path
                                 persistent_workers=args.workers > 0)
     with bad_input("--encoder / --pretrained"):
         model = build_midas(args.encoder, features=args.features, pretrained=pretrained_argument(args.pretrained))
+    if args.init:
+        with bad_input("--init"):
+            load_checkpoint(model, args.init)
     model = model.to(device)
     optimizer = adam(model.parameters(), lr=args.lr)
     scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")  # fp16 gradients underflow unscaled

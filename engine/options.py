@@ -112,6 +112,9 @@ def add_depth_teacher_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--encoder", default="resnet18", help="timm ResNet-family encoder")
     parser.add_argument("--features", type=int, default=64, help="decoder width (MiDaS v2.1: 256)")
     parser.add_argument("--pretrained", default="none", help="encoder initialisation: imagenet | none | PATH")
+    parser.add_argument("--init", default=None, metavar="PATH",
+                        help="start from all the weights of this MiDaS checkpoint of the same encoder and width (e.g. "
+                             "to train a teacher longer); optimiser, warm-up and schedule start afresh")
     parser.add_argument("--img-size", type=int, default=320)
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=8)
@@ -238,6 +241,8 @@ def check_depth_teacher_arguments(args: argparse.Namespace, device: torch.device
     check_save_is_new(args)
     if args.warmup_steps < 0:
         raise SystemExit(f"--warmup-steps must be >= 0, got {args.warmup_steps}")
+    if args.init is not None and not Path(args.init).is_file():
+        raise SystemExit(f"--init {args.init}: no such file")
 
 
 @contextlib.contextmanager

@@ -1,5 +1,6 @@
-"""The real-photo DFFNet this project trained on CUHK-TR-1 on a CPU and ships in the repository
-(checkpoint/release/, described in its MODEL_CARD.md), and the choice of the default detector."""
+"""The files this project trained on a CPU and ships in the repository: the real-photo DFFNet (checkpoint/release/)
+and the synthetic-depth MiDaS teacher (depth_pretrained/), each described in a MODEL_CARD.md beside it; and the
+choice of the default detector."""
 from __future__ import annotations
 
 import hashlib
@@ -18,6 +19,8 @@ SHIPPED_CHECKPOINT = ROOT / "checkpoint" / "release" / "dffnet_cuhk_cpu.pth"
 AUTHORS_CHECKPOINT = Path("checkpoint") / "D-DFFNet.pth"
 # the recorded digest of the committed file (tests check it; change it only with the file and its card)
 SHIPPED_SHA256 = "9acb362c0ce019d7c70010cf833f25cec71c20bed4a185c203ac61a0c27b3b24"
+SHIPPED_DEPTH_TEACHER = ROOT / "depth_pretrained" / "midas_synthetic_cpu.pth"
+SHIPPED_DEPTH_TEACHER_SHA256 = "ea2a9e8b998a56d548a40ebc8d4d816bebf4512768e8e7573b4d1be06f215ec2"
 
 
 def sha256(path: str | os.PathLike) -> str:

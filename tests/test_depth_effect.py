@@ -45,9 +45,9 @@ def test_quick_run_trains_scores_and_resumes(tmp_path: Path):
         chart.load()
         assert chart.size[0] > 800 and len(np.unique(np.asarray(chart.convert("L")))) > 10
     assert 0 < result["depth_teacher"]["abs_rel"] and 0 < result["depth_teacher"]["constant_abs_rel"]
-    assert "depth teacher (short) on the test images: AbsRel" in first.stdout
+    assert "depth teacher (depth_pretrained/midas_synthetic_cpu.pth) on the test images: AbsRel" in first.stdout
     logs = {p: p.stat().st_mtime_ns for p in (out / "logs").glob("*.log")}
-    assert len(logs) == 2 + 2 + 5 + 5  # data x 2, depth teacher and its score, 5 trainings, 5 scores
+    assert len(logs) == 2 + 1 + 5 + 5  # data x 2, the shipped teacher's score, 5 trainings, 5 scores
 
     again = run_quick(out)  # everything is done: nothing runs again, the summary is the same
     assert again.returncode == 0, again.stderr[-3000:]
@@ -76,13 +76,14 @@ def test_summary_is_mean_std_and_the_paired_difference(monkeypatch: pytest.Monke
 
 
 def test_a_given_teacher_file_replaces_the_short_one(tmp_path: Path):
-    """By default the benchmark trains the short teacher first and every stage-2 run waits for it; with a
-    file, nothing trains a depth teacher and the stage-2 runs and the teacher's score read that file."""
+    """With `short` the benchmark trains the short teacher first and every stage-2 run waits for it; with a
+    file (the default: the shipped teacher), nothing trains a depth teacher and the stage-2 runs and the
+    teacher's score read that file."""
     def teacher_of(steps: list) -> set[str]:
         return {step.command[step.command.index("--depth-teacher") + 1] for step in steps
                 if "--depth-teacher" in step.command}
 
-    short = depth_effect.Benchmark(tmp_path, depth_effect.QUICK, [1, 2], "off", 0).plan()
+    short = depth_effect.Benchmark(tmp_path, depth_effect.QUICK, [1, 2], "off", 0, "short").plan()
     assert teacher_of(short) == {str(tmp_path / "checkpoints" / "midas_small.pth")}
     assert [step.name for step in short if step.command[1] == "train_depth.py"] == ["depth_teacher"]
     assert all("depth_teacher" in step.needs for step in short if "--depth-teacher" in step.command)

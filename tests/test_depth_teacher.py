@@ -51,6 +51,17 @@ def test_train_depth_writes_a_teacher_that_loads(tmp_path):
     assert [f.shape[1] for f in features] == teacher.feature_channels == [512, 256, 128, 64]
     assert (tmp_path / "log" / "epochs.csv").read_text().count("\n") == 2
 
+    import pytest
+
+    longer = tmp_path / "longer.pth"
+    common = ["--data", str(data), "--img-size", "64", "--epochs", "1", "--batch-size", "2", "--workers", "0",
+              "--device", "cpu", "--loss", "ordinal", "--anchor-weight", "0", "--warmup-steps", "2",
+              "--init", str(save), "--log-dir", str(tmp_path / "log2")]
+    main([*common, "--features", "16", "--save", str(longer)])
+    assert load_midas(longer).config == teacher.config
+    with pytest.raises(SystemExit, match=f"--init: .*{save.name}"):
+        main([*common, "--features", "32", "--save", str(tmp_path / "wrong.pth")])
+
 
 def test_train_depth_names_a_folder_without_depth(tmp_path):
     import pytest

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from models import build_midas, build_model, load_checkpoint
+from models import build_model, load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 MEASURED_ROW = re.compile(r"^\| (?P<model>.+) \(measured, official\) \| (?P<cells>.+) \|$")
@@ -19,11 +19,12 @@ MEASURED_ROW = re.compile(r"^\| (?P<model>.+) \(measured, official\) \| (?P<cell
 def test_demo_pipeline_runs_end_to_end(tmp_path):
     out = tmp_path / "demo"
     env = {**os.environ, "PYTHON": sys.executable, "DEMO_OUT": str(out), "DEMO_TRAIN_N": "8", "DEMO_TEST_N": "4",
-           "DEMO_IMG_SIZE": "64", "DEMO_EPOCHS": "1", "DEMO_KD_EPOCHS": "1", "DEMO_DEPTH_EPOCHS": "1", "DEMO_BATCH": "4",
+           "DEMO_IMG_SIZE": "64", "DEMO_EPOCHS": "1", "DEMO_BATCH": "4",
            "DEMO_WORKERS": "1", "OMP_NUM_THREADS": "2"}
     run = subprocess.run(["bash", str(ROOT / "demo.sh")], env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "This takes about" in run.stdout and f"{out}/qualitative.png" in run.stdout
+    assert "midas_v21-f6b98070.pt is absent; using depth_pretrained/midas_synthetic_cpu.pth" in run.stdout
     check_table((out / "table.md").read_text(), out / "data" / "test" / "gt")
     check_checkpoints(out)
     assert len(list((out / "photos").glob("*.png"))) == 4 and "CC0" in (out / "photos" / "LICENCES.md").read_text()
@@ -55,8 +56,7 @@ def check_checkpoints(out: Path) -> None:
         "DFFNet.pth": (dffnet, {**shared, "backbone": "resnet18", "train_set": f"synthetic:{out}/data/train"}),
         "D-DFFNet.pth": (dffnet, {**shared, "backbone": "resnet18", "train_set": f"synthetic:{out}/data/train",
                                   "distill": "feature", "teacher": str(checkpoints / "DFFNet.pth"),
-                                  "depth_teacher": str(checkpoints / "midas_small.pth")}),
-        "midas_small.pth": (build_midas(encoder="resnet18", features=64), {**shared, "encoder": "resnet18"}),
+                                  "depth_teacher": "depth_pretrained/midas_synthetic_cpu.pth"}),
     }
     for name, (model, settings) in expected.items():
         metadata = load_checkpoint(model, checkpoints / name)
