@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The whole D-DFFNet method, offline, on the embedded synthetic defocus data (CPU, about 14 minutes on 2 cores):
+# The whole D-DFFNet method, offline, on the embedded synthetic defocus data (2-core CPU: about 13 minutes with
+# AMX, about 30 without):
 #   1. generate a synthetic train / test set (thin-lens defocus, exact masks, depth maps)
 #   2. the depth teacher: the real depth_pretrained/midas_v21-f6b98070.pt when it is present, else the
 #      MiDaS-architecture teacher this repository pretrained on synthetic depth and ships beside it
@@ -25,7 +26,7 @@ LR=${DEMO_LR:-1e-3}                 # from scratch (the paper fine-tunes ImageNe
 EPOCHS=${DEMO_EPOCHS:-6}            # stage 1 (128 steps each at the defaults)
 KD_EPOCHS=${DEMO_KD_EPOCHS:-$EPOCHS}  # stage 2: as many steps as stage 1, as in the paper
 WORKERS=${DEMO_WORKERS:-1}
-MINUTES=${DEMO_MINUTES:-14}
+MINUTES=${DEMO_MINUTES:-13}
 AMP=${DEMO_AMP:-$($PY -c 'import torch, utils.runtime as r; d = r.select_device("auto"); print("bf16" if r.bf16_is_fast(d) else "off")')}
 FAST=(--amp "$AMP")
 [[ $AMP == bf16 ]] && FAST+=(--channels-last)
@@ -40,7 +41,7 @@ SHIPPED=checkpoint/release/dffnet_cuhk_cpu.pth
 stamp() { printf '\n[%s] == %s\n' "$(date +%H:%M:%S)" "$*"; }
 
 echo "D-DFFNet demo: synthetic data, $BACKBONE at ${IMG}px, $EPOCHS + $KD_EPOCHS epochs, amp $AMP, on $($PY -c 'import torch; print("CUDA" if torch.cuda.is_available() else "the CPU")')."
-echo "This takes about $MINUTES minutes on a 2-core CPU. Results go to $OUT/."
+echo "This takes about $MINUTES minutes on a 2-core CPU with AMX (about 30 without). Results go to $OUT/."
 mkdir -p "$CKPT" "$LOGS"
 
 stamp "1/6 synthetic defocus data: $TRAIN_N training and $TEST_N test images"
