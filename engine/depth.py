@@ -123,7 +123,8 @@ def _train_depth_teacher(args: argparse.Namespace, device: torch.device) -> Path
             bar = progress(loader, desc=f"depth epoch {epoch}/{args.epochs}")
             for step, batch in enumerate(bar, start=1):
                 global_step = (epoch - 1) * len(loader) + step
-                set_lr(optimizer, lr * warmup_factor(global_step, args.warmup_steps))
+                step_lr = lr * warmup_factor(global_step, args.warmup_steps)
+                set_lr(optimizer, step_lr)
                 with autocast(device, args.amp):
                     depth = model(batch["image"].to(device, non_blocking=True)).depth
                 target = batch["depth"].to(device)
@@ -145,7 +146,7 @@ def _train_depth_teacher(args: argparse.Namespace, device: torch.device) -> Path
                 scaler.update()
                 running += value
                 logger.step({"epoch": epoch, "step": step, "global_step": global_step,
-                             "lr": lr * warmup_factor(global_step, args.warmup_steps), "loss": value})
+                             "lr": step_lr, "loss": value})
                 bar.set_postfix(loss=f"{value:.4f}")
                 if (estimate := pace.step()) is not None:
                     logger.info(estimate)

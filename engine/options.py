@@ -224,8 +224,7 @@ def check_training_arguments(args: argparse.Namespace, ctx: DistributedContext) 
         raise SystemExit(f"--val-every must be >= 1, got {args.val_every}")
     if not 0 < args.crop_scale <= 1:
         raise SystemExit(f"--crop-scale must be in (0, 1], got {args.crop_scale}")
-    if args.init is not None and not Path(args.init).is_file():
-        raise SystemExit(f"--init {args.init}: no such file")
+    check_init(args)
     check_amp(args.amp, ctx.device)
     if ctx.is_main:
         check_outputs(args)
@@ -241,6 +240,11 @@ def check_depth_teacher_arguments(args: argparse.Namespace, device: torch.device
     check_save_is_new(args)
     if args.warmup_steps < 0:
         raise SystemExit(f"--warmup-steps must be >= 0, got {args.warmup_steps}")
+    check_init(args)
+
+
+def check_init(args: argparse.Namespace) -> None:
+    """--init, when given, must name an existing file."""
     if args.init is not None and not Path(args.init).is_file():
         raise SystemExit(f"--init {args.init}: no such file")
 

@@ -66,6 +66,14 @@ def scale_shift_invariant_loss(
     return ssi + grad_weight * gradient_matching_loss(residual, valid, scales)
 
 
+def _l1_and_gradient_matching(residual: torch.Tensor, grad_weight: float, scales: int) -> torch.Tensor:
+    """Mean |residual| + grad_weight x multi-scale gradient matching of it, every pixel valid."""
+    loss = residual.abs().mean()
+    if grad_weight == 0:
+        return loss
+    return loss + grad_weight * gradient_matching_loss(residual, torch.ones_like(residual, dtype=torch.bool), scales)
+
+
 def lower_median(flat: torch.Tensor) -> torch.Tensor:
     """The value torch.median(dim=1, keepdim=True) gives (the lower middle value), by sorting: on CUDA a median
     along a dimension has no deterministic implementation, so it would fail under --deterministic."""
@@ -88,11 +96,7 @@ def normalised_depth_loss(pred: torch.Tensor, target: torch.Tensor, grad_weight:
     least-squares fit, the normalisation keeps the sign: an inverted map is penalised, not flipped back."""
     if pred.shape[-2:] != target.shape[-2:]:
         pred = resize_bilinear(pred, target.shape[-2:])
-    residual = normalised_depth(pred) - normalised_depth(target)
-    loss = residual.abs().mean()
-    if grad_weight == 0:
-        return loss
-    return loss + grad_weight * gradient_matching_loss(residual, torch.ones_like(residual, dtype=torch.bool), scales)
+    return _l1_and_gradient_matching(normalised_depth(pred) - normalised_depth(target), grad_weight, scales)
 
 
 def ordinal_depth(depth: torch.Tensor) -> torch.Tensor:
@@ -112,11 +116,7 @@ def ordinal_depth_loss(pred: torch.Tensor, target: torch.Tensor, grad_weight: fl
     after alignment, on one scale for every image (raw inverse depths span three decades between scenes)."""
     if pred.shape[-2:] != target.shape[-2:]:
         pred = resize_bilinear(pred, target.shape[-2:])
-    residual = pred.float() - ordinal_depth(target)
-    loss = residual.abs().mean()
-    if grad_weight == 0:
-        return loss
-    return loss + grad_weight * gradient_matching_loss(residual, torch.ones_like(residual, dtype=torch.bool), scales)
+    return _l1_and_gradient_matching(pred.float() - ordinal_depth(target), grad_weight, scales)
 
 
 def mean_anchor_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
