@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Pretrain, export and score the synthetic-depth MiDaS teacher shipped in depth_pretrained/ (MODEL_CARD.md there).
 #
-#   bash tools/train_depth_teacher.sh      # about 65 min on the 2 threads of a quiet 2-core CPU with AMX (derived)
+#   bash tools/train_depth_teacher.sh      # about 85 min on the 2 threads of a quiet 2-core CPU with AMX (derived)
 #
 # MiDaS v2.1 architecture with a resnet18 encoder and a 64-channel decoder, from scratch, 160 px, batch 8, bf16,
-# the ordinal loss (L1 to the per-image mid-rank of inverse depth, losses.depth.ordinal_depth_loss), in two runs:
+# the ordinal loss (L1 to the per-image mid-rank of inverse depth, losses.depth.ordinal_depth_loss), in three runs:
 #   1. 6 epochs (6,144 steps) on 8,192 scenes (seeds 100 and 102), lr 1e-3 with a 300-step warm-up;
-#   2. from its weights (--init), 4 epochs (8,192 steps) on those plus 8,192 new scenes (seed 103), lr 5e-4
-#      with a 100-step warm-up (a warm restart: the teacher was still improving when run 1's schedule ended).
+#   2. from its weights (--init), 2 epochs (4,096 steps) on those plus 8,192 new scenes (seed 103), lr 5e-4
+#      with a 100-step warm-up (a warm restart: the teacher was still improving when run 1's schedule ended);
+#   3. from run 2's weights, 2 more epochs (4,096 steps) on the same 16,384 scenes at lr 2.5e-4.
 # Every epoch is scored on 128 held-out scenes (seed 101); the export is scored at 128, 160 and 320 px.
 #
 # Environment (defaults in brackets):
@@ -50,12 +51,15 @@ COMMON=(--val-data "$DATA/held_out_160" --encoder resnet18 --features 64 --img-s
 echo "[$(date +%T)] run 1: 6 epochs on 8,192 scenes, lr 1e-3, $OMP_NUM_THREADS thread(s)"
 "$PY" train_depth.py --data "$DATA/train_8k" --epochs 6 --lr 1e-3 --warmup-steps 300 "${COMMON[@]}" \
     --save "$OUT/run1.pth" --log-dir "$OUT/logs/run1"
-echo "[$(date +%T)] run 2: from run 1, 4 epochs on 16,384 scenes, lr 5e-4"
-"$PY" train_depth.py --data "$DATA/train_16k" --epochs 4 --lr 5e-4 --warmup-steps 100 --init "$OUT/run1.pth" \
+echo "[$(date +%T)] run 2: from run 1, 2 epochs on 16,384 scenes, lr 5e-4"
+"$PY" train_depth.py --data "$DATA/train_16k" --epochs 2 --lr 5e-4 --warmup-steps 100 --init "$OUT/run1.pth" \
     "${COMMON[@]}" --save "$OUT/run2.pth" --log-dir "$OUT/logs/run2"
+echo "[$(date +%T)] run 3: from run 2, 2 epochs on the same scenes, lr 2.5e-4"
+"$PY" train_depth.py --data "$DATA/train_16k" --epochs 2 --lr 2.5e-4 --warmup-steps 100 --init "$OUT/run2.pth" \
+    "${COMMON[@]}" --save "$OUT/run3.pth" --log-dir "$OUT/logs/run3"
 
 echo "[$(date +%T)] export: fp16 weights + training configuration -> $EXPORT"
-"$PY" tools/export_model.py "$OUT/run2.pth" "$EXPORT" --description \
+"$PY" tools/export_model.py "$OUT/run3.pth" "$EXPORT" --description \
     "MiDaS v2.1 architecture (resnet18, width 64) pretrained on synthetic depth by this repository on a CPU; depth_pretrained/MODEL_CARD.md"
 "$PY" tools/score_depth.py "$EXPORT" "$DATA/held_out_128" --img-size 128 --json "$OUT/scores_128.json"
 "$PY" tools/score_depth.py "$EXPORT" "$DATA/held_out_160" --img-size 160 --json "$OUT/scores_160.json"
