@@ -6,7 +6,8 @@
 On the synthetic defocus data (datasets/synthetic.py, which also writes which pixels show a nearly
 textureless surface: homogeneous/), at the demo's scale and with the demo's depth teacher (by default the
 shipped depth_pretrained/midas_synthetic_cpu.pth; `short` trains the earlier demo's 256-step MiDaS / resnet18
-teacher on the benchmark's data; a path takes any MiDaS file), it scores the depth teacher (AbsRel, delta < 1.25, tools/score_depth.py) and trains for every seed:
+teacher on the benchmark's data; a path takes any MiDaS file), it scores the depth teacher (AbsRel,
+delta < 1.25, tools/score_depth.py) and trains for every seed:
 
     DFFNet          stage 1 (train_single.py); also the defocus teacher of that seed's stage 2
     D-DFFNet        stage 2, feature distillation from both teachers (the paper's method)

@@ -1,6 +1,7 @@
 """Scale-and-shift-invariant depth loss and the depth-teacher trainer."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from losses.depth import align_scale_shift, gradient_matching_loss, scale_shift_invariant_loss
@@ -51,8 +52,6 @@ def test_train_depth_writes_a_teacher_that_loads(tmp_path):
     assert [f.shape[1] for f in features] == teacher.feature_channels == [512, 256, 128, 64]
     assert (tmp_path / "log" / "epochs.csv").read_text().count("\n") == 2
 
-    import pytest
-
     longer = tmp_path / "longer.pth"
     common = ["--data", str(data), "--img-size", "64", "--epochs", "1", "--batch-size", "2", "--workers", "0",
               "--device", "cpu", "--loss", "ordinal", "--anchor-weight", "0", "--warmup-steps", "2",
@@ -64,8 +63,6 @@ def test_train_depth_writes_a_teacher_that_loads(tmp_path):
 
 
 def test_train_depth_names_a_folder_without_depth(tmp_path):
-    import pytest
-
     from train_depth import main
 
     (tmp_path / "image").mkdir()
@@ -98,8 +95,6 @@ def test_mean_anchor_loss_value_and_gradient_to_the_offset():
 
 def test_train_depth_stops_on_non_finite_weights_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     """A BatchNorm running variance turning inf in epoch 2: no save, the epoch-1 file survives byte for byte."""
-    import pytest
-
     import engine.depth
     from datasets.synthetic import generate_dataset
     from train_depth import main
@@ -134,8 +129,6 @@ def test_train_depth_stops_on_non_finite_weights_and_keeps_the_last_good_checkpo
 def test_train_depth_stops_when_the_depth_map_dies(tmp_path, monkeypatch):
     """A final ReLU that outputs zero everywhere gets no gradient back: training stops with the remedy named
     instead of running to the end on a constant map (what lr 2e-3 did to a 5,120-step run)."""
-    import pytest
-
     import engine.depth
     from datasets.synthetic import generate_dataset
     from train_depth import main
@@ -174,8 +167,6 @@ def test_normalised_loss_is_zero_for_a_positive_affine_map_and_penalises_an_inve
 
 def test_score_depth_reports_the_teacher_beside_a_constant_map_and_names_bad_files(tmp_path, capsys):
     import json
-
-    import pytest
 
     from datasets.synthetic import generate_dataset
     from models import build_midas
