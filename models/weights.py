@@ -12,7 +12,8 @@ from torch import nn
 
 from utils.checkpoint import CHECKPOINT_FORMAT, CheckpointError, check_finite, is_model_checkpoint, read_checkpoint
 
-from .dbdnet import DBDNet, build_model
+from .dbdnet import VARIANTS, DBDNet, Variant, build_model
+from .encoders import IMAGENET_MEAN, IMAGENET_STD
 from .midas import MidasNet, build_midas
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
@@ -166,10 +167,20 @@ def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], path: Pa
     model.load_state_dict(state, strict=True)
 
 
+def complete_model_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A stored `model_config` with what older checkpoints leave out filled in: every checkpoint written
+    before the input normalisation was stored was trained on ImageNet's."""
+    if "normalisation" not in config:
+        return {**config, "normalisation": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}}
+    return config
+
+
 def _load_into(model: nn.Module, obj: Any, path: Path) -> dict[str, Any]:
     state, metadata = unpack_checkpoint(obj, path)
     check_finite(state, path)
     stored_config = metadata.get("model_config")
+    if stored_config is not None:
+        stored_config = complete_model_config(stored_config)
     config = getattr(model, "config", None)
     if stored_config is not None and config is not None and stored_config != config:
         raise _error(path, f"holds a model built with {stored_config}, but the model is {config}")
@@ -191,45 +202,33 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> dict[str, Any]
     return _load_into(model, read_checkpoint(path), path)
 
 
-def authors_variant(state: dict[str, torch.Tensor]) -> str:
-    """The registry name (or 'midas') for a bare authors' state_dict, from its distinctive keys.
-    NG (dffnet_wo_dffm) has DFFNet's exact key set and is reported as 'dffnet'."""
-    keys = set(state)
-    if any(k.startswith("scratch.") for k in keys):
-        return "midas"
-    if any(k.startswith("vgg.") for k in keys):
-        return "dffnet_vgg16"
-    if "agg1.conv11.weight" in keys:
-        return "pdnet"
-    if "agg1.side1.weight" not in keys:
-        return "dffnet_no_side"
-    if "agg1.spatial_attention1.0.weight" not in keys:
-        return "dffnet_no_attention"
-    return "dffnet"
+def _variant_signature(variant: Variant) -> tuple[bool, bool, bool, str, bool]:
+    """What a variant's weights show: DFFM gates, side heads, side attention, reducer kind, VGG taps."""
+    return (variant.dense_fusion, variant.side_outputs, variant.side_attention, variant.reducer,
+            variant.default_backbone.startswith("vgg"))
 
 
-def own_variant(state: dict[str, torch.Tensor]) -> str:
-    """The registry name for a bare state_dict in this code's key layout (encoder./reducers./decoder.),
-    from the decoder parts it holds."""
-    keys = set(state)
-    if any(k.startswith("encoder.model.features_") for k in keys):
-        return "dffnet_vgg16"
-    if "reducers.0.weight" in keys:
-        return "pdnet"
-    if not any(k.startswith("decoder.fusion.") for k in keys):
-        return "dffnet_wo_dffm"
-    if not any(k.startswith("decoder.side_heads.") for k in keys):
-        return "dffnet_no_side"
-    if not any(k.startswith("decoder.side_attention.") for k in keys):
-        return "dffnet_no_attention"
-    return "dffnet"
+def _keys_signature(keys: set[str]) -> tuple[bool, bool, bool, str, bool]:
+    """The same signature read off a state_dict in this code's key layout."""
+    return (any(k.startswith("decoder.fusion.") for k in keys),
+            any(k.startswith("decoder.side_heads.") for k in keys),
+            any(k.startswith("decoder.side_attention.") for k in keys),
+            "conv1x1" if "reducers.0.weight" in keys else "rfb",
+            any(k.startswith("encoder.model.features_") for k in keys))
 
 
 def stored_variant(state: dict[str, torch.Tensor]) -> str:
-    """The registry name (or 'midas') of a bare state_dict, in the authors' key layout or in ours."""
-    if is_authors_layout(state) or any(k.startswith("scratch.") for k in state):
-        return authors_variant(state)
-    return own_variant(state)
+    """The registry name (or 'midas') of a bare state_dict, in the authors' key layout or in ours, found by
+    matching the decoder parts its keys hold against the registry's variants. The authors' NG model
+    (dffnet_wo_dffm) stores the unused DFFM gates, so its keys are DFFNet's and it is reported as 'dffnet'."""
+    if any(k.startswith("scratch.") for k in state):
+        return "midas"
+    keys = {authors_key(k) for k in state} if is_authors_layout(state) else set(state)
+    found = _keys_signature(keys)
+    for name, variant in VARIANTS.items():
+        if _variant_signature(variant) == found:
+            return name
+    return "dffnet"
 
 
 def build_from_config(config: dict[str, Any]) -> nn.Module:
@@ -251,6 +250,8 @@ def load_model(path: str | os.PathLike, name: str | None = None, backbone: str |
     obj = read_checkpoint(path, map_location=map_location)
     state, metadata = unpack_checkpoint(obj, path)
     config = metadata.get("model_config")
+    if config is not None:
+        config = complete_model_config(config)
     stored_name = config.get("name") if config is not None else stored_variant(state)
     if detector_only and "midas" in (stored_name, name):
         raise _error(path, "is a depth model (MiDaS), not a blur detector: give a DFFNet-family checkpoint "

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from models import build_model, list_models, load_checkpoint, load_model
-from models.weights import authors_key, authors_variant
+from models.weights import authors_key, stored_variant
 from utils.checkpoint import (CHECKPOINT_FORMAT, CheckpointError, model_checkpoint, read_training_checkpoint,
                               save_checkpoint)
 
@@ -211,14 +211,15 @@ def test_shape_mismatch_is_listed(small_authors_files, small_models, tmp_path):
 def test_the_variant_of_an_authors_file_is_recognised(spec_dir):
     expected = {name: name for name in list_models()} | {"dffnet_wo_dffm": "dffnet"}
     for name in list_models():
-        assert authors_variant(manifest(spec_dir, name)["state_dict"]) == expected[name]
-    assert authors_variant(manifest(spec_dir, "midas_v21")["state_dict"]) == "midas"
+        assert stored_variant(manifest(spec_dir, name)["state_dict"]) == expected[name]
+    assert stored_variant(manifest(spec_dir, "midas_v21")["state_dict"]) == "midas"
 
 
 def test_load_model_builds_the_recognised_variant(small_authors_files):
     path, state = small_authors_files["pdnet"]
     model = load_model(path, backbone="resnest14d")
-    assert model.config == {"name": "pdnet", "backbone": "resnest14d", "depth_heads": False}
+    assert model.config == {"name": "pdnet", "backbone": "resnest14d", "depth_heads": False,
+                            "normalisation": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}}
     assert model.training
     assert torch.equal(model.state_dict()["reducers.0.weight"], state["agg1.conv11.weight"])
 
@@ -345,6 +346,7 @@ def test_a_bare_state_dict_in_our_layout_builds_its_own_variant(tmp_path, name, 
     state = _randomised(model, seed=3)
     torch.save({"module." + k: v for k, v in state.items()}, tmp_path / "bare.pth")
     loaded = load_model(tmp_path / "bare.pth", backbone=SMALL_BACKBONE[name])
-    assert loaded.config == {"name": name, "backbone": SMALL_BACKBONE[name], "depth_heads": depth_heads}
+    assert loaded.config == {"name": name, "backbone": SMALL_BACKBONE[name], "depth_heads": depth_heads,
+                              "normalisation": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}}
     for key, value in loaded.state_dict().items():
         assert torch.equal(value, state[key]), key

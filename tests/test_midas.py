@@ -60,7 +60,8 @@ def test_authors_midas_file_loads_strictly(authors_midas, midas_manifest):
     assert sum(p.numel() for p in model.parameters()) == midas_manifest["num_parameters"] == 105_362_945
     for key, value in state.items():
         assert torch.equal(ours[key], value), key
-    assert model.config == {"name": "midas", "encoder": "resnext101_32x8d", "features": 256}
+    assert model.config == {"name": "midas", "encoder": "resnext101_32x8d", "features": 256,
+                            "normalisation": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}}
     assert model.feature_channels == [2048, 1024, 512, 256]
 
 

@@ -259,7 +259,8 @@ def test_pretrained_from_the_hf_cache(empty_caches):
     assert pretrained_available("resnest14d")
     model = build_model("dffnet", "resnest14d", pretrained=True)
     torch.testing.assert_close(model.encoder.model.layer3[0].conv2.fc1.weight, state["layer3.0.conv2.fc1.weight"])
-    assert model.config == {"name": "dffnet", "backbone": "resnest14d", "depth_heads": False}
+    assert model.config == {"name": "dffnet", "backbone": "resnest14d", "depth_heads": False,
+                            "normalisation": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}}
 
 
 def test_pretrained_from_a_file_in_the_resnest_package_layout(tmp_path):

@@ -97,7 +97,8 @@ def depth_teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_stage1_writes_a_complete_checkpoint_and_logs(two_epoch_run: Path):
     checkpoint = read_checkpoint(two_epoch_run / "model.pth")
     assert checkpoint["format"] == "ddffnet-checkpoint-v1" and checkpoint["epoch"] == 2
-    assert checkpoint["model_config"] == {"name": "dffnet", "backbone": "resnest14d", "depth_heads": False}
+    assert checkpoint["model_config"] == {"name": "dffnet", "backbone": "resnest14d", "depth_heads": False,
+                            "normalisation": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}}
     assert checkpoint["config"]["batch_size"] == 2 and checkpoint["config"]["loss"] == "bce+edge"
     assert set(checkpoint["optimizers"]) == {"model"} and checkpoint["sampler"] == {"seed": 42, "epoch": 2}
     assert checkpoint["schedule"]["lr"] == pytest.approx(1e-4 * (1 - 2 / 80) ** 0.9)
