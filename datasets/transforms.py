@@ -23,9 +23,10 @@ def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(mask).resize((size, size), Image.Resampling.NEAREST))
 
 
-def normalise(image: Image.Image) -> torch.Tensor:
-    """float[3,H,W]: ToTensor then ImageNet Normalize."""
-    return TF.normalize(TF.to_tensor(image), IMAGENET_MEAN, IMAGENET_STD)
+def normalise(image: Image.Image, mean: tuple[float, ...] = IMAGENET_MEAN,
+              std: tuple[float, ...] = IMAGENET_STD) -> torch.Tensor:
+    """float[3,H,W]: ToTensor then Normalize (ImageNet's mean and std unless given)."""
+    return TF.normalize(TF.to_tensor(image), mean, std)
 
 
 def denormalise(image: torch.Tensor) -> torch.Tensor:

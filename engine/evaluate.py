@@ -6,7 +6,6 @@ Saved maps are 8-bit grey PNGs at the original image resolution, white = in-focu
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import os
 import re
@@ -28,6 +27,7 @@ from datasets.polarity import STATED_POLARITIES, MaskPolarity, split_polarity
 from datasets.registry import uses_split_list
 from datasets.transforms import denormalise
 from models import load_model
+from models.inference import predict_batch
 from utils.log import progress
 from utils.metrics import PROTOCOLS, Protocol
 from utils.plots import blur_overlay, labelled_grid
@@ -407,52 +407,52 @@ def _short_stem(stem: str) -> str:
     return f"{encoded[:MAX_STEM_BYTES - 13].decode(errors='ignore')}-{digest}"
 
 
-class _PhotosOrErrors(Dataset):
-    """A PhotoDataset whose unreadable photos become blank stand-ins carrying the reason in "error"."""
-
-    def __init__(self, photos: PhotoDataset) -> None:
-        self.photos = photos
-
-    def __len__(self) -> int:
-        return len(self.photos)
-
-    def __getitem__(self, index: int) -> dict:
+def _readable_batches(paths: list[Path], size: int, unreadable: list[str]) -> Iterator[list[tuple[int, Image.Image]]]:
+    """(index, upright RGB picture) of the photos, `size` at a time; the reason a photo cannot be read goes to
+    `unreadable`."""
+    batch = []
+    for index, path in enumerate(paths):
         try:
-            return {**self.photos[index], "index": index, "error": ""}
+            batch.append((index, load_rgb(path)))
         except DatasetError as exc:
-            size = self.photos.img_size
-            path = self.photos.paths[index]
-            return {"image": torch.zeros(3, size, size), "image_size": (1, 1), "name": path.name,
-                    "path": str(path), "index": index, "error": str(exc)}
+            unreadable.append(str(exc))
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def predict_photos(model: torch.nn.Module, paths: list[str], settings: EvalSettings, out: Path) -> PhotoReport:
     """Maps (8-bit, white = in-focus) and blur overlays for photos without GT, each under a distinct name
-    (photo_output_stems). Nothing is scored, so the maps are resized to the photo size smoothly, as under the
-    standard protocol (bilinear). A photo that cannot be read is reported and the others are written."""
+    (photo_output_stems), through models.predict_batch (the map resized to the photo size bilinearly) in batches of
+    the settings' batch size. A photo that cannot be read is reported and the others are written."""
     maps_dir, overlay_dir = out / "maps", out / "overlays"
     photos = PhotoDataset(paths, settings.img_size, exclude=[maps_dir, overlay_dir])
     stems = photo_output_stems(photos.paths)
-    settings = dataclasses.replace(settings, protocol=PROTOCOLS["standard"])
     maps_dir.mkdir(parents=True, exist_ok=True)
     overlay_dir.mkdir(parents=True, exist_ok=True)
     renamed = [f"{path} -> {stem}.png" for path, stem in zip(photos.paths, stems) if stem != path.stem]
     report = PhotoReport(written=[], renamed=renamed, unreadable=[], skipped=photos.skipped)
     writer = _FileWriter()
+    bar = progress(total=len(photos), desc="photos", unit="img")
+    done = 0
     try:
-        for item, prob in predict(model, _PhotosOrErrors(photos), settings, "photos"):
-            if item["error"]:
-                report.unreadable.append(item["error"])
-                continue
-            stem = stems[item["index"]]
-            grey = to_8bit(prob)
-            photo = np.asarray(load_rgb(Path(item["path"])))
-            overlay = np.concatenate([blur_overlay(photo, grey / 255.0),
-                                      np.repeat(grey[..., None], 3, axis=2)], axis=1)
-            for path, picture in ((maps_dir / f"{stem}.png", grey), (overlay_dir / f"{stem}.jpg", overlay)):
-                writer.write(path, picture)
+        for batch in _readable_batches(photos.paths, settings.batch_size, report.unreadable):
+            pictures = [picture for _, picture in batch]
+            probs = predict_batch(model, pictures, settings.img_size, settings.amp)
+            for (index, picture), prob in zip(batch, probs):
+                grey = to_8bit(torch.from_numpy(prob))
+                overlay = np.concatenate([blur_overlay(np.asarray(picture), grey / 255.0),
+                                          np.repeat(grey[..., None], 3, axis=2)], axis=1)
+                for path, image in ((maps_dir / f"{stems[index]}.png", grey),
+                                    (overlay_dir / f"{stems[index]}.jpg", overlay)):
+                    writer.write(path, image)
+            bar.update(batch[-1][0] + 1 - done)  # unreadable photos before this batch included
+            done = batch[-1][0] + 1
     finally:
         writer.close()
+        bar.close()
     report.written = writer.written
     report.write_error = writer.error
     return report
