@@ -91,7 +91,8 @@ class DBDNet(nn.Module):
 def build_model(name: str, backbone: str | None = None, pretrained: bool | str | os.PathLike = False, *,
                 depth_heads: bool = False) -> DBDNet:
     """Build a registered network. `pretrained`: False, True (ImageNet weights from the local timm / HF
-    cache) or a path to an ImageNet weight file; `depth_heads=True` adds the R-DFFNet depth heads."""
+    cache, else downloaded as timm does) or a path to an ImageNet weight file; `depth_heads=True` adds the
+    R-DFFNet depth heads."""
     if name not in VARIANTS:
         raise ValueError(f"unknown model '{name}'; choose one of {list_models()}")
     return DBDNet(name, backbone or VARIANTS[name].default_backbone, pretrained, depth_heads)

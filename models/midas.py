@@ -133,5 +133,5 @@ class MidasNet(nn.Module):
 def build_midas(encoder: str = "resnext101_32x8d", features: int = 256,
                 pretrained: bool | str | os.PathLike = False) -> MidasNet:
     """MiDaS v2.1 with a timm ResNet-family encoder; `pretrained` initialises the encoder from ImageNet
-    weights (True: local timm / HF cache; or a file path)."""
+    weights (True: the local timm / HF cache, else downloaded as timm does; or a file path)."""
     return MidasNet(encoder, features, pretrained)
