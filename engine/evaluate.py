@@ -288,10 +288,13 @@ def _wxh(size: tuple[int, int]) -> str:
     return f"{size[1]}x{size[0]}"
 
 
-def polarity_hint(rows: list[dict], pred_dir: str | Path, polarity: MaskPolarity) -> str | None:
+def polarity_hint(rows: list[dict], pred_dir: str | Path, polarity: MaskPolarity,
+                  constant: set[str] = frozenset()) -> str | None:
     """A warning when most scored maps have an MAE above 0.5 (worse than a constant grey map): they are
-    likely stored in the other polarity than `polarity`; else None."""
-    maes = [row["mae"] for row in rows if row.get("mae") is not None]
+    likely stored in the other polarity than `polarity`; else None. The maps named in `constant` (one value
+    everywhere, such as the all-in-focus baseline) are left out: their MAE says which class the set holds
+    more of, not which polarity they are stored in."""
+    maes = [row["mae"] for row in rows if row.get("mae") is not None and row["name"] not in constant]
     inverted = sum(mae > INVERTED_MAE for mae in maes)
     if not maes or inverted <= len(maes) / 2:
         return None
@@ -343,19 +346,23 @@ def evaluate_saved_maps(pred_dir: str | Path, polarity: MaskPolarity, dataset_ex
         warnings.append(f"{pred_dir}: {len(mismatch)} of {len(dataset)} maps differ in size from their GT mask, "
                         f"the maps' size is wrong ({format_names(mismatch, 3)}); {done}")
 
+    constant: set[str] = set()
+
     def pairs() -> Iterator[tuple[dict, torch.Tensor]]:
         for batch in progress(eval_loader(dataset, settings), desc=f"{label} on {name}", unit="batch"):
             for i in range(len(batch["name"])):
                 item = {key: value[i] for key, value in batch.items() if key != "image"}
                 item["image"] = batch["image"][i]
                 pred = item["pred"].to(settings.device)
+                if torch.equal(pred.amin(), pred.amax()):
+                    constant.add(item["name"])
                 gt_size = tuple(item["mask"].shape[-2:])
                 if resize and tuple(pred.shape) != gt_size:
                     pred = settings.protocol.upsample(pred[None, None], gt_size)
                 yield item, pred
 
     summary, rows = _score(pairs(), name, settings, out_dir)
-    hint = polarity_hint(rows, pred_dir, polarity)
+    hint = polarity_hint(rows, pred_dir, polarity, constant)
     entry = _entry(summary, rows, label, str(pred_dir), dataset_expr, out_dir, settings, "none (saved maps)")
     entry["pred_polarity"] = polarity.label
     entry["corrupt_left_out"] = dataset.dataset.corrupt
