@@ -55,7 +55,8 @@ def _missing_weights_message(backbone: str, reason: str) -> str:
         source.append("torchvision's vgg16-397923af.pth")
     where = " or ".join(source) if source else "a timm-layout state_dict for this architecture"
     return (f"no ImageNet weights for backbone '{backbone}' in the local timm / Hugging Face cache, and {reason}. "
-            f"Pass the weight file explicitly (--pretrained PATH): {where}; or train from scratch with --pretrained none")
+            f"Pass the weight file explicitly (--pretrained PATH): {where}; or train from scratch with "
+            "--pretrained none")
 
 
 def _download_imagenet_weights(backbone: str) -> None:

@@ -319,8 +319,8 @@ def test_pretrained_whose_download_fails_says_which_file_to_provide_in_one_line(
     assert downloads.calls == ["timm/resnest101e.in1k/model.safetensors"]
     assert "\n" not in message and "the download failed (An error happened while trying to locate" in message
     assert re.search(r"--pretrained PATH\): 'model\.safetensors' of https://huggingface\.co/timm/resnest101e\.in1k "
-                     r"or the resnest package's resnest101-22405ba7\.pth; or train from scratch with --pretrained none$",
-                     message)
+                     r"or the resnest package's resnest101-22405ba7\.pth; or train from scratch with "
+                     r"--pretrained none$", message)
 
 
 def test_pretrained_from_a_file_in_the_resnest_package_layout(tmp_path):

@@ -69,7 +69,7 @@ def test_predict_takes_a_path_a_pil_image_or_an_array_upright(tmp_path, shipped)
         assert from_path.dtype == np.float32 and from_path.shape == expected.shape
         np.testing.assert_array_equal(to_8bit(torch.from_numpy(from_path)), expected, err_msg=path.name)
         upright = load_rgb(path)
-        for same in (str(path), Image.open(path), upright, np.asarray(upright)):  # load_rgb's output is not turned again
+        for same in (str(path), Image.open(path), upright, np.asarray(upright)):  # load_rgb's output: not turned twice
             np.testing.assert_array_equal(predict(shipped, same), from_path, err_msg=f"{path.name} {type(same)}")
     assert predict(shipped, photos / "coffee_exif6.png").shape == (300, 200)  # stored 300 wide, shown sideways
 
