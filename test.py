@@ -26,6 +26,7 @@ from datasets.polarity import STATED_POLARITIES, MaskPolarity
 from engine.evaluate import (EvalSettings, evaluate_model, evaluate_saved_maps, load_detector, predict_photos,
                              set_label)
 from engine.options import check_img_size, check_writable
+from models.inference import DEFAULT_IMG_SIZE, input_spec
 from models.shipped import default_detector
 from utils.checkpoint import CheckpointError
 from utils.metrics import PROTOCOLS, get_protocol
@@ -33,9 +34,6 @@ from utils.paper_results import PAPER_SETS, TABLES
 from utils.report import (markdown_table, paper_set_order, pr_figure, read_results, region_table, summary_line,
                           write_results)
 from utils.runtime import AMP_DTYPES, check_amp, select_device, use_device
-
-DEFAULT_IMG_SIZE = 320
-
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 1)[1],
@@ -156,9 +154,8 @@ def baseline_maps(folder: str, dataset_expr: str) -> str:
 
 
 def model_settings(settings: EvalSettings, model: torch.nn.Module, img_size: int | None) -> EvalSettings:
-    """The settings for one network: --img-size, else the input size it was trained at, else 320."""
-    size = img_size or getattr(model, "training_config", {}).get("img_size") or DEFAULT_IMG_SIZE
-    return dataclasses.replace(settings, img_size=size)
+    """The settings for one network: --img-size, else its own input size (models.inference.input_spec)."""
+    return dataclasses.replace(settings, img_size=input_spec(model, img_size).img_size)
 
 
 def run_evaluation(args: argparse.Namespace, settings: EvalSettings, out: Path) -> int:

@@ -219,7 +219,7 @@ def summarise(bench: Benchmark) -> dict:
 
 
 def print_table(table: dict) -> list[str]:
-    """The printed (and README) table: mean +/- std over seeds, and the paired difference to DFFNet."""
+    """The printed (and docs/depth_effect.md) table: mean +/- std over seeds, and the paired difference to DFFNet."""
     lines = ["| method | region | MAE | F-beta | IoU | MAE - DFFNet | F-beta - DFFNet | IoU - DFFNet |",
              "|---|---|---|---|---|---|---|---|"]
     for method in METHODS:

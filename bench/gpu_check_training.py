@@ -118,7 +118,7 @@ def part_fp16(cfg: argparse.Namespace, done: dict[str, dict]) -> dict[str, Any]:
 
 def part_deterministic(cfg: argparse.Namespace, done: dict[str, dict]) -> dict[str, Any]:
     """--deterministic: DETERMINISTIC_STEPS stage-2 steps (both teachers) run twice from the same seed must give
-    bit-identical weights, as README's "how exactly" promises for one GPU."""
+    bit-identical weights, as docs/training_and_evaluation.md's "how exactly" promises for one GPU."""
     device = device_of(cfg)
     use_deterministic_algorithms()
     configure_backends(device, deterministic=True)

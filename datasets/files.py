@@ -127,10 +127,21 @@ def _to_8bit(img: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(values, 0, 255).astype(np.uint8))
 
 
+ORIENTATION_INFO_KEYS = ("exif", "xmp", "XML:com.adobe.xmp")  # where Pillow finds an orientation
+
+
+def upright_rgb(img: Image.Image) -> Image.Image:
+    """8-bit RGB of an opened image, upright as its EXIF orientation says. The result carries no orientation, so
+    passing it through again leaves it as it is."""
+    rgb = (_to_8bit(img) if img.mode.startswith("I") else img).convert("RGB")
+    upright = _upright(rgb, exif_orientation(img))
+    upright.info = {key: value for key, value in upright.info.items() if key not in ORIENTATION_INFO_KEYS}
+    return upright
+
+
 def _decode_rgb(path: Path) -> Image.Image:
     with Image.open(path) as img:
-        rgb = (_to_8bit(img) if img.mode.startswith("I") else img).convert("RGB")
-        return _upright(rgb, exif_orientation(img))
+        return upright_rgb(img)
 
 
 def load_rgb(path: Path) -> Image.Image:

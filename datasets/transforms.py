@@ -24,7 +24,8 @@ def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
 
 
 def normalise(image: Image.Image) -> torch.Tensor:
-    """float[3,H,W]: ToTensor then ImageNet Normalize."""
+    """float[3,H,W]: ToTensor then ImageNet Normalize (every network takes this; models.encoders converts it to
+    a backbone's own normalisation)."""
     return TF.normalize(TF.to_tensor(image), IMAGENET_MEAN, IMAGENET_STD)
 
 

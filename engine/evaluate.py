@@ -6,7 +6,6 @@ Saved maps are 8-bit grey PNGs at the original image resolution, white = in-focu
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import os
 import re
@@ -28,6 +27,7 @@ from datasets.polarity import STATED_POLARITIES, MaskPolarity, split_polarity
 from datasets.registry import uses_split_list
 from datasets.transforms import denormalise
 from models import load_model
+from models.inference import predict_batch
 from utils.log import progress
 from utils.metrics import PROTOCOLS, Protocol
 from utils.plots import blur_overlay, labelled_grid
@@ -288,10 +288,13 @@ def _wxh(size: tuple[int, int]) -> str:
     return f"{size[1]}x{size[0]}"
 
 
-def polarity_hint(rows: list[dict], pred_dir: str | Path, polarity: MaskPolarity) -> str | None:
+def polarity_hint(rows: list[dict], pred_dir: str | Path, polarity: MaskPolarity,
+                  constant: set[str] = frozenset()) -> str | None:
     """A warning when most scored maps have an MAE above 0.5 (worse than a constant grey map): they are
-    likely stored in the other polarity than `polarity`; else None."""
-    maes = [row["mae"] for row in rows if row.get("mae") is not None]
+    likely stored in the other polarity than `polarity`; else None. The maps named in `constant` (one value
+    everywhere, such as the all-in-focus baseline) are left out: their MAE says which class the set holds
+    more of, not which polarity they are stored in."""
+    maes = [row["mae"] for row in rows if row.get("mae") is not None and row["name"] not in constant]
     inverted = sum(mae > INVERTED_MAE for mae in maes)
     if not maes or inverted <= len(maes) / 2:
         return None
@@ -343,19 +346,23 @@ def evaluate_saved_maps(pred_dir: str | Path, polarity: MaskPolarity, dataset_ex
         warnings.append(f"{pred_dir}: {len(mismatch)} of {len(dataset)} maps differ in size from their GT mask, "
                         f"the maps' size is wrong ({format_names(mismatch, 3)}); {done}")
 
+    constant: set[str] = set()
+
     def pairs() -> Iterator[tuple[dict, torch.Tensor]]:
         for batch in progress(eval_loader(dataset, settings), desc=f"{label} on {name}", unit="batch"):
             for i in range(len(batch["name"])):
                 item = {key: value[i] for key, value in batch.items() if key != "image"}
                 item["image"] = batch["image"][i]
                 pred = item["pred"].to(settings.device)
+                if torch.equal(pred.amin(), pred.amax()):
+                    constant.add(item["name"])
                 gt_size = tuple(item["mask"].shape[-2:])
                 if resize and tuple(pred.shape) != gt_size:
                     pred = settings.protocol.upsample(pred[None, None], gt_size)
                 yield item, pred
 
     summary, rows = _score(pairs(), name, settings, out_dir)
-    hint = polarity_hint(rows, pred_dir, polarity)
+    hint = polarity_hint(rows, pred_dir, polarity, constant)
     entry = _entry(summary, rows, label, str(pred_dir), dataset_expr, out_dir, settings, "none (saved maps)")
     entry["pred_polarity"] = polarity.label
     entry["corrupt_left_out"] = dataset.dataset.corrupt
@@ -407,52 +414,52 @@ def _short_stem(stem: str) -> str:
     return f"{encoded[:MAX_STEM_BYTES - 13].decode(errors='ignore')}-{digest}"
 
 
-class _PhotosOrErrors(Dataset):
-    """A PhotoDataset whose unreadable photos become blank stand-ins carrying the reason in "error"."""
-
-    def __init__(self, photos: PhotoDataset) -> None:
-        self.photos = photos
-
-    def __len__(self) -> int:
-        return len(self.photos)
-
-    def __getitem__(self, index: int) -> dict:
+def _readable_batches(paths: list[Path], size: int, unreadable: list[str]) -> Iterator[list[tuple[int, Image.Image]]]:
+    """(index, upright RGB picture) of the photos, `size` at a time; the reason a photo cannot be read goes to
+    `unreadable`."""
+    batch = []
+    for index, path in enumerate(paths):
         try:
-            return {**self.photos[index], "index": index, "error": ""}
+            batch.append((index, load_rgb(path)))
         except DatasetError as exc:
-            size = self.photos.img_size
-            path = self.photos.paths[index]
-            return {"image": torch.zeros(3, size, size), "image_size": (1, 1), "name": path.name,
-                    "path": str(path), "index": index, "error": str(exc)}
+            unreadable.append(str(exc))
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def predict_photos(model: torch.nn.Module, paths: list[str], settings: EvalSettings, out: Path) -> PhotoReport:
     """Maps (8-bit, white = in-focus) and blur overlays for photos without GT, each under a distinct name
-    (photo_output_stems). Nothing is scored, so the maps are resized to the photo size smoothly, as under the
-    standard protocol (bilinear). A photo that cannot be read is reported and the others are written."""
+    (photo_output_stems), through models.predict_batch (the map resized to the photo size bilinearly) in batches of
+    the settings' batch size. A photo that cannot be read is reported and the others are written."""
     maps_dir, overlay_dir = out / "maps", out / "overlays"
     photos = PhotoDataset(paths, settings.img_size, exclude=[maps_dir, overlay_dir])
     stems = photo_output_stems(photos.paths)
-    settings = dataclasses.replace(settings, protocol=PROTOCOLS["standard"])
     maps_dir.mkdir(parents=True, exist_ok=True)
     overlay_dir.mkdir(parents=True, exist_ok=True)
     renamed = [f"{path} -> {stem}.png" for path, stem in zip(photos.paths, stems) if stem != path.stem]
     report = PhotoReport(written=[], renamed=renamed, unreadable=[], skipped=photos.skipped)
     writer = _FileWriter()
+    bar = progress(total=len(photos), desc="photos", unit="img")
+    done = 0
     try:
-        for item, prob in predict(model, _PhotosOrErrors(photos), settings, "photos"):
-            if item["error"]:
-                report.unreadable.append(item["error"])
-                continue
-            stem = stems[item["index"]]
-            grey = to_8bit(prob)
-            photo = np.asarray(load_rgb(Path(item["path"])))
-            overlay = np.concatenate([blur_overlay(photo, grey / 255.0),
-                                      np.repeat(grey[..., None], 3, axis=2)], axis=1)
-            for path, picture in ((maps_dir / f"{stem}.png", grey), (overlay_dir / f"{stem}.jpg", overlay)):
-                writer.write(path, picture)
+        for batch in _readable_batches(photos.paths, settings.batch_size, report.unreadable):
+            pictures = [picture for _, picture in batch]
+            probs = predict_batch(model, pictures, settings.img_size, settings.amp)
+            for (index, picture), prob in zip(batch, probs):
+                grey = to_8bit(torch.from_numpy(prob))
+                overlay = np.concatenate([blur_overlay(np.asarray(picture), grey / 255.0),
+                                          np.repeat(grey[..., None], 3, axis=2)], axis=1)
+                for path, image in ((maps_dir / f"{stems[index]}.png", grey),
+                                    (overlay_dir / f"{stems[index]}.jpg", overlay)):
+                    writer.write(path, image)
+            bar.update(batch[-1][0] + 1 - done)  # unreadable photos before this batch included
+            done = batch[-1][0] + 1
     finally:
         writer.close()
+        bar.close()
     report.written = writer.written
     report.write_error = writer.error
     return report

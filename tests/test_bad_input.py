@@ -23,6 +23,7 @@ import train_kd
 import train_single
 from datasets import DatasetError, PhotoDataset, build_dataset
 from datasets.files import load_rgb
+from engine.baselines import write_baseline_maps
 from engine.evaluate import EvalSettings, photo_output_stems, predict_photos
 from engine.options import log_dir
 from models import build_midas, build_model
@@ -243,6 +244,26 @@ def test_inverted_maps_suggest_the_other_polarity(tmp_path: Path) -> None:
     right = run_test_py(["--pred-dir", str(maps), "--dataset", f"folder:{data}:white=in-focus",
                          "--pred-polarity", "white=blurred", "--out", str(tmp_path / "out2"), *FAST])
     assert right.returncode == 0 and "warning" not in right.stderr
+
+
+def test_a_constant_baseline_is_scored_without_the_inverted_warning(tmp_path: Path) -> None:
+    """The all-in-focus baseline on a set that is mostly blurred scores MAE 0.75: a fact about the set, not a
+    polarity mistake (the demo's own baseline used to get the warning)."""
+    data = write_set(tmp_path / "set")
+    mask = np.zeros((64, 64), np.uint8)
+    mask[:, :16] = 255  # a quarter in focus
+    for name in ("0.png", "1.png"):
+        Image.fromarray(mask).save(data / "gt" / name)
+    maps = write_baseline_maps("all-in-focus", f"folder:{data}:white=in-focus", tmp_path / "all-in-focus")
+    result = run_test_py(["--pred-dir", str(maps), "--dataset", f"folder:{data}:white=in-focus",
+                          "--out", str(tmp_path / "out"), *FAST])
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "out/results.json").read_text())["results"][0]["mae"] == pytest.approx(0.75)
+    assert "warning" not in result.stderr
+    inverted = write_maps(tmp_path / "maps", data, invert=True)  # maps with contrast still get it
+    result = run_test_py(["--pred-dir", str(inverted), "--dataset", f"folder:{data}:white=in-focus",
+                          "--out", str(tmp_path / "out2"), *FAST])
+    assert "the maps look inverted" in result.stderr
 
 
 # ---- B8: a re-run that finds no set keeps the results

@@ -2,6 +2,8 @@
 initialisation. CPU, small backbones."""
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -224,7 +226,7 @@ def test_rfb_output_is_rectified():
     assert out.min() == 0 and 0.1 < (out == 0).float().mean() < 0.9
 
 
-# ---- ImageNet initialisation, offline
+# ---- ImageNet initialisation: the local cache, else timm's download (stubbed: no network in tests)
 
 
 @pytest.fixture()
@@ -235,10 +237,48 @@ def empty_caches(tmp_path, monkeypatch):
     return tmp_path / "hf"
 
 
-def test_pretrained_without_weights_says_which_file_to_provide(empty_caches):
-    assert not pretrained_available("resnest101e")
-    with pytest.raises(FileNotFoundError, match=r"timm/resnest101e\.in1k.*resnest101-22405ba7\.pth"):
-        build_model("dffnet", pretrained=True)
+@pytest.fixture()
+def downloads(monkeypatch):
+    """Stands in for the network: records each download asked for and runs `downloads.serve(repo_id, filename,
+    path)` for it (by default: raise, as an offline machine does)."""
+    import huggingface_hub
+
+    class Network:
+        calls: list[str] = []
+
+        @staticmethod
+        def serve(repo_id: str, filename: str) -> str:
+            raise huggingface_hub.errors.LocalEntryNotFoundError(
+                "An error happened while trying to locate the file on the Hub and we cannot find the requested "
+                "files in the local cache.\nPlease check your connection and try again.")
+
+    def hf_hub_download(repo_id, filename, revision=None, **_):
+        Network.calls.append(f"{repo_id}/{filename}")
+        return Network.serve(repo_id, filename)
+
+    def download_url_to_file(url, dst, *args, **kwargs):
+        Network.calls.append(url)
+        raise OSError("[Errno 101] Network is unreachable")
+
+    Network.calls = []
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", hf_hub_download)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", download_url_to_file)
+    return Network
+
+
+def _put_in_hf_cache(cache, repo_id: str, filename: str, state: dict[str, torch.Tensor]) -> str:
+    """Write `state` where huggingface_hub keeps `filename` of `repo_id` (a snapshot named by refs/main)."""
+    from safetensors.torch import save_file
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    (repo / "snapshots" / "abc123").mkdir(parents=True, exist_ok=True)
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / "main").write_text("abc123")
+    path = repo / "snapshots" / "abc123" / filename
+    if filename.endswith(".safetensors"):
+        save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    else:
+        torch.save(state, path)
+    return str(path)
 
 
 def _imagenet_state(backbone: str) -> dict[str, torch.Tensor]:
@@ -249,18 +289,39 @@ def _imagenet_state(backbone: str) -> dict[str, torch.Tensor]:
             for k, v in timm.create_model(backbone).state_dict().items()}
 
 
-def test_pretrained_from_the_hf_cache(empty_caches):
+def test_pretrained_from_the_hf_cache_makes_no_network_call(empty_caches, downloads):
     state = _imagenet_state("resnest14d")
-    snapshot = empty_caches / "models--timm--resnest14d.gluon_in1k" / "snapshots" / "abc123"
-    snapshot.mkdir(parents=True)
-    (empty_caches / "models--timm--resnest14d.gluon_in1k" / "refs").mkdir()
-    (empty_caches / "models--timm--resnest14d.gluon_in1k" / "refs" / "main").write_text("abc123")
-    torch.save(state, snapshot / "pytorch_model.bin")
+    _put_in_hf_cache(empty_caches, "timm/resnest14d.gluon_in1k", "pytorch_model.bin", state)
     assert pretrained_available("resnest14d")
     model = build_model("dffnet", "resnest14d", pretrained=True)
     torch.testing.assert_close(model.encoder.model.layer3[0].conv2.fc1.weight, state["layer3.0.conv2.fc1.weight"])
     assert model.config == {"name": "dffnet", "backbone": "resnest14d", "depth_heads": False,
                             "normalisation": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}}
+    assert downloads.calls == []
+
+
+def test_pretrained_not_cached_is_downloaded_as_timm_does(empty_caches, downloads):
+    state = _imagenet_state("resnet10t")
+    downloads.serve = lambda repo_id, filename: _put_in_hf_cache(empty_caches, repo_id, filename, state)
+    assert not pretrained_available("resnet10t")
+    model = build_model("dffnet", "resnet10t", pretrained=True)
+    assert downloads.calls == ["timm/resnet10t.c3_in1k/model.safetensors"]
+    torch.testing.assert_close(model.encoder.model.layer4[0].conv2.weight, state["layer4.0.conv2.weight"])
+    assert pretrained_available("resnet10t")  # cached for the next run, which asks the network nothing
+    build_model("pdnet", "resnet10t", pretrained=True)
+    assert len(downloads.calls) == 1
+
+
+def test_pretrained_whose_download_fails_says_which_file_to_provide_in_one_line(empty_caches, downloads):
+    assert not pretrained_available("resnest101e")
+    with pytest.raises(FileNotFoundError) as error:
+        build_model("dffnet", pretrained=True)
+    message = str(error.value)
+    assert downloads.calls == ["timm/resnest101e.in1k/model.safetensors"]
+    assert "\n" not in message and "the download failed (An error happened while trying to locate" in message
+    assert re.search(r"--pretrained PATH\): 'model\.safetensors' of https://huggingface\.co/timm/resnest101e\.in1k "
+                     r"or the resnest package's resnest101-22405ba7\.pth; or train from scratch with "
+                     r"--pretrained none$", message)
 
 
 def test_pretrained_from_a_file_in_the_resnest_package_layout(tmp_path):

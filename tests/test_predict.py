@@ -1,0 +1,146 @@
+"""models.predict, the one inference path of test.py --images, app.py and torch.hub users; hubconf.py's entries."""
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import skimage.data
+import torch
+from PIL import Image
+
+from datasets.files import load_rgb
+from datasets.transforms import normalise, resize_image
+from engine.evaluate import to_8bit
+from models import build_model, load_model, predict
+from models.inference import DEFAULT_IMG_SIZE, input_spec, predict_batch
+from models.shipped import SHIPPED_CHECKPOINT
+from utils.checkpoint import CheckpointError, model_checkpoint, save_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+REFERENCE_MAPS = ROOT / "tests" / "fixtures" / "photo_maps"
+_spec = importlib.util.spec_from_file_location("test_script", ROOT / "test.py")
+test_script = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(test_script)
+
+
+def write_reference_photos(folder: Path) -> Path:
+    """The photos the maps in tests/fixtures/photo_maps/ were made from: RGB, RGB turned by EXIF (orientation 6),
+    16-bit grey."""
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(skimage.data.chelsea()[40:200, 100:340]).save(folder / "chelsea.png")
+    coffee = Image.fromarray(skimage.data.coffee()[100:300, 150:450])
+    exif = coffee.getexif()
+    exif[0x0112] = 6
+    coffee.save(folder / "coffee_exif6.png", exif=exif)
+    Image.fromarray(skimage.data.camera()[100:260, 150:370].astype(np.uint16) * 257).save(folder / "camera16.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def shipped() -> torch.nn.Module:
+    return load_model(SHIPPED_CHECKPOINT).eval()
+
+
+def test_images_writes_the_maps_of_the_code_before_predict(tmp_path, monkeypatch):
+    """tests/fixtures/photo_maps/ holds the maps test.py --images wrote at commit 84367fb (before models.predict),
+    with the shipped model and --batch-size 2 (two batches)."""
+    photos = write_reference_photos(tmp_path / "photos")
+    monkeypatch.chdir(tmp_path)  # no checkpoint/D-DFFNet.pth: the shipped model
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        code = test_script.main(["--images", str(photos), "--out", "out", "--workers", "0", "--batch-size", "2"])
+    assert code == 0
+    references = sorted(REFERENCE_MAPS.glob("*.png"))
+    assert [p.name for p in references] == ["camera16.png", "chelsea.png", "coffee_exif6.png"]
+    for reference in references:
+        expected = np.asarray(Image.open(reference))
+        np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out/maps" / reference.name)), expected,
+                                      err_msg=reference.name)
+
+
+def test_predict_takes_a_path_a_pil_image_or_an_array_upright(tmp_path, shipped):
+    photos = write_reference_photos(tmp_path)
+    for path in sorted(photos.glob("*.png")):
+        expected = np.asarray(Image.open(REFERENCE_MAPS / path.name))
+        from_path = predict(shipped, path)
+        assert from_path.dtype == np.float32 and from_path.shape == expected.shape
+        np.testing.assert_array_equal(to_8bit(torch.from_numpy(from_path)), expected, err_msg=path.name)
+        upright = load_rgb(path)
+        for same in (str(path), Image.open(path), upright, np.asarray(upright)):  # load_rgb's output: not turned twice
+            np.testing.assert_array_equal(predict(shipped, same), from_path, err_msg=f"{path.name} {type(same)}")
+    assert predict(shipped, photos / "coffee_exif6.png").shape == (300, 200)  # stored 300 wide, shown sideways
+
+
+def test_predict_batch_runs_each_photo_as_predict_does(tmp_path, shipped):
+    photos = write_reference_photos(tmp_path)
+    paths = sorted(photos.glob("*.png"))
+    for batched, path in zip(predict_batch(shipped, paths), paths):
+        np.testing.assert_array_equal(to_8bit(torch.from_numpy(batched)),
+                                      to_8bit(torch.from_numpy(predict(shipped, path))), err_msg=path.name)
+
+
+def test_the_input_size_and_normalisation_come_from_the_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    mean, std = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
+    model = build_model("dffnet", backbone="resnet10t", normalisation={"mean": mean, "std": std})
+    path = save_checkpoint(model_checkpoint(model, {"img_size": 64}, 1), tmp_path / "m.pth")
+    loaded = load_model(path).eval()
+    assert input_spec(loaded) == input_spec(loaded, 64) != input_spec(loaded, 96)
+    seen = []
+    loaded.encoder.model.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    photo = Image.fromarray(skimage.data.astronaut()[::8, ::8])
+    for size in (64, 96):
+        predict(loaded, photo, img_size=None if size == 64 else size)
+        rgb = torch.from_numpy(np.array(resize_image(photo, size))).permute(2, 0, 1).float() / 255
+        expected = (rgb - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+        torch.testing.assert_close(seen[-1][0], expected, atol=1e-5, rtol=0)
+    bare = tmp_path / "bare.pth"
+    torch.save(model.state_dict(), bare)  # an authors'-style file records no input size
+    assert input_spec(load_model(bare, backbone="resnet10t")).img_size == DEFAULT_IMG_SIZE
+
+
+@pytest.mark.parametrize("array, message", [
+    (np.zeros((4, 5, 2), np.uint8), "image array, got shape (4, 5, 2)"),
+    (np.zeros((0, 5, 3), np.uint8), "got shape (0, 5, 3)"),
+    (np.full((4, 5, 3), 1.5), "values in [0, 1], this one holds [1.5, 1.5]"),
+    (np.zeros((4, 5, 3), np.int32), "got int32"),
+])
+def test_an_unusable_array_is_refused_in_one_line(shipped, array, message):
+    with pytest.raises(ValueError) as error:
+        predict(shipped, array)
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_an_unreadable_file_is_named(tmp_path, shipped):
+    (tmp_path / "notes.png").write_text("not a picture")
+    with pytest.raises(ValueError, match=r"notes\.png: cannot decode image"):
+        predict(shipped, tmp_path / "notes.png")
+
+
+def test_torch_hub_loads_the_shipped_model_and_predicts_a_photo(shipped):
+    model = torch.hub.load(str(ROOT), "dffnet_cpu", source="local")
+    assert not model.training
+    chelsea = skimage.data.chelsea()
+    in_focus = predict(model, chelsea)
+    assert in_focus.shape == chelsea.shape[:2] and in_focus.dtype == np.float32
+    assert 0 <= in_focus.min() < 0.2 and 0.8 < in_focus.max() <= 1  # both classes present
+    np.testing.assert_array_equal(in_focus, predict(shipped, chelsea))
+
+
+def test_torch_hub_loads_the_papers_models_from_a_file(tmp_path):
+    torch.manual_seed(0)
+    model = build_model("dffnet", backbone="resnet10t")
+    path = save_checkpoint(model_checkpoint(model, {"img_size": 64}, 1), tmp_path / "D-DFFNet.pth")
+    for entry in ("dffnet", "d_dffnet"):
+        loaded = torch.hub.load(str(ROOT), entry, source="local", checkpoint=path)
+        assert not loaded.training
+        assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+    with pytest.raises(CheckpointError, match=r"^d_dffnet: give checkpoint=PATH, the authors' D-DFFNet\.pth"):
+        torch.hub.load(str(ROOT), "d_dffnet", source="local")
+    pdnet = build_model("pdnet", backbone="resnet10t")
+    other = save_checkpoint(model_checkpoint(pdnet, {"img_size": 64}, 1), tmp_path / "pdnet.pth")
+    with pytest.raises(CheckpointError, match="holds a 'pdnet' model, but 'dffnet' was asked for"):
+        torch.hub.load(str(ROOT), "dffnet", source="local", checkpoint=other)
