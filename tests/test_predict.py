@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from datasets.files import load_rgb
-from datasets.transforms import normalise, resize_image
+from datasets.transforms import resize_image
 from engine.evaluate import to_8bit
 from models import build_model, load_model, predict
 from models.inference import DEFAULT_IMG_SIZE, input_spec, predict_batch
