@@ -32,9 +32,11 @@ from utils.metrics import PROTOCOLS, get_protocol
 from utils.paper_results import PAPER_SETS, TABLES
 from utils.report import (markdown_table, paper_set_order, pr_figure, read_results, region_table, summary_line,
                           write_results)
+from utils.runlock import RunLockError, acquire, release
 from utils.runtime import AMP_DTYPES, check_amp, select_device, use_device
 
 DEFAULT_IMG_SIZE = 320
+INTERRUPTED_EXIT = 130  # the shell's status for a process ended by SIGINT
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -216,7 +218,11 @@ def run_evaluation(args: argparse.Namespace, settings: EvalSettings, out: Path) 
     except OSError as exc:
         failed.append(f"{out / 'results.json'}: not written ({exc.strerror or exc}); the metrics are printed here")
     else:
-        pr_figure(shown, out / "pr_curves.png", f"PR curves, blurred class positive ({args.protocol} protocol)")
+        try:
+            pr_figure(shown, out / "pr_curves.png", f"PR curves, blurred class positive ({args.protocol} protocol)")
+        except OSError as exc:
+            (out / "pr_curves.png").unlink(missing_ok=True)
+            failed.append(f"{out / 'pr_curves.png'}: not written ({exc.strerror or exc})")
     sets = paper_set_order(list(dict.fromkeys([set_label(d) for d in args.dataset] + [e["dataset"] for e in shown])))
     paper_rows = dict(pair.split("=", 1) for pair in args.paper_row)
     print()
@@ -233,7 +239,11 @@ def run_evaluation(args: argparse.Namespace, settings: EvalSettings, out: Path) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    try:
+        args = parse_args(argv)
+    except CheckpointError as exc:  # the default detector is damaged
+        print(f"test.py: error: {exc}", file=sys.stderr)
+        return 2
     device = select_device(args.device)
     check_amp(args.amp, device)
     use_device(device)
@@ -243,6 +253,11 @@ def main(argv: list[str] | None = None) -> int:
                             img_size=args.img_size or DEFAULT_IMG_SIZE, data_root=args.data_root,
                             save_maps=args.save_maps, grid=args.grid, split_file=args.split_file)
     out = Path(args.out)
+    try:
+        acquire(out, "--out", folder=True)
+    except RunLockError as exc:
+        print(f"test.py: error: {exc}", file=sys.stderr)
+        return 2
     try:
         if args.images is not None:
             model = load_detector(args.checkpoint[0], settings, args.model, args.backbone, args.compile)
@@ -265,6 +280,12 @@ def main(argv: list[str] | None = None) -> int:
     except (DatasetError, CheckpointError, FileNotFoundError, ValueError) as exc:
         print(f"test.py: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"test.py: interrupted (Ctrl-C); the files finished so far stay in {out} (results.json is written "
+              "only at the end of a run)", file=sys.stderr)
+        return INTERRUPTED_EXIT
+    finally:
+        release(out, folder=True)
 
 
 if __name__ == "__main__":

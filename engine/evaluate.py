@@ -206,7 +206,11 @@ def _score(pairs: Iterator[tuple[dict, torch.Tensor]], dataset_name: str, settin
         summary["write_error"] = f"maps not written after the first failure: {writer.error}"
         return summary, rows
     if grid_rows:
-        labelled_grid(grid_rows, list(GRID_COLUMNS), out_dir / "grid.png", height=GRID_HEIGHT)
+        try:
+            labelled_grid(grid_rows, list(GRID_COLUMNS), out_dir / "grid.png", height=GRID_HEIGHT)
+        except OSError as exc:
+            (out_dir / "grid.png").unlink(missing_ok=True)
+            summary["write_error"] = f"{out_dir / 'grid.png'}: not written ({exc.strerror or exc})"
     return summary, rows
 
 
@@ -399,8 +403,9 @@ def photo_output_stems(paths: list[Path]) -> list[str]:
 
 
 def _short_stem(stem: str) -> str:
-    """`stem`, or when it passes MAX_STEM_BYTES in UTF-8 its start and a hash of the whole stem."""
-    encoded = stem.encode()
+    """`stem`, or when it passes MAX_STEM_BYTES as a file name (os.fsencode: UTF-8, with the bytes of a name that is
+    not UTF-8 kept as they are) its start and a hash of the whole stem."""
+    encoded = os.fsencode(stem)
     if len(encoded) <= MAX_STEM_BYTES:
         return stem
     digest = hashlib.sha1(encoded).hexdigest()[:12]

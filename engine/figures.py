@@ -54,7 +54,7 @@ def comparison_figure(dataset_expr: str, checkpoints: dict[str, str], out: str |
     if all("homogeneous" in item for item in items):
         columns["textureless (white)"] = [item["homogeneous"].numpy().astype(np.float32) for item in items]
     for label, path in checkpoints.items():
-        model = load_model(path, map_location=dev).eval()
+        model = load_model(path, map_location=dev, detector_only=True).eval()
         probs = torch.sigmoid(model(images).logits.float())
         columns[label] = [
             F.interpolate(p[None], size=item["mask"].shape[-2:], mode="bilinear", align_corners=False)[0, 0].cpu().numpy()
@@ -72,16 +72,18 @@ def comparison_figure(dataset_expr: str, checkpoints: dict[str, str], out: str |
 
 @torch.inference_mode()
 def photo_figure(photos: list[str | Path], checkpoint: str | Path, out: str | Path, img_size: int | None = None,
-                 device: str = "auto") -> Path:
+                 device: str = "auto") -> tuple[Path, list[str]]:
     """Save a grid of photos without ground truth (rows) x [photo, P(in-focus) map, blurred regions tinted red]
-    (columns) from one detector, at the input size it was trained at unless `img_size` is given."""
+    (columns) from one detector, at the input size it was trained at unless `img_size` is given; returns the
+    figure's path and the files skipped, each with the reason (PhotoDataset)."""
     dev = select_device(device)
-    model = load_model(checkpoint, map_location=dev).eval()
+    model = load_model(checkpoint, map_location=dev, detector_only=True).eval()
     size = img_size or model.training_config.get("img_size") or 320
     settings = EvalSettings(protocol=PROTOCOLS["standard"], device=dev, workers=0, img_size=size)
+    dataset = PhotoDataset(photos, size)
     rows = []
-    for item, prob in predict(model, PhotoDataset(photos, size), settings, "photos"):
+    for item, prob in predict(model, dataset, settings, "photos"):
         in_focus = prob.cpu().numpy()
         photo = np.asarray(load_rgb(Path(item["path"])))
         rows.append([photo, in_focus, blur_overlay(photo, in_focus)])
-    return labelled_grid(rows, ["photo", "P(in-focus), white = sharp", "predicted blur (red)"], out)
+    return labelled_grid(rows, ["photo", "P(in-focus), white = sharp", "predicted blur (red)"], out), dataset.skipped

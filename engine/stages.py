@@ -15,7 +15,7 @@ import torch.nn as nn
 
 from engine.options import bad_input, pretrained_argument
 from engine.train import (Stage, make_train_loader, prepare_trained_module, refuse_one_image_batch_statistics,
-                          run_stage, start_training, sync_batchnorm, synchronises_batchnorm)
+                          run_stage, sync_batchnorm, synchronises_batchnorm, training_run)
 from losses import Projectors, SegmentationCriterion, feature_distillation_loss, response_distillation_loss
 from models import VARIANTS, build_model, load_checkpoint, load_midas, load_model, make_frozen_teacher
 from utils.distributed import DistributedContext, unwrap_model
@@ -94,10 +94,10 @@ def build_stage1(args: argparse.Namespace, ctx: DistributedContext) -> Stage:
 
 def train_stage1(args: argparse.Namespace) -> Path:
     """Stage 1 (train_single.py): DFFNet or an ablation; writes args.save every epoch."""
-    ctx = start_training(args)
-    loader, sampler = make_train_loader(args, ctx)
-    stage = build_stage1(args, ctx)
-    return run_stage(stage, args, ctx, loader, sampler, f"stage 1: {args.model} / {args.backbone}")
+    with training_run(args) as ctx:
+        loader, sampler = make_train_loader(args, ctx)
+        stage = build_stage1(args, ctx)
+        return run_stage(stage, args, ctx, loader, sampler, f"stage 1: {args.model} / {args.backbone}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -179,28 +179,28 @@ def build_response_distill_stage(args: argparse.Namespace, ctx: DistributedConte
 def train_distill(args: argparse.Namespace) -> Path:
     """Stage 2 (train_kd.py): `--distill feature` (D-DFFNet, from the --teachers) or `response`
     (R-DFFNet); writes args.save."""
-    ctx = start_training(args)
-    loader, sampler = make_train_loader(args, ctx)
-    uses_depth = args.distill == "response" or args.teachers in ("both", "depth")
-    depth_teacher = None
-    if uses_depth:
-        with bad_input("--depth-teacher"):
-            depth_teacher = prepare_teacher(load_midas(args.depth_teacher), args, ctx)
-    if args.distill == "response":
-        stage = build_response_distill_stage(args, ctx, depth_teacher)
-        return run_stage(stage, args, ctx, loader, sampler, f"R-DFFNet: {args.model} / {args.backbone}, "
-                         f"final weight {args.final_weight}, depth teacher {args.depth_teacher}")
-    teachers, described = {}, []
-    if args.teachers in ("both", "defocus"):
-        if not args.teacher:
-            raise SystemExit(f"--teachers {args.teachers} needs --teacher (the stage-1 checkpoint, e.g. "
-                             "checkpoint/DFFNet.pth)")
-        with bad_input("--teacher"):
-            teachers["defocus"] = prepare_teacher(load_model(args.teacher, detector_only=True), args, ctx)
-        described.append(f"teacher {args.teacher}")
-    if depth_teacher is not None:
-        teachers["depth"] = depth_teacher
-        described.append(f"depth teacher {args.depth_teacher}")
-    stage = build_feature_distill_stage(args, ctx, teachers)
-    return run_stage(stage, args, ctx, loader, sampler, f"D-DFFNet: {args.model} / {args.backbone}, "
-                     f"final weight {args.final_weight}, {', '.join(described)} (bn {args.teacher_bn})")
+    with training_run(args) as ctx:
+        loader, sampler = make_train_loader(args, ctx)
+        uses_depth = args.distill == "response" or args.teachers in ("both", "depth")
+        depth_teacher = None
+        if uses_depth:
+            with bad_input("--depth-teacher"):
+                depth_teacher = prepare_teacher(load_midas(args.depth_teacher), args, ctx)
+        if args.distill == "response":
+            stage = build_response_distill_stage(args, ctx, depth_teacher)
+            return run_stage(stage, args, ctx, loader, sampler, f"R-DFFNet: {args.model} / {args.backbone}, "
+                             f"final weight {args.final_weight}, depth teacher {args.depth_teacher}")
+        teachers, described = {}, []
+        if args.teachers in ("both", "defocus"):
+            if not args.teacher:
+                raise SystemExit(f"--teachers {args.teachers} needs --teacher (the stage-1 checkpoint, e.g. "
+                                 "checkpoint/DFFNet.pth)")
+            with bad_input("--teacher"):
+                teachers["defocus"] = prepare_teacher(load_model(args.teacher, detector_only=True), args, ctx)
+            described.append(f"teacher {args.teacher}")
+        if depth_teacher is not None:
+            teachers["depth"] = depth_teacher
+            described.append(f"depth teacher {args.depth_teacher}")
+        stage = build_feature_distill_stage(args, ctx, teachers)
+        return run_stage(stage, args, ctx, loader, sampler, f"D-DFFNet: {args.model} / {args.backbone}, "
+                         f"final weight {args.final_weight}, {', '.join(described)} (bn {args.teacher_bn})")
