@@ -28,6 +28,7 @@ from engine.evaluate import (EvalSettings, evaluate_model, evaluate_saved_maps, 
 from engine.options import check_img_size, check_writable
 from models.shipped import default_detector
 from utils.checkpoint import CheckpointError
+from utils.log import printable
 from utils.metrics import PROTOCOLS, get_protocol
 from utils.paper_results import PAPER_SETS, TABLES
 from utils.report import (markdown_table, paper_set_order, pr_figure, read_results, region_table, summary_line,
@@ -127,9 +128,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def checkpoint_labels(paths: list[str]) -> list[str]:
-    """File stems, prefixed with the parent folder when two stems collide."""
+    """File stems, prefixed with the parent folder when two stems collide (printable: bytes that are not UTF-8 as
+    \\xNN, for the table, the figure and the output folders)."""
     stems = [Path(p).stem for p in paths]
-    return [f"{Path(p).parent.name}-{s}" if stems.count(s) > 1 else s for p, s in zip(paths, stems)]
+    return [printable(f"{Path(p).parent.name}-{s}" if stems.count(s) > 1 else s) for p, s in zip(paths, stems)]
 
 
 def check_set_names(exprs: list[str]) -> None:
@@ -172,6 +174,7 @@ def run_evaluation(args: argparse.Namespace, settings: EvalSettings, out: Path) 
     jobs += [(None, *pair.split("=", 1), True) for pair in args.baseline]
     polarity = MaskPolarity.parse(args.pred_polarity)
     for checkpoint, label, source, is_baseline in jobs:
+        label = printable(label) if label else label
         model = load_detector(checkpoint, settings, args.model, args.backbone, args.compile) if checkpoint else None
         for expr in args.dataset:
             try:
@@ -281,12 +284,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"test.py: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"test.py: interrupted (Ctrl-C); the files finished so far stay in {out} (results.json is written "
-              "only at the end of a run)", file=sys.stderr)
+        results = "" if args.images is not None else " (results.json is written only at the end of a run)"
+        print(f"test.py: interrupted (Ctrl-C); the files finished so far stay in {out}{results}", file=sys.stderr)
         return INTERRUPTED_EXIT
     finally:
         release(out, folder=True)
 
 
 if __name__ == "__main__":
+    for stream in (sys.stdout, sys.stderr):
+        stream.reconfigure(errors="backslashreplace")  # a checkpoint or photo name that is not UTF-8 cannot stop it
     sys.exit(main())

@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from datasets import DepthDataset
-from engine.options import (bad_input, check_depth_teacher_arguments, lock_outputs, log_dir, pretrained_argument,
-                            release_outputs)
+from engine.options import (bad_input, check_depth_teacher_arguments, claim_log_dir, lock_outputs,
+                            pretrained_argument, release_outputs)
 from losses.depth import DEPTH_LOSSES, mean_anchor_loss
 from models import build_midas, load_checkpoint
 from utils.checkpoint import first_non_finite, last_good_checkpoint, model_checkpoint, save_checkpoint
@@ -107,7 +107,7 @@ def _train_depth_teacher(args: argparse.Namespace, device: torch.device) -> Path
     model = model.to(device)
     optimizer = adam(model.parameters(), lr=args.lr)
     scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")  # fp16 gradients underflow unscaled
-    logger = TrainingLogger(log_dir(args))
+    logger = TrainingLogger(claim_log_dir(args))
     logger.info(f"depth teacher: MiDaS v2.1 / {args.encoder} (width {args.features}), {len(train_set)} images, "
                 f"batch {args.batch_size}, {len(loader)} steps/epoch, {args.epochs} epochs, device {device}")
     pace = RemainingTime(args.epochs * len(loader))

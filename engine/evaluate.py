@@ -28,7 +28,7 @@ from datasets.polarity import STATED_POLARITIES, MaskPolarity, split_polarity
 from datasets.registry import uses_split_list
 from datasets.transforms import denormalise
 from models import load_model
-from utils.log import progress
+from utils.log import printable, progress
 from utils.metrics import PROTOCOLS, Protocol
 from utils.plots import blur_overlay, labelled_grid
 from utils.region_metrics import RegionMetrics
@@ -332,7 +332,7 @@ def evaluate_saved_maps(pred_dir: str | Path, polarity: MaskPolarity, dataset_ex
                         out: Path, label: str | None = None) -> dict:
     """Evaluate another method's saved maps on one test set; returns its results.json entry."""
     dataset = SavedMapDataset(build_test_set(dataset_expr, settings), pred_dir, polarity)
-    label = label or Path(pred_dir).resolve().name
+    label = label or printable(Path(pred_dir).resolve().name)
     name = set_label(dataset_expr)
     out_dir = out / label / name
     resize = settings.protocol.name == "standard"

@@ -205,39 +205,38 @@ def check_writable(path: str | os.PathLike, flag: str, folder: bool = False) -> 
 
 
 def check_outputs(args: argparse.Namespace) -> None:
-    """--save and --log-dir must be writable: checked now, not after the first epoch; a new run must not replace
-    the logs of another run."""
+    """--save and --log-dir must be writable: checked now, not after the first epoch."""
     check_writable(args.save, "--save")
     check_writable(log_dir(args), "--log-dir", folder=True)
-    check_log_dir_is_free(args)
 
 
-def check_log_dir_is_free(args: argparse.Namespace) -> None:
-    """A new run (no --resume, no --overwrite) must not replace the CSV logs that a run with another --save left in
-    its --log-dir. The owner is the --save recorded beside the logs; logs without one belong to this run when the
-    folder is this --save's default one."""
+def claim_log_dir(args: argparse.Namespace) -> Path:
+    """The run's --log-dir, just before its logs are written: a new run (no --resume, no --overwrite) stops rather
+    than replace the CSV logs a run with another --save left there; the --save is then recorded beside the logs.
+    Logs without a recorded --save belong to this run when the folder is this --save's default one."""
     folder = log_dir(args)
-    if args.overwrite or getattr(args, "resume", None) is not None or not any((folder / n).exists() for n in LOG_FILES):
-        return
     owner_file = folder / LOG_OWNER
-    owner = owner_file.read_text().strip() if owner_file.is_file() else None
-    if owner == os.path.abspath(args.save) or (owner is None and not args.log_dir):
-        return
-    whose = f"the run with --save {owner}" if owner else "another run"
-    raise SystemExit(f"--log-dir {folder} holds the logs of {whose}; choose another --log-dir, or pass --overwrite "
-                     "to replace them")
+    fresh = not args.overwrite and getattr(args, "resume", None) is None
+    if fresh and any((folder / name).exists() for name in LOG_FILES):
+        owner = owner_file.read_text().strip() if owner_file.is_file() else None
+        if owner != os.path.abspath(args.save) and (owner is not None or args.log_dir):
+            whose = f"the run with --save {owner}" if owner else "another run"
+            raise SystemExit(f"--log-dir {folder} holds the logs of {whose}; choose another --log-dir, or pass "
+                             "--overwrite to replace them")
+    folder.mkdir(parents=True, exist_ok=True)
+    owner_file.write_text(f"{os.path.abspath(args.save)}\n")
+    return folder
 
 
 def lock_outputs(args: argparse.Namespace) -> None:
-    """Take the locks of --save and --log-dir for this run (utils.runlock) and record the --save beside the logs;
-    exit in one line when another run holds either."""
+    """Take the locks of --save and --log-dir for this run (utils.runlock); exit in one line when another run holds
+    either."""
     try:
         acquire(args.save, "--save")
         acquire(log_dir(args), "--log-dir", folder=True)
     except RunLockError as e:
         release_outputs(args)
         raise SystemExit(str(e)) from None
-    (log_dir(args) / LOG_OWNER).write_text(f"{os.path.abspath(args.save)}\n")
 
 
 def release_outputs(args: argparse.Namespace) -> None:

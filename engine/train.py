@@ -35,7 +35,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from datasets import DatasetWarning, build_dataset
 from engine.evaluate import EvalSettings, eval_loader, score_model
-from engine.options import bad_input, check_training_arguments, lock_outputs, log_dir, release_outputs
+from engine.options import (bad_input, check_training_arguments, claim_log_dir, lock_outputs, log_dir,
+                            release_outputs)
 from utils.checkpoint import (CheckpointError, first_non_finite, last_good_checkpoint, model_checkpoint,
                               read_training_checkpoint, save_checkpoint)
 from utils.distributed import (DistributedContext, EpochShuffleSampler, all_reduce_sum, barrier,
@@ -457,7 +458,7 @@ def run_stage(stage: Stage, args: argparse.Namespace, ctx: DistributedContext, l
         resume_path = Path(args.resume or args.save)
         completed, best_val_mae = resume_from(resume_path, stage, args, scaler, ctx)
         start_epoch = completed + 1
-    logger = TrainingLogger(log_dir(args), enabled=ctx.is_main,
+    logger = TrainingLogger(claim_log_dir(args) if ctx.is_main else log_dir(args), enabled=ctx.is_main,
                             resume_epoch=start_epoch - 1 if args.resume is not None else None)
     try:
         logger.info(f"{description}: {len(loader.dataset)} training images, global batch {args.batch_size} "

@@ -58,12 +58,12 @@ def flipped_copy(source: Path, target: Path) -> Path:
     return target
 
 
-def hold_lock(target: Path, *lock_args: str) -> subprocess.Popen:
-    """Another process holding utils.runlock's lock of `target` until its stdin closes."""
+def hold_folder(folder: Path) -> subprocess.Popen:
+    """Another process holding an flock on `folder` (as a run writing into it does) until its stdin closes."""
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); from utils.runlock import acquire; "
-         "acquire(sys.argv[2], *sys.argv[3:5], folder=len(sys.argv) > 3); print('locked', flush=True); "
-         "sys.stdin.read()", str(ROOT), str(target), *lock_args],
+        [sys.executable, "-c", "import fcntl, os, sys; os.makedirs(sys.argv[1], exist_ok=True); "
+         "fd = os.open(sys.argv[1], os.O_RDONLY); fcntl.flock(fd, fcntl.LOCK_EX); print('locked', flush=True); "
+         "sys.stdin.read()", str(folder)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline() == "locked\n"
     return holder
@@ -95,11 +95,13 @@ def midas(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_a_flipped_byte_in_the_shipped_detector_stops_test_py(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The copy stands where the shipped file stands (models.shipped.SHIPPED_CHECKPOINT): intact it is used;
+    """The copy stands where the shipped file stands (models.shipped.ROOT / SHIPPED_CHECKPOINT): intact it is used;
     with one byte flipped test.py names it in one line before scoring anything. Its digest is computed once."""
     data = write_set(tmp_path / "set")
-    copy = tmp_path / "dffnet_cuhk_cpu.pth"
+    copy = tmp_path / "checkpoint" / "release" / "dffnet_cuhk_cpu.pth"
+    copy.parent.mkdir(parents=True)
     shutil.copyfile(SHIPPED_CHECKPOINT, copy)
+    monkeypatch.setattr(models.shipped, "ROOT", tmp_path)
     monkeypatch.setattr(models.shipped, "SHIPPED_CHECKPOINT", copy)
     monkeypatch.chdir(tmp_path)  # no checkpoint/D-DFFNet.pth here
     hashed = []
@@ -114,8 +116,8 @@ def test_a_flipped_byte_in_the_shipped_detector_stops_test_py(tmp_path: Path, mo
     assert result.stderr.strip() == (
         f"test.py: error: {copy}: damaged or replaced: its SHA-256 ({hashlib.sha256(copy.read_bytes()).hexdigest()[:12]}"
         f"...) differs from the one recorded for this shipped file in models/shipped.py "
-        f"({models.shipped.SHIPPED_SHA256[:12]}...); restore it with `git checkout -- {copy}`, or record a new "
-        "release's digest there")
+        f"({models.shipped.SHIPPED_SHA256[:12]}...); restore it with `git checkout -- "
+        "checkpoint/release/dffnet_cuhk_cpu.pth`, or record a new release's digest there")
     assert not (tmp_path / "flipped" / "results.json").exists()
     explicit = run_test_py(["--checkpoint", str(copy), "--dataset", f"folder:{data}:white=in-focus",
                             "--out", str(tmp_path / "explicit"), *FAST])
@@ -222,7 +224,7 @@ def test_a_second_test_py_on_a_busy_out_stops_naming_the_first(tmp_path: Path, d
     out = tmp_path / "out"
     out.mkdir()
     (out / "results.json").write_text('{"run": {}, "results": ["the first run, still writing"]}')
-    holder = hold_lock(out, "--out")
+    holder = hold_folder(out)
     try:
         result = run_test_py(["--checkpoint", str(detector), "--dataset", f"folder:{data}:white=in-focus",
                               "--out", str(out), *FAST])
@@ -245,11 +247,11 @@ def test_a_second_test_py_on_a_busy_out_stops_naming_the_first(tmp_path: Path, d
 def test_baselines_into_the_test_sets_mask_folder_is_refused(tmp_path: Path) -> None:
     data = write_set(tmp_path / "set")
     masks = md5s(data / "gt")
-    for out in (data / "gt", data / "image" / "maps", data):
+    for out, flags in ((data / "gt", []), (data / "image" / "maps", []), (data, []), (data / "gt", ["--overwrite"])):
         with pytest.raises(SystemExit, match=rf"^{PROG}: --out {out} (is a folder|lies inside .*, a folder) of "
                                              rf"--test-set folder:{data}:white=in-focus: the maps would go among"):
             baselines_tool.main(["all-in-focus", "--test-set", f"folder:{data}:white=in-focus", "--out", str(out),
-                                 "--overwrite"])
+                                 *flags])
     assert md5s(data / "gt") == masks and sorted(p.name for p in data.iterdir()) == ["gt", "image"]
 
 
@@ -275,6 +277,7 @@ def test_a_training_that_fails_after_taking_the_lock_leaves_none(tmp_path: Path)
     data = write_set(tmp_path / "set")
     with pytest.raises(SystemExit, match=r"^--batch-size 4 is larger than the training set"):
         train_single.main(train_args(data, tmp_path, "--batch-size", "4"))
+    assert not lock_path(tmp_path / "model.pth").exists()
     with pytest.raises(SystemExit, match=r"^--val-set / --data-root: .*missing: no such folder"):
         train_single.main(train_args(data, tmp_path, "--val-set", f"folder:{tmp_path / 'missing'}"))
     assert not lock_path(tmp_path / "model.pth").exists()
@@ -409,6 +412,12 @@ def test_a_name_that_is_not_utf8_is_scored_and_reported(tmp_path: Path, detector
     assert photos.returncode == 0, photos.stderr
     assert f"{data / 'image' / 'caf'}\\xe9.png -> image-caf\\xe9.png" in photos.stdout
     assert (tmp_path / "photos" / "maps" / f"image-{NON_UTF8_NAME}.png").is_file()
+    checkpoint = tmp_path / f"{NON_UTF8_NAME}.pth"
+    shutil.copyfile(detector, checkpoint)
+    named = run_test_py(["--checkpoint", str(checkpoint), "--dataset", f"folder:{data}:white=in-focus",
+                         "--out", str(tmp_path / "named"), *FAST])
+    assert named.returncode == 0, named.stderr
+    assert "| caf\\xe9 (measured, official) |" in named.stdout and (tmp_path / "named" / "pr_curves.png").is_file()
 
 
 # ---- P9: test.py run from another folder finds the repository's D-DFFNet.pth
@@ -417,9 +426,12 @@ def test_a_name_that_is_not_utf8_is_scored_and_reported(tmp_path: Path, detector
 def test_the_repositorys_authors_checkpoint_is_found_from_another_folder(tmp_path: Path, detector: Path,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     repository = tmp_path / "repository"
-    (repository / "checkpoint").mkdir(parents=True)
+    (repository / "checkpoint" / "release").mkdir(parents=True)
     shutil.copyfile(detector, repository / "checkpoint" / "D-DFFNet.pth")
+    shutil.copyfile(SHIPPED_CHECKPOINT, repository / "checkpoint" / "release" / SHIPPED_CHECKPOINT.name)
     monkeypatch.setattr(models.shipped, "ROOT", repository)
+    monkeypatch.setattr(models.shipped, "SHIPPED_CHECKPOINT", repository / "checkpoint" / "release" /
+                        SHIPPED_CHECKPOINT.name)
     monkeypatch.chdir(tmp_path)  # elsewhere: no checkpoint/ here
     path, note = models.shipped.default_detector()
     assert path == repository / "checkpoint" / "D-DFFNet.pth"
@@ -444,7 +456,7 @@ def test_a_second_run_never_replaces_the_logs_of_the_first(tmp_path: Path) -> No
 
 def test_a_run_on_a_log_dir_in_use_stops_naming_the_other(tmp_path: Path) -> None:
     data = write_set(tmp_path / "set")
-    holder = hold_lock(tmp_path / "log", "--log-dir")
+    holder = hold_folder(tmp_path / "log")
     try:
         with pytest.raises(SystemExit, match=rf"^--log-dir {tmp_path / 'log'}: another run \(pid {holder.pid}\) is "
                                              "writing it"):
@@ -514,7 +526,9 @@ def test_ctrl_c_during_test_py_is_one_line_and_status_130(tmp_path: Path, detect
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    for argv in (["--images", str(tmp_path / "a.png")], ["--dataset", f"folder:{data}:white=in-focus"]):
+    for argv, note in ((["--images", str(tmp_path / "a.png")], ""),
+                       (["--dataset", f"folder:{data}:white=in-focus"],
+                        " (results.json is written only at the end of a run)")):
         with monkeypatch.context() as patch:
             patch.setattr(test_script, "load_detector", interrupted)
             try:
@@ -523,7 +537,7 @@ def test_ctrl_c_during_test_py_is_one_line_and_status_130(tmp_path: Path, detect
                 pytest.fail("Ctrl-C ended test.py with a raw KeyboardInterrupt")
         assert result.returncode == 130
         assert result.stderr.strip() == (f"test.py: interrupted (Ctrl-C); the files finished so far stay in "
-                                         f"{tmp_path / 'out'} (results.json is written only at the end of a run)")
+                                         f"{tmp_path / 'out'}{note}")
 
 
 # ---- P15: --val-set equal to --train-set

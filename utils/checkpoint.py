@@ -22,6 +22,8 @@ from torch import nn
 CHECKPOINT_FORMAT = "ddffnet-checkpoint-v1"
 # First bytes of every torch.save file: a zip archive (PyTorch >= 1.6) or the legacy pickle (protocol >= 2).
 TORCH_SAVE_MAGICS = (b"PK", b"\x80")
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # added to the keys by DistributedDataParallel and torch.compile
+MAX_LISTED_KEYS = 12
 
 
 class CheckpointError(RuntimeError):
@@ -175,10 +177,6 @@ def model_checkpoint(model: nn.Module, config: dict[str, Any], epoch: int, **sta
 def is_model_checkpoint(obj: Any) -> bool:
     """True for a loaded checkpoint of our format (as opposed to a bare state_dict)."""
     return isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT
-
-
-WRAPPER_PREFIXES = ("module.", "_orig_mod.")
-MAX_LISTED_KEYS = 12
 
 
 def _is_state_dict(obj: Any) -> bool:
