@@ -180,27 +180,32 @@ def train_distill(args: argparse.Namespace) -> Path:
     """Stage 2 (train_kd.py): `--distill feature` (D-DFFNet, from the --teachers) or `response`
     (R-DFFNet); writes args.save."""
     with training_run(args) as ctx:
-        loader, sampler = make_train_loader(args, ctx)
-        uses_depth = args.distill == "response" or args.teachers in ("both", "depth")
-        depth_teacher = None
-        if uses_depth:
-            with bad_input("--depth-teacher"):
-                depth_teacher = prepare_teacher(load_midas(args.depth_teacher), args, ctx)
-        if args.distill == "response":
-            stage = build_response_distill_stage(args, ctx, depth_teacher)
-            return run_stage(stage, args, ctx, loader, sampler, f"R-DFFNet: {args.model} / {args.backbone}, "
-                             f"final weight {args.final_weight}, depth teacher {args.depth_teacher}")
-        teachers, described = {}, []
-        if args.teachers in ("both", "defocus"):
-            if not args.teacher:
-                raise SystemExit(f"--teachers {args.teachers} needs --teacher (the stage-1 checkpoint, e.g. "
-                                 "checkpoint/DFFNet.pth)")
-            with bad_input("--teacher"):
-                teachers["defocus"] = prepare_teacher(load_model(args.teacher, detector_only=True), args, ctx)
-            described.append(f"teacher {args.teacher}")
-        if depth_teacher is not None:
-            teachers["depth"] = depth_teacher
-            described.append(f"depth teacher {args.depth_teacher}")
-        stage = build_feature_distill_stage(args, ctx, teachers)
-        return run_stage(stage, args, ctx, loader, sampler, f"D-DFFNet: {args.model} / {args.backbone}, "
-                         f"final weight {args.final_weight}, {', '.join(described)} (bn {args.teacher_bn})")
+        return _train_distill(args, ctx)
+
+
+def _train_distill(args: argparse.Namespace, ctx: DistributedContext) -> Path:
+    """train_distill once the run has started (its outputs locked)."""
+    loader, sampler = make_train_loader(args, ctx)
+    uses_depth = args.distill == "response" or args.teachers in ("both", "depth")
+    depth_teacher = None
+    if uses_depth:
+        with bad_input("--depth-teacher"):
+            depth_teacher = prepare_teacher(load_midas(args.depth_teacher), args, ctx)
+    if args.distill == "response":
+        stage = build_response_distill_stage(args, ctx, depth_teacher)
+        return run_stage(stage, args, ctx, loader, sampler, f"R-DFFNet: {args.model} / {args.backbone}, "
+                         f"final weight {args.final_weight}, depth teacher {args.depth_teacher}")
+    teachers, described = {}, []
+    if args.teachers in ("both", "defocus"):
+        if not args.teacher:
+            raise SystemExit(f"--teachers {args.teachers} needs --teacher (the stage-1 checkpoint, e.g. "
+                             "checkpoint/DFFNet.pth)")
+        with bad_input("--teacher"):
+            teachers["defocus"] = prepare_teacher(load_model(args.teacher, detector_only=True), args, ctx)
+        described.append(f"teacher {args.teacher}")
+    if depth_teacher is not None:
+        teachers["depth"] = depth_teacher
+        described.append(f"depth teacher {args.depth_teacher}")
+    stage = build_feature_distill_stage(args, ctx, teachers)
+    return run_stage(stage, args, ctx, loader, sampler, f"D-DFFNet: {args.model} / {args.backbone}, "
+                     f"final weight {args.final_weight}, {', '.join(described)} (bn {args.teacher_bn})")

@@ -8,8 +8,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from utils.checkpoint import (CHECKPOINT_FORMAT, CheckpointError, check_finite, read_checkpoint, save_checkpoint,
                               unpack_checkpoint)
 

@@ -4,10 +4,8 @@ one-line message naming the file and what is wrong, loses nothing and processes 
 and models; the shipped files are only ever read (a damaged one is a copy)."""
 from __future__ import annotations
 
-import contextlib
 import errno
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -28,7 +26,6 @@ import models.shipped
 import train_kd
 import train_single
 from datasets import DatasetError, DatasetWarning, PhotoDataset, build_dataset
-from engine.evaluate import EvalSettings, load_detector, predict_photos
 from models import build_midas, build_model
 from models.shipped import SHIPPED_CHECKPOINT, SHIPPED_DEPTH_TEACHER
 from tests.test_bad_input import FAST, load_script, run_test_py, test_script, train_args, write_set
