@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The whole D-DFFNet method, offline, on the embedded synthetic defocus data (2-core CPU: about 13 minutes with
 # AMX, about 30 without):
-#   1. generate a synthetic train / test set (thin-lens defocus, exact masks, depth maps)
-#   2. the depth teacher: the real depth_pretrained/midas_v21-f6b98070.pt when it is present, else the
-#      MiDaS-architecture teacher this repository pretrained on synthetic depth and ships beside it
+#   1. the depth teacher: the real depth_pretrained/midas_v21-f6b98070.pt when it is present, else the
+#      MiDaS-architecture teacher this repository pretrained on synthetic depth and ships beside it (loaded once
+#      here, so that a damaged file stops the demo at once)
+#   2. generate a synthetic train / test set (thin-lens defocus, exact masks, depth maps)
 #   3. stage 1, train_single.py: DFFNet
 #   4. stage 2, train_kd.py: D-DFFNet distilled from DFFNet and the depth teacher
 #   5. test.sh on the synthetic test set, with two trivial baselines; PR curves and a qualitative grid
@@ -11,7 +12,8 @@
 # Every step runs the same scripts a user runs on the real data. The settings are the demo's own: from
 # scratch on a CPU (no ImageNet weights) the paper's fine-tuning settings barely move in 15 minutes, so
 # the backbone, resolution, learning rate and step counts below come from bench/demo_sweep.py.
-# Sizes can be changed through the DEMO_* variables below (the tests run a tiny version).
+# Sizes can be changed through the DEMO_* variables below (the tests run a tiny version); DEMO_DEPTH_TEACHER names
+# another depth teacher file.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -44,20 +46,27 @@ echo "D-DFFNet demo: synthetic data, $BACKBONE at ${IMG}px, $EPOCHS + $KD_EPOCHS
 echo "This takes about $MINUTES minutes on a 2-core CPU with AMX (about 30 without). Results go to $OUT/."
 mkdir -p "$CKPT" "$LOGS"
 
-stamp "1/6 synthetic defocus data: $TRAIN_N training and $TEST_N test images"
+if [[ -n ${DEMO_DEPTH_TEACHER:-} ]]; then
+  stamp "1/6 depth teacher: $DEMO_DEPTH_TEACHER (DEMO_DEPTH_TEACHER)"
+  DEPTH_TEACHER=$DEMO_DEPTH_TEACHER
+elif [[ -f $REAL_MIDAS ]]; then
+  stamp "1/6 depth teacher: $REAL_MIDAS (the released MiDaS v2.1)"
+  DEPTH_TEACHER=$REAL_MIDAS
+else
+  stamp "1/6 depth teacher: $REAL_MIDAS is absent; using $SHIPPED_MIDAS (MiDaS v2.1 / resnet18 pretrained on synthetic depth by this repository, depth_pretrained/MODEL_CARD.md)"
+  DEPTH_TEACHER=$SHIPPED_MIDAS
+fi
+# loaded once now (a shipped file against its recorded SHA-256), so that a damaged teacher stops the demo before
+# any work rather than after stage 1
+$PY -c 'import sys; from engine.options import bad_input; from models import load_midas
+with bad_input("demo.sh: the depth teacher"): load_midas(sys.argv[1])' "$DEPTH_TEACHER"
+
+stamp "2/6 synthetic defocus data: $TRAIN_N training and $TEST_N test images"
 $PY tools/make_synthetic.py "$DATA/train" --n "$TRAIN_N" --seed 1 --size "$IMG" --workers 2 --overwrite
 $PY tools/make_synthetic.py "$DATA/test" --n "$TEST_N" --seed 2 --size "$IMG" --workers 2 --overwrite
 
 PRETRAINED=$($PY -c 'import sys, models; print("imagenet" if models.pretrained_available(sys.argv[1]) else "none")' "$BACKBONE")
 echo "backbone initialisation: $PRETRAINED (ImageNet weights are used when they are in the local cache)"
-
-if [[ -f $REAL_MIDAS ]]; then
-  stamp "2/6 depth teacher: $REAL_MIDAS (the released MiDaS v2.1)"
-  DEPTH_TEACHER=$REAL_MIDAS
-else
-  stamp "2/6 depth teacher: $REAL_MIDAS is absent; using $SHIPPED_MIDAS (MiDaS v2.1 / resnet18 pretrained on synthetic depth by this repository, depth_pretrained/MODEL_CARD.md)"
-  DEPTH_TEACHER=$SHIPPED_MIDAS
-fi
 
 stamp "3/6 stage 1: DFFNet (train_single.py)"
 $PY train_single.py --train-set "synthetic:$DATA/train" --backbone "$BACKBONE" --pretrained "$PRETRAINED" \
@@ -73,7 +82,7 @@ $PY train_kd.py --train-set "synthetic:$DATA/train" --backbone "$BACKBONE" --pre
 stamp "5/6 evaluation (test.sh) with two trivial baselines"
 for baseline in all-in-focus prior; do
   $PY tools/baselines.py "$baseline" --train-set "synthetic:$DATA/train" --test-set "synthetic:$DATA/test" \
-      --img-size "$IMG" --out "$OUT/baselines/$baseline"
+      --img-size "$IMG" --out "$OUT/baselines/$baseline" --overwrite
 done
 BASELINES="all-in-focus=$OUT/baselines/all-in-focus prior=$OUT/baselines/prior" \
   TEST_SETS="synthetic:$DATA/test" IMG_SIZE="$IMG" PYTHON="$PY" OUT="$OUT/eval" \

@@ -29,11 +29,16 @@ from engine.options import check_img_size, check_writable
 from models.inference import DEFAULT_IMG_SIZE, input_spec
 from models.shipped import default_detector
 from utils.checkpoint import CheckpointError
+from utils.log import printable
 from utils.metrics import PROTOCOLS, get_protocol
 from utils.paper_results import PAPER_SETS, TABLES
 from utils.report import (markdown_table, paper_set_order, pr_figure, read_results, region_table, summary_line,
                           write_results)
+from utils.runlock import RunLockError, acquire, release
 from utils.runtime import AMP_DTYPES, check_amp, select_device, use_device
+
+INTERRUPTED_EXIT = 130  # the shell's status for a process ended by SIGINT
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 1)[1],
@@ -123,9 +128,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def checkpoint_labels(paths: list[str]) -> list[str]:
-    """File stems, prefixed with the parent folder when two stems collide."""
+    """File stems, prefixed with the parent folder when two stems collide (printable: bytes that are not UTF-8 as
+    \\xNN, for the table, the figure and the output folders)."""
     stems = [Path(p).stem for p in paths]
-    return [f"{Path(p).parent.name}-{s}" if stems.count(s) > 1 else s for p, s in zip(paths, stems)]
+    return [printable(f"{Path(p).parent.name}-{s}" if stems.count(s) > 1 else s) for p, s in zip(paths, stems)]
 
 
 def check_set_names(exprs: list[str]) -> None:
@@ -167,6 +173,7 @@ def run_evaluation(args: argparse.Namespace, settings: EvalSettings, out: Path) 
     jobs += [(None, *pair.split("=", 1), True) for pair in args.baseline]
     polarity = MaskPolarity.parse(args.pred_polarity)
     for checkpoint, label, source, is_baseline in jobs:
+        label = printable(label) if label else label
         model = load_detector(checkpoint, settings, args.model, args.backbone, args.compile) if checkpoint else None
         for expr in args.dataset:
             try:
@@ -213,7 +220,11 @@ def run_evaluation(args: argparse.Namespace, settings: EvalSettings, out: Path) 
     except OSError as exc:
         failed.append(f"{out / 'results.json'}: not written ({exc.strerror or exc}); the metrics are printed here")
     else:
-        pr_figure(shown, out / "pr_curves.png", f"PR curves, blurred class positive ({args.protocol} protocol)")
+        try:
+            pr_figure(shown, out / "pr_curves.png", f"PR curves, blurred class positive ({args.protocol} protocol)")
+        except OSError as exc:
+            (out / "pr_curves.png").unlink(missing_ok=True)
+            failed.append(f"{out / 'pr_curves.png'}: not written ({exc.strerror or exc})")
     sets = paper_set_order(list(dict.fromkeys([set_label(d) for d in args.dataset] + [e["dataset"] for e in shown])))
     paper_rows = dict(pair.split("=", 1) for pair in args.paper_row)
     print()
@@ -230,7 +241,11 @@ def run_evaluation(args: argparse.Namespace, settings: EvalSettings, out: Path) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    try:
+        args = parse_args(argv)
+    except CheckpointError as exc:  # the default detector is damaged
+        print(f"test.py: error: {exc}", file=sys.stderr)
+        return 2
     device = select_device(args.device)
     check_amp(args.amp, device)
     use_device(device)
@@ -240,6 +255,11 @@ def main(argv: list[str] | None = None) -> int:
                             img_size=args.img_size or DEFAULT_IMG_SIZE, data_root=args.data_root,
                             save_maps=args.save_maps, grid=args.grid, split_file=args.split_file)
     out = Path(args.out)
+    try:
+        acquire(out, "--out", folder=True)
+    except RunLockError as exc:
+        print(f"test.py: error: {exc}", file=sys.stderr)
+        return 2
     try:
         if args.images is not None:
             model = load_detector(args.checkpoint[0], settings, args.model, args.backbone, args.compile)
@@ -262,7 +282,15 @@ def main(argv: list[str] | None = None) -> int:
     except (DatasetError, CheckpointError, FileNotFoundError, ValueError) as exc:
         print(f"test.py: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        results = "" if args.images is not None else " (results.json is written only at the end of a run)"
+        print(f"test.py: interrupted (Ctrl-C); the files finished so far stay in {out}{results}", file=sys.stderr)
+        return INTERRUPTED_EXIT
+    finally:
+        release(out, folder=True)
 
 
 if __name__ == "__main__":
+    for stream in (sys.stdout, sys.stderr):
+        stream.reconfigure(errors="backslashreplace")  # a checkpoint or photo name that is not UTF-8 cannot stop it
     sys.exit(main())

@@ -12,7 +12,8 @@ from torch.utils.data import ConcatDataset, Dataset
 
 from utils.log import progress
 
-from .files import IMAGE_EXTENSIONS, DatasetError, Pair, list_folder, load_region_mask, load_rgb, natural_key
+from .files import (IMAGE_EXTENSIONS, DatasetError, Pair, format_names, list_folder, load_region_mask, load_rgb,
+                    natural_key, not_a_file)
 from .polarity import MaskPolarity, load_mask
 from .transforms import (crop_pair, draw_crop, draw_flip, flip_pair, jitter, mask_tensor, normalise, resize_image,
                          resize_mask)
@@ -137,7 +138,7 @@ def _collect_photos(paths: list[str | Path], exclude: list[Path]) -> tuple[list[
     found: list[Path] = []
     skipped: list[str] = []
     for entry in map(Path, paths):
-        if any(entry.resolve() == folder or folder in entry.resolve().parents for folder in exclude):
+        if any(_resolved(entry) == folder or folder in _resolved(entry).parents for folder in exclude):
             skipped.append(f"{entry} (this run's output folder)")
         elif entry.is_dir():
             listing = list_folder(entry)
@@ -146,21 +147,33 @@ def _collect_photos(paths: list[str | Path], exclude: list[Path]) -> tuple[list[
             kinds = "/".join(IMAGE_EXTENSIONS)
             skipped.extend(f"{entry / name} (not a {kinds} file)" for name in listing.odd_files)
             skipped.extend(f"{entry / name} (hidden file)" for name in listing.hidden)
+            skipped.extend(f"{entry / name}" for name in listing.unreadable)
         elif entry.is_file():
             if entry.suffix.lower() not in IMAGE_EXTENSIONS:
                 raise DatasetError(f"{entry}: not an image file (expected {', '.join(IMAGE_EXTENSIONS)})")
             found.append(entry)
+        elif entry.is_symlink() or entry.exists():
+            skipped.append(f"{entry} ({not_a_file(entry)})")
         else:
             raise DatasetError(f"{entry}: no such file or folder")
     if not found:
-        raise DatasetError(f"no images found in {', '.join(map(str, paths))}")
+        raise DatasetError(f"no images found in {', '.join(map(str, paths))}"
+                           + (f" (skipped: {format_names(skipped)})" if skipped else ""))
     unique: dict[Path, Path] = {}
     for path in found:
         if path.resolve() in unique:
             skipped.append(f"{path} (given twice)")
         else:
             unique[path.resolve()] = path
-    return list(unique.values()), skipped
+    return list(unique.values()), list(dict.fromkeys(skipped))
+
+
+def _resolved(path: Path) -> Path:
+    """The absolute path with symlinks resolved as far as they go (a symlink loop stays as it is)."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):
+        return path.absolute()
 
 
 class DepthDataset(Dataset):

@@ -1,8 +1,10 @@
 """File discovery, stem pairing, split lists and image/mask decoding shared by every data set."""
 from __future__ import annotations
 
+import errno
 import os
 import re
+import stat
 import warnings
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -11,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from utils.log import printable
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 MAX_LISTED = 200
@@ -32,9 +36,24 @@ class DatasetWarning(UserWarning):
     """Something in a test set was left out or flagged; the message lists the files and the rule."""
 
 
+_standard_format = warnings.formatwarning
+
+
+def _format_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                    line: str | None = None) -> str:
+    """A DatasetWarning as one line, 'warning: <message>' (it names the files itself; the place in this code that
+    noticed is of no use to the reader); other warnings as Python formats them."""
+    if issubclass(category, DatasetWarning):
+        return f"warning: {message}\n"
+    return _standard_format(message, category, filename, lineno, line)
+
+
+warnings.formatwarning = _format_warning
+
+
 def format_names(names: list[str], limit: int = MAX_LISTED) -> str:
-    """Comma-separated names, cut after `limit` with a count of the rest."""
-    shown = ", ".join(names[:limit])
+    """Comma-separated names (printable, utils.log), cut after `limit` with a count of the rest."""
+    shown = ", ".join(map(printable, names[:limit]))
     return shown if len(names) <= limit else f"{shown}, ... and {len(names) - limit} more"
 
 
@@ -50,11 +69,13 @@ def stem_key(name: str) -> str:
 
 @dataclass
 class FolderListing:
-    """Image files of one folder keyed by stem, plus what could not be used and the hidden files ignored."""
+    """Image files of one folder keyed by stem, plus what could not be used and the hidden files ignored;
+    `unreadable` names, with the reason, the entries that are no file to read (symlink loops, FIFOs, ...)."""
     files: dict[str, Path]
     duplicates: list[str]
     odd_files: list[str]
     hidden: list[str] = field(default_factory=list)
+    unreadable: list[str] = field(default_factory=list)
 
 
 def is_hidden(name: str) -> bool:
@@ -62,17 +83,36 @@ def is_hidden(name: str) -> bool:
     return name.startswith(".")
 
 
+def not_a_file(path: Path) -> str | None:
+    """Why `path` cannot be read as a file ('a symlink loop', 'a broken symlink', 'a FIFO, not a file', ...),
+    or None for a regular file or a folder. Opening a FIFO would wait for a writer forever."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "a symlink loop"
+        return "a broken symlink" if path.is_symlink() else exc.strerror or str(exc)
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    return "a FIFO, not a file" if stat.S_ISFIFO(mode) else "a socket or a device, not a file"
+
+
 def list_folder(folder: Path) -> FolderListing:
-    """Index the image files of `folder` by stem; other files and repeated stems are reported, hidden
-    files (is_hidden) are set aside."""
+    """Index the image files of `folder` by stem; other files, repeated stems and entries that are no file to
+    read (not_a_file) are reported, hidden files (is_hidden) are set aside."""
     by_stem: dict[str, list[Path]] = {}
     odd: list[str] = []
     hidden: list[str] = []
+    unreadable: list[str] = []
     for path in sorted(folder.iterdir(), key=lambda p: natural_key(p.name)):
         if path.is_dir():
             continue
         if is_hidden(path.name):
             hidden.append(path.name)
+            continue
+        reason = not_a_file(path)
+        if reason is not None:
+            unreadable.append(f"{path.name} ({reason})")
             continue
         if path.suffix.lower() not in IMAGE_EXTENSIONS:
             odd.append(path.name)
@@ -80,7 +120,7 @@ def list_folder(folder: Path) -> FolderListing:
         by_stem.setdefault(stem_key(path.name), []).append(path)
     duplicates = [p.name for paths in by_stem.values() if len(paths) > 1 for p in paths]
     files = {stem: paths[0] for stem, paths in by_stem.items() if len(paths) == 1}
-    return FolderListing(files, duplicates, odd, hidden)
+    return FolderListing(files, duplicates, odd, hidden, unreadable)
 
 
 EXIF_ORIENTATION_TAG = 0x0112
@@ -348,7 +388,9 @@ def pair_folders(image_dir: Path, mask_dir: Path, keys: list[str] | None = None)
                      odd_files=[f"{image_dir.name}/{n}" for n in images.odd_files]
                      + [f"{mask_dir.name}/{n}" for n in masks.odd_files],
                      hidden=[f"{image_dir.name}/{n}" for n in images.hidden]
-                     + [f"{mask_dir.name}/{n}" for n in masks.hidden])
+                     + [f"{mask_dir.name}/{n}" for n in masks.hidden],
+                     unreadable=[f"{image_dir.name}/{n}" for n in images.unreadable]
+                     + [f"{mask_dir.name}/{n}" for n in masks.unreadable])
     if keys is None:
         keys = sorted(set(images.files) | set(masks.files), key=natural_key)
     for key in keys:

@@ -2,6 +2,7 @@
 (no download), written with their licences (tools/sample_photos.py, the web page of app.py)."""
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -18,17 +19,32 @@ SAMPLE_PHOTOS = {
 }
 
 
-def write_sample_photos(out: Path) -> list[Path]:
-    """Save the photos as PNG in `out` with LICENCES.md beside them; returns the photo paths."""
+def sample_files() -> dict[str, bytes]:
+    """The files to write, by name: the photos as PNG and LICENCES.md."""
     from skimage import data
-    out.mkdir(parents=True, exist_ok=True)
-    paths, lines = [], ["# Sample photos", "", "From scikit-image's `skimage.data`, written by tools/sample_photos.py.", "",
-                        "| file | what | licence |", "|---|---|---|"]
+    files, lines = {}, ["# Sample photos", "", "From scikit-image's `skimage.data`, written by tools/sample_photos.py.",
+                        "", "| file | what | licence |", "|---|---|---|"]
     for name, (loader, what, licence) in SAMPLE_PHOTOS.items():
-        pixels = np.asarray(getattr(data, loader)())
-        path = out / f"{name}.png"
-        Image.fromarray(pixels).save(path)
-        paths.append(path)
-        lines.append(f"| {path.name} | {what} | {licence} |")
-    (out / "LICENCES.md").write_text("\n".join(lines) + "\n")
-    return paths
+        encoded = io.BytesIO()
+        Image.fromarray(np.asarray(getattr(data, loader)())).save(encoded, format="PNG")
+        files[f"{name}.png"] = encoded.getvalue()
+        lines.append(f"| {name}.png | {what} | {licence} |")
+    files["LICENCES.md"] = ("\n".join(lines) + "\n").encode()
+    return files
+
+
+def write_sample_photos(out: Path, overwrite: bool = False) -> list[Path]:
+    """Save the photos as PNG in `out` with LICENCES.md beside them; returns the photo paths. A file of `out`
+    with other content than this writes is replaced only with `overwrite` (FileExistsError names them)."""
+    files = sample_files()
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out}: is a file, expected a folder")
+    different = [name for name, content in files.items()
+                 if (out / name).exists() and ((out / name).is_dir() or (out / name).read_bytes() != content)]
+    if different and not overwrite:
+        raise FileExistsError(f"{out}: would replace {', '.join(different)} (not written by this tool, or changed "
+                              "since); choose another folder, or pass --overwrite")
+    out.mkdir(parents=True, exist_ok=True)
+    for name, content in files.items():
+        (out / name).write_bytes(content)
+    return [out / name for name in files if name.endswith(".png")]

@@ -20,13 +20,13 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from datasets import DepthDataset
-from engine.options import bad_input, check_depth_teacher_arguments, log_dir, pretrained_argument
+from engine.options import (bad_input, check_depth_teacher_arguments, claim_log_dir, lock_outputs,
+                            pretrained_argument, release_outputs)
 from losses.depth import DEPTH_LOSSES, mean_anchor_loss
 from models import build_midas, load_checkpoint
 from utils.checkpoint import first_non_finite, last_good_checkpoint, model_checkpoint, save_checkpoint
 from utils.depth_metrics import relative_depth_errors
 from utils.log import RemainingTime, TrainingLogger, progress
-from utils.runlock import RunLockError, acquire, release
 from utils.optim import adam, set_lr
 from utils.runtime import (autocast, configure_backends, seed_everything, select_device, use_deterministic_algorithms,
                            use_device)
@@ -74,18 +74,15 @@ def train_depth_teacher(args: argparse.Namespace) -> Path:
         use_deterministic_algorithms()
     device = select_device(args.device)
     check_depth_teacher_arguments(args, device)
-    try:
-        acquire(args.save)
-    except RunLockError as e:
-        raise SystemExit(str(e)) from None
+    lock_outputs(args)
     try:
         return _train_depth_teacher(args, device)
     finally:
-        release(args.save)
+        release_outputs(args)
 
 
 def _train_depth_teacher(args: argparse.Namespace, device: torch.device) -> Path:
-    """The training of train_depth_teacher, run while it holds the --save lock."""
+    """The training of train_depth_teacher, run while it holds the --save and --log-dir locks."""
     use_device(device)
     configure_backends(device, deterministic=args.deterministic)
     seed_everything(args.seed)
@@ -110,7 +107,7 @@ def _train_depth_teacher(args: argparse.Namespace, device: torch.device) -> Path
     model = model.to(device)
     optimizer = adam(model.parameters(), lr=args.lr)
     scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")  # fp16 gradients underflow unscaled
-    logger = TrainingLogger(log_dir(args))
+    logger = TrainingLogger(claim_log_dir(args))
     logger.info(f"depth teacher: MiDaS v2.1 / {args.encoder} (width {args.features}), {len(train_set)} images, "
                 f"batch {args.batch_size}, {len(loader)} steps/epoch, {args.epochs} epochs, device {device}")
     pace = RemainingTime(args.epochs * len(loader))

@@ -28,7 +28,7 @@ from datasets.registry import uses_split_list
 from datasets.transforms import denormalise
 from models import load_model
 from models.inference import predict_batch
-from utils.log import progress
+from utils.log import printable, progress
 from utils.metrics import PROTOCOLS, Protocol
 from utils.plots import blur_overlay, labelled_grid
 from utils.region_metrics import RegionMetrics
@@ -206,7 +206,11 @@ def _score(pairs: Iterator[tuple[dict, torch.Tensor]], dataset_name: str, settin
         summary["write_error"] = f"maps not written after the first failure: {writer.error}"
         return summary, rows
     if grid_rows:
-        labelled_grid(grid_rows, list(GRID_COLUMNS), out_dir / "grid.png", height=GRID_HEIGHT)
+        try:
+            labelled_grid(grid_rows, list(GRID_COLUMNS), out_dir / "grid.png", height=GRID_HEIGHT)
+        except OSError as exc:
+            (out_dir / "grid.png").unlink(missing_ok=True)
+            summary["write_error"] = f"{out_dir / 'grid.png'}: not written ({exc.strerror or exc})"
     return summary, rows
 
 
@@ -331,7 +335,7 @@ def evaluate_saved_maps(pred_dir: str | Path, polarity: MaskPolarity, dataset_ex
                         out: Path, label: str | None = None) -> dict:
     """Evaluate another method's saved maps on one test set; returns its results.json entry."""
     dataset = SavedMapDataset(build_test_set(dataset_expr, settings), pred_dir, polarity)
-    label = label or Path(pred_dir).resolve().name
+    label = label or printable(Path(pred_dir).resolve().name)
     name = set_label(dataset_expr)
     out_dir = out / label / name
     resize = settings.protocol.name == "standard"
@@ -406,8 +410,9 @@ def photo_output_stems(paths: list[Path]) -> list[str]:
 
 
 def _short_stem(stem: str) -> str:
-    """`stem`, or when it passes MAX_STEM_BYTES in UTF-8 its start and a hash of the whole stem."""
-    encoded = stem.encode()
+    """`stem`, or when it passes MAX_STEM_BYTES as a file name (os.fsencode: UTF-8, with the bytes of a name that is
+    not UTF-8 kept as they are) its start and a hash of the whole stem."""
+    encoded = os.fsencode(stem)
     if len(encoded) <= MAX_STEM_BYTES:
         return stem
     digest = hashlib.sha1(encoded).hexdigest()[:12]

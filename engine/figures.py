@@ -52,7 +52,7 @@ def comparison_figure(dataset_expr: str, checkpoints: dict[str, str], out: str |
     if all("homogeneous" in item for item in items):
         columns["textureless (white)"] = [item["homogeneous"].numpy().astype(np.float32) for item in items]
     for label, path in checkpoints.items():
-        model = load_model(path, map_location=dev).eval()
+        model = load_model(path, map_location=dev, detector_only=True).eval()
         probs = torch.sigmoid(model(images).logits.float())
         columns[label] = [
             F.interpolate(p[None], size=item["mask"].shape[-2:], mode="bilinear", align_corners=False)[0, 0].cpu().numpy()
@@ -69,13 +69,15 @@ def comparison_figure(dataset_expr: str, checkpoints: dict[str, str], out: str |
 
 
 def photo_figure(photos: list[str | Path], checkpoint: str | Path, out: str | Path, img_size: int | None = None,
-                 device: str = "auto") -> Path:
+                 device: str = "auto") -> tuple[Path, list[str]]:
     """Save a grid of photos without ground truth (rows) x [photo, P(in-focus) map, blurred regions tinted red]
-    (columns) from one detector (models.predict), at its own input size unless `img_size` is given."""
-    model = load_model(checkpoint, map_location=select_device(device)).eval()
+    (columns) from one detector (models.predict), at its own input size unless `img_size` is given; returns the
+    figure's path and the files skipped, each with the reason (PhotoDataset)."""
+    model = load_model(checkpoint, map_location=select_device(device), detector_only=True).eval()
+    dataset = PhotoDataset(photos)
     rows = []
-    for path in PhotoDataset(photos).paths:
+    for path in dataset.paths:
         photo = load_rgb(path)
         in_focus = predict(model, photo, img_size)
         rows.append([np.asarray(photo), in_focus, blur_overlay(np.asarray(photo), in_focus)])
-    return labelled_grid(rows, ["photo", "P(in-focus), white = sharp", "predicted blur (red)"], out)
+    return labelled_grid(rows, ["photo", "P(in-focus), white = sharp", "predicted blur (red)"], out), dataset.skipped

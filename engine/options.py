@@ -21,8 +21,12 @@ from losses.depth import DEPTH_LOSSES
 from models.layers import INPUT_MULTIPLE
 from utils.checkpoint import CheckpointError
 from utils.distributed import DistributedContext
+from utils.runlock import RunLockError, acquire, release
 from utils.runtime import AMP_DTYPES, CUBLAS_WORKSPACE, check_amp
 from utils.schedule import DISTILL_ALPHA_HOLD
+
+LOG_OWNER = "save.txt"  # in a log folder: the absolute --save path of the run whose logs it holds
+LOG_FILES = ("steps.csv", "epochs.csv")
 
 
 def add_deterministic_argument(parser: argparse.ArgumentParser) -> None:
@@ -76,7 +80,8 @@ def add_common_arguments(parser: argparse.ArgumentParser, save: str) -> None:
     parser.add_argument("--save", default=save, help="checkpoint written every epoch (atomically)")
     parser.add_argument("--resume", nargs="?", const="", default=None, metavar="PATH",
                         help="continue from PATH (default: the --save file)")
-    parser.add_argument("--overwrite", action="store_true", help="start afresh even when the --save file exists")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start afresh even when the --save file exists (or --log-dir holds another run's logs)")
     parser.add_argument("--val-set", default=None,
                         help="optional test set scored (MAE, F-beta) during training; the best MAE is kept "
                              "as <save>_best.pth, e.g. CUHK-TE-1")
@@ -137,7 +142,8 @@ def add_depth_teacher_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--amp", choices=list(AMP_DTYPES), default="off")
     add_deterministic_argument(parser)
     parser.add_argument("--save", default="depth_pretrained/midas_small.pth")
-    parser.add_argument("--overwrite", action="store_true", help="start afresh even when the --save file exists")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start afresh even when the --save file exists (or --log-dir holds another run's logs)")
     parser.add_argument("--log-dir", default=None,
                         help="CSV / TensorBoard folder (default runs/<--save path without its extension>)")
 
@@ -203,6 +209,41 @@ def check_outputs(args: argparse.Namespace) -> None:
     """--save and --log-dir must be writable: checked now, not after the first epoch."""
     check_writable(args.save, "--save")
     check_writable(log_dir(args), "--log-dir", folder=True)
+
+
+def claim_log_dir(args: argparse.Namespace) -> Path:
+    """The run's --log-dir, just before its logs are written: a new run (no --resume, no --overwrite) stops rather
+    than replace the CSV logs a run with another --save left there; the --save is then recorded beside the logs.
+    Logs without a recorded --save belong to this run when the folder is this --save's default one."""
+    folder = log_dir(args)
+    owner_file = folder / LOG_OWNER
+    fresh = not args.overwrite and getattr(args, "resume", None) is None
+    if fresh and any((folder / name).exists() for name in LOG_FILES):
+        owner = owner_file.read_text().strip() if owner_file.is_file() else None
+        if owner != os.path.abspath(args.save) and (owner is not None or args.log_dir):
+            whose = f"the run with --save {owner}" if owner else "another run"
+            raise SystemExit(f"--log-dir {folder} holds the logs of {whose}; choose another --log-dir, or pass "
+                             "--overwrite to replace them")
+    folder.mkdir(parents=True, exist_ok=True)
+    owner_file.write_text(f"{os.path.abspath(args.save)}\n")
+    return folder
+
+
+def lock_outputs(args: argparse.Namespace) -> None:
+    """Take the locks of --save and --log-dir for this run (utils.runlock); exit in one line when another run holds
+    either."""
+    try:
+        acquire(args.save, "--save")
+        acquire(log_dir(args), "--log-dir", folder=True)
+    except RunLockError as e:
+        release_outputs(args)
+        raise SystemExit(str(e)) from None
+
+
+def release_outputs(args: argparse.Namespace) -> None:
+    """Release the locks lock_outputs took (those this process holds)."""
+    release(log_dir(args), folder=True)
+    release(args.save)
 
 
 def check_training_arguments(args: argparse.Namespace, ctx: DistributedContext) -> None:

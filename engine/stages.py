@@ -15,7 +15,7 @@ import torch.nn as nn
 
 from engine.options import bad_input, pretrained_argument
 from engine.train import (Stage, make_train_loader, prepare_trained_module, refuse_one_image_batch_statistics,
-                          run_stage, start_training, sync_batchnorm, synchronises_batchnorm)
+                          run_stage, sync_batchnorm, synchronises_batchnorm, training_run)
 from losses import Projectors, SegmentationCriterion, feature_distillation_loss, response_distillation_loss
 from models import VARIANTS, build_model, load_checkpoint, load_midas, load_model, make_frozen_teacher
 from utils.distributed import DistributedContext, unwrap_model
@@ -94,10 +94,10 @@ def build_stage1(args: argparse.Namespace, ctx: DistributedContext) -> Stage:
 
 def train_stage1(args: argparse.Namespace) -> Path:
     """Stage 1 (train_single.py): DFFNet or an ablation; writes args.save every epoch."""
-    ctx = start_training(args)
-    loader, sampler = make_train_loader(args, ctx)
-    stage = build_stage1(args, ctx)
-    return run_stage(stage, args, ctx, loader, sampler, f"stage 1: {args.model} / {args.backbone}")
+    with training_run(args) as ctx:
+        loader, sampler = make_train_loader(args, ctx)
+        stage = build_stage1(args, ctx)
+        return run_stage(stage, args, ctx, loader, sampler, f"stage 1: {args.model} / {args.backbone}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -179,7 +179,12 @@ def build_response_distill_stage(args: argparse.Namespace, ctx: DistributedConte
 def train_distill(args: argparse.Namespace) -> Path:
     """Stage 2 (train_kd.py): `--distill feature` (D-DFFNet, from the --teachers) or `response`
     (R-DFFNet); writes args.save."""
-    ctx = start_training(args)
+    with training_run(args) as ctx:
+        return _train_distill(args, ctx)
+
+
+def _train_distill(args: argparse.Namespace, ctx: DistributedContext) -> Path:
+    """train_distill once the run has started (its outputs locked)."""
     loader, sampler = make_train_loader(args, ctx)
     uses_depth = args.distill == "response" or args.teachers in ("both", "depth")
     depth_teacher = None

@@ -21,6 +21,7 @@ import math
 import random
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,16 +33,16 @@ import torch.nn as nn
 from timm.layers import SplitAttn, convert_sync_batchnorm
 from torch.utils.data import DataLoader, Dataset
 
-from datasets import build_dataset
+from datasets import DatasetWarning, build_dataset
 from engine.evaluate import EvalSettings, eval_loader, score_model
-from engine.options import bad_input, check_training_arguments, log_dir
+from engine.options import (bad_input, check_training_arguments, claim_log_dir, lock_outputs, log_dir,
+                            release_outputs)
 from utils.checkpoint import (CheckpointError, first_non_finite, last_good_checkpoint, model_checkpoint,
                               read_training_checkpoint, save_checkpoint)
 from utils.distributed import (DistributedContext, EpochShuffleSampler, all_reduce_sum, barrier,
                                cleanup_distributed, setup_distributed)
 from utils.log import RemainingTime, TrainingLogger, progress
 from utils.optim import set_lr
-from utils.runlock import RunLockError, acquire, release
 from utils.runtime import configure_backends, seed_everything, use_deterministic_algorithms
 from utils.schedule import poly_lr
 
@@ -118,13 +119,21 @@ def start_training(args: argparse.Namespace) -> DistributedContext:
     ctx = setup_distributed(args.device)
     check_training_arguments(args, ctx)
     if ctx.is_main:
-        try:
-            acquire(args.save)
-        except RunLockError as e:
-            raise SystemExit(str(e)) from None
+        lock_outputs(args)
     configure_backends(ctx.device, deterministic=args.deterministic)
     seed_everything(args.seed + ctx.rank)
     return ctx
+
+
+@contextlib.contextmanager
+def training_run(args: argparse.Namespace) -> Iterator[DistributedContext]:
+    """start_training, then the `with` block; the locks of --save and --log-dir are released however it ends (a
+    bad --val-set, a teacher that does not load, Ctrl-C), so that no lock file outlives the run."""
+    ctx = start_training(args)
+    try:
+        yield ctx
+    finally:
+        release_outputs(args)
 
 
 def make_train_loader(args: argparse.Namespace, ctx: DistributedContext) -> tuple[DataLoader, EpochShuffleSampler]:
@@ -144,12 +153,26 @@ def make_train_loader(args: argparse.Namespace, ctx: DistributedContext) -> tupl
     return loader, sampler
 
 
-def make_val_set(args: argparse.Namespace) -> Dataset | None:
-    """The test split of `--val-set` (masks at their original size), or None."""
+def make_val_set(args: argparse.Namespace, train_set: Dataset | None = None) -> Dataset | None:
+    """The test split of `--val-set` (masks at their original size), or None; a DatasetWarning when it shares
+    images with `train_set`."""
     if not args.val_set:
         return None
     with bad_input("--val-set / --data-root"):
-        return build_dataset(args.val_set, "test", root=args.data_root, img_size=args.img_size)
+        val_set = build_dataset(args.val_set, "test", root=args.data_root, img_size=args.img_size)
+    shared = image_files(val_set) & image_files(train_set) if train_set is not None else set()
+    if shared:
+        warnings.warn(f"--val-set {args.val_set} shares {len(shared)} of its {len(val_set)} images with --train-set "
+                      f"{args.train_set}: validation scores the network on images it trains on, so "
+                      f"{best_checkpoint_path(args.save)} would be chosen on training images; validate on a held-out "
+                      "set (e.g. --train-set CUHK-TR-1-FIT --val-set CUHK-TR-1-VAL)", DatasetWarning)
+    return val_set
+
+
+def image_files(dataset: Dataset) -> set[Path]:
+    """The resolved image files of a data set of pairs (the parts of a combined one)."""
+    return {pair.image.resolve() for part in getattr(dataset, "datasets", [dataset])
+            for pair in getattr(part, "pairs", [])}
 
 
 def synchronises_batchnorm(ctx: DistributedContext) -> bool:
@@ -267,6 +290,9 @@ def resume_from(path: Path, stage: Stage, args: argparse.Namespace, scaler: torc
         state = read_training_checkpoint(path)
     except CheckpointError as e:
         raise SystemExit(f"--resume: {e}") from None
+    if state.get("model_config", {}).get("name") == "midas":
+        raise SystemExit(f"--resume {path}: is a depth-teacher checkpoint (MiDaS, written by train_depth.py), not a "
+                         "blur detector's run: resume the --save of a train_single.py / train_kd.py run")
     for key in RESUME_MUST_MATCH:
         if key in state["config"] and state["config"][key] != getattr(args, key, None):
             flag = "--" + key.replace("_", "-")
@@ -349,7 +375,7 @@ def fit(stage: Stage, args: argparse.Namespace, ctx: DistributedContext, loader:
         scaler: torch.amp.GradScaler) -> Path:
     """Run epochs start_epoch..args.epochs; returns the path of the final checkpoint."""
     save_path = Path(args.save)
-    val_set = make_val_set(args) if ctx.is_main else None
+    val_set = make_val_set(args, loader.dataset) if ctx.is_main else None
     val_settings = EvalSettings(device=ctx.device, amp=args.amp, batch_size=1, workers=min(args.workers, 2),
                                 img_size=args.img_size, data_root=args.data_root)
     val_loader = eval_loader(val_set, val_settings, persistent=True) if val_set is not None else None
@@ -423,8 +449,8 @@ def fit(stage: Stage, args: argparse.Namespace, ctx: DistributedContext, loader:
 
 def run_stage(stage: Stage, args: argparse.Namespace, ctx: DistributedContext, loader: DataLoader,
               sampler: EpochShuffleSampler, description: str) -> Path:
-    """Resume if asked, log the set-up, run the loop, and always leave the process group and release the
-    --save lock. A non-finite loss or weight ends the process with a one-line message naming the last good
+    """Resume if asked, log the set-up, run the loop, and always leave the process group (the --save and
+    --log-dir locks are training_run's to release). A non-finite loss or weight ends the process with a one-line message naming the last good
     checkpoint; Ctrl-C with one line on stderr and exit status 130."""
     scaler = torch.amp.GradScaler(ctx.device.type, enabled=args.amp == "fp16")
     start_epoch, best_val_mae = 1, None
@@ -432,7 +458,7 @@ def run_stage(stage: Stage, args: argparse.Namespace, ctx: DistributedContext, l
         resume_path = Path(args.resume or args.save)
         completed, best_val_mae = resume_from(resume_path, stage, args, scaler, ctx)
         start_epoch = completed + 1
-    logger = TrainingLogger(log_dir(args), enabled=ctx.is_main,
+    logger = TrainingLogger(claim_log_dir(args) if ctx.is_main else log_dir(args), enabled=ctx.is_main,
                             resume_epoch=start_epoch - 1 if args.resume is not None else None)
     try:
         logger.info(f"{description}: {len(loader.dataset)} training images, global batch {args.batch_size} "
@@ -454,4 +480,3 @@ def run_stage(stage: Stage, args: argparse.Namespace, ctx: DistributedContext, l
     finally:
         logger.close()
         cleanup_distributed()
-        release(args.save)

@@ -8,19 +8,20 @@ import os
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from utils.checkpoint import CHECKPOINT_FORMAT, read_checkpoint, save_checkpoint
-
-from .weights import unpack_checkpoint
+from utils.checkpoint import (CHECKPOINT_FORMAT, CheckpointError, check_finite, read_checkpoint, save_checkpoint,
+                              unpack_checkpoint)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED_CHECKPOINT = ROOT / "checkpoint" / "release" / "dffnet_cuhk_cpu.pth"
-AUTHORS_CHECKPOINT = Path("checkpoint") / "D-DFFNet.pth"
-# the recorded digest of the committed file (tests check it; change it only with the file and its card)
+AUTHORS_CHECKPOINT = Path("checkpoint") / "D-DFFNet.pth"  # under the working folder, else under ROOT
+# the recorded digests of the committed files, checked whenever they are loaded (change one only with its file and
+# its card)
 SHIPPED_SHA256 = "9acb362c0ce019d7c70010cf833f25cec71c20bed4a185c203ac61a0c27b3b24"
 SHIPPED_DEPTH_TEACHER = ROOT / "depth_pretrained" / "midas_synthetic_cpu.pth"
 SHIPPED_DEPTH_TEACHER_SHA256 = "4c7e86acde565798dc3c7e32809d5f50e6f0eeda43dcc5ad5cdfb9701ce78309"
+
+
+_DIGESTS: dict[tuple[Path, int, int], str] = {}  # (resolved path, size, mtime in ns) -> SHA-256, once per process
 
 
 def sha256(path: str | os.PathLike) -> str:
@@ -32,30 +33,73 @@ def sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def _cached_sha256(path: Path) -> str:
+    """sha256 of a resolved path, computed once per process while the file keeps its size and time."""
+    info = path.stat()
+    key = (path, info.st_size, info.st_mtime_ns)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = sha256(path)
+    return _DIGESTS[key]
+
+
+def verify_shipped(path: str | os.PathLike) -> None:
+    """Raise CheckpointError when `path` is one of the files this repository ships and its content is not the
+    one recorded here (a flipped bit, a cut download, a file replaced by hand); other paths pass unread."""
+    recorded = {SHIPPED_CHECKPOINT: SHIPPED_SHA256, SHIPPED_DEPTH_TEACHER: SHIPPED_DEPTH_TEACHER_SHA256}
+    try:
+        resolved = Path(path).resolve(strict=True)
+    except (OSError, RuntimeError):
+        return  # missing or a symlink loop: read_checkpoint names it
+    expected = next((digest for shipped, digest in recorded.items() if shipped.resolve() == resolved), None)
+    if expected is None or not resolved.is_file():
+        return
+    found = _cached_sha256(resolved)
+    if found != expected:
+        raise CheckpointError(f"{path}: damaged or replaced: its SHA-256 ({found[:12]}...) differs from the one "
+                              f"recorded for this shipped file in models/shipped.py ({expected[:12]}...); restore it "
+                              f"with `git checkout -- {_shown(resolved)}`, or record a new release's digest there")
+
+
+def _shown(path: Path) -> str:
+    """`path` relative to the repository when it lies inside it."""
+    try:
+        return str(path.relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
 def describe(path: str | os.PathLike) -> str:
     """One line saying what a checkpoint file is, from the description it carries (if any)."""
+    verify_shipped(path)
     obj = read_checkpoint(path)
     return obj.get("description", "") if isinstance(obj, dict) else ""
 
 
 def default_detector() -> tuple[Path, str]:
-    """The checkpoint test.py and test.sh use without --checkpoint: the authors' D-DFFNet.pth when it is
-    present, otherwise the shipped CPU model; with one line saying which and what it is."""
-    if AUTHORS_CHECKPOINT.is_file():
-        return AUTHORS_CHECKPOINT, f"using {AUTHORS_CHECKPOINT} (the authors' D-DFFNet, as found)"
-    relative = SHIPPED_CHECKPOINT.relative_to(ROOT)
+    """The checkpoint test.py and test.sh use without --checkpoint: the authors' D-DFFNet.pth in the working
+    folder's or the repository's checkpoint/ when present, otherwise the shipped CPU model; with one line saying
+    which and what it is. Raises CheckpointError when the shipped model is damaged."""
+    in_repository = ROOT / AUTHORS_CHECKPOINT
+    candidates = [AUTHORS_CHECKPOINT] + ([in_repository] if in_repository.resolve() != AUTHORS_CHECKPOINT.resolve()
+                                         else [])
+    found = next((path for path in candidates if path.is_file()), None)
+    if found is not None:
+        return found, f"using {found} (the authors' D-DFFNet, as found)"
+    relative = SHIPPED_CHECKPOINT.relative_to(ROOT) if SHIPPED_CHECKPOINT.is_relative_to(ROOT) else SHIPPED_CHECKPOINT
     description = describe(SHIPPED_CHECKPOINT)
     card = "" if "MODEL_CARD.md" in description else f"; see {relative.parent}/MODEL_CARD.md"
-    return SHIPPED_CHECKPOINT, f"using {relative}: {description} ({AUTHORS_CHECKPOINT} is absent{card})"
+    where = "" if len(candidates) == 1 else f" here and in {ROOT}"
+    return SHIPPED_CHECKPOINT, f"using {relative}: {description} ({AUTHORS_CHECKPOINT} is absent{where}{card})"
 
 
 def export_release(training_checkpoint: str | os.PathLike, out: str | os.PathLike, description: str) -> Path:
     """Write the model of a training checkpoint for shipping: weights stored in fp16 (they load into float32),
     the model and training configuration, the epoch and a one-line description; no optimiser state."""
     obj = read_checkpoint(training_checkpoint)
-    state, metadata = unpack_checkpoint(obj, Path(training_checkpoint))
+    state, metadata = unpack_checkpoint(obj, training_checkpoint)
     if "model_config" not in metadata:
         raise ValueError(f"{training_checkpoint}: not a checkpoint of this code (no model configuration)")
+    check_finite(state, training_checkpoint)
     half = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     shipped: dict[str, Any] = {"format": CHECKPOINT_FORMAT, "model": half, "model_config": metadata["model_config"],
                                "config": metadata.get("config", {}), "epoch": metadata.get("epoch"),

@@ -1,5 +1,6 @@
 """Loading weights: the authors' released state_dicts (explicit key map, documented dead keys dropped by
-name), our own checkpoints, and DDP / torch.compile wrapped files. Every mismatch is reported at once."""
+name), our own checkpoints, and DDP / torch.compile wrapped files. Every mismatch is reported at once; the files
+this repository ships are checked against their recorded SHA-256 (models.shipped)."""
 from __future__ import annotations
 
 import os
@@ -10,13 +11,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from utils.checkpoint import CHECKPOINT_FORMAT, CheckpointError, check_finite, is_model_checkpoint, read_checkpoint
+from utils.checkpoint import CheckpointError, check_finite, read_checkpoint, unpack_checkpoint
 
 from .dbdnet import VARIANTS, DBDNet, Variant, build_model
 from .encoders import IMAGENET_MEAN, IMAGENET_STD
 from .midas import MidasNet, build_midas
+from .shipped import verify_shipped
 
-WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 AUTHORS_TOP_LEVEL = ("resnest.", "vgg.", "rfb", "agg1.")
 MAX_LISTED = 12
 
@@ -73,45 +74,6 @@ AUTHORS_DEAD_KEYS: dict[str, tuple[str, ...]] = {
 
 def _error(path: Path, message: str) -> CheckpointError:
     return CheckpointError(f"{path}: {message}")
-
-
-def _is_state_dict(obj: Any) -> bool:
-    return isinstance(obj, dict) and bool(obj) and all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
-
-
-def _holds_tensor(obj: Any) -> bool:
-    if isinstance(obj, torch.Tensor):
-        return True
-    if isinstance(obj, dict):
-        return any(_holds_tensor(v) for v in obj.values())
-    if isinstance(obj, (list, tuple)):
-        return any(_holds_tensor(v) for v in obj)
-    return False
-
-
-def unpack_checkpoint(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """(state_dict without wrapper prefixes, metadata) from a loaded file: our format or a bare state_dict."""
-    if _is_state_dict(obj):
-        state, metadata = obj, {}
-    elif is_model_checkpoint(obj):
-        state = obj.get("model")
-        if not _is_state_dict(state):
-            raise _error(path, f"'{CHECKPOINT_FORMAT}' checkpoint without a state_dict under 'model'")
-        metadata = {k: v for k, v in obj.items() if k != "model" and not _holds_tensor(v)}
-    elif isinstance(obj, dict):
-        keys = ", ".join(map(str, list(obj)[:MAX_LISTED]))
-        raise _error(path, f"neither a state_dict nor a '{CHECKPOINT_FORMAT}' checkpoint (top-level keys: {keys})")
-    else:
-        raise _error(path, f"expected a state_dict or a '{CHECKPOINT_FORMAT}' checkpoint, found {type(obj).__name__}")
-    return {_strip_wrappers(k): v for k, v in state.items()}, metadata
-
-
-def _strip_wrappers(key: str) -> str:
-    """Remove the prefixes DistributedDataParallel ('module.') and torch.compile ('_orig_mod.') add."""
-    while key.startswith(WRAPPER_PREFIXES):
-        key = key.split(".", 1)[1]
-    return key
 
 
 def is_authors_layout(state: dict[str, torch.Tensor]) -> bool:
@@ -199,6 +161,7 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> dict[str, Any]
     DDP / compile-prefixed files. Returns our checkpoint's entries without tensors ({} for a bare
     state_dict). Raises CheckpointError naming the file and listing every mismatch."""
     path = Path(path)
+    verify_shipped(path)
     return _load_into(model, read_checkpoint(path), path)
 
 
@@ -247,6 +210,7 @@ def load_model(path: str | os.PathLike, name: str | None = None, backbone: str |
     the resolved training configuration our checkpoints carry ({} for bare state_dicts). `detector_only`
     refuses a depth (MiDaS) model before building it."""
     path = Path(path)
+    verify_shipped(path)
     obj = read_checkpoint(path, map_location=map_location)
     state, metadata = unpack_checkpoint(obj, path)
     config = metadata.get("model_config")

@@ -26,11 +26,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train-set", default=None, help="dataset expression of the training set (prior)")
     parser.add_argument("--data-root", default="data")
     parser.add_argument("--img-size", type=int, default=320)
-    parser.add_argument("--out", required=True, help="folder for the maps")
+    parser.add_argument("--out", required=True, help="folder for the maps (outside the data sets)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace files in --out of the maps' names that this tool did not write")
     args = parser.parse_args(argv)
     check_writable(args.out, "--out", folder=True)
     try:
-        out = write_baseline_maps(args.name, args.test_set, args.out, args.data_root, args.train_set, args.img_size)
+        out = write_baseline_maps(args.name, args.test_set, args.out, args.data_root, args.train_set, args.img_size,
+                                  args.overwrite)
     except (DatasetError, ValueError) as e:
         raise SystemExit(f"{parser.prog}: {e}") from None
     print(f"wrote {args.name} maps to {out}")

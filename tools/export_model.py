@@ -17,17 +17,33 @@ from models.shipped import export_release, sha256  # noqa: E402
 from utils.checkpoint import CheckpointError  # noqa: E402
 
 
+def check_output(checkpoint: str, out: str, overwrite: bool, prog: str) -> None:
+    """Exit in one line when `out` is the input checkpoint itself, exists without --overwrite, or cannot be
+    written."""
+    source, target = Path(checkpoint), Path(out)
+    if target.exists() and source.exists() and target.samefile(source):
+        raise SystemExit(f"{prog}: out {out} is the input checkpoint itself: exporting would replace the training "
+                         "checkpoint (and its optimiser state); choose another out")
+    if target.exists() and not target.is_dir() and not overwrite:
+        raise SystemExit(f"{prog}: out {out} already exists; pass --overwrite to replace it, or choose another out")
+    check_writable(out, "out")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("checkpoint", help="a checkpoint written by train_single.py, train_kd.py or train_depth.py")
     parser.add_argument("out", help="the file to write")
     parser.add_argument("--description", required=True, help="one line: what the model is (test.py prints it)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing out file")
     args = parser.parse_args(argv)
-    check_writable(args.out, "out")
+    check_output(args.checkpoint, args.out, args.overwrite, parser.prog)
     try:
         path = export_release(args.checkpoint, args.out, args.description)
     except (CheckpointError, ValueError) as e:
         raise SystemExit(f"{parser.prog}: {e}") from None
+    except OSError as e:
+        raise SystemExit(f"{parser.prog}: {args.out}: not written ({e.strerror or e}); "
+                         f"{'the previous file is kept' if Path(args.out).exists() else 'nothing was written'}") from None
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, sha256 {sha256(path)})")
 
 

@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from datasets import DatasetError  # noqa: E402
+from datasets.files import format_names  # noqa: E402
 from engine.figures import comparison_figure, photo_figure  # noqa: E402
 from engine.options import check_writable  # noqa: E402
 from utils.checkpoint import CheckpointError  # noqa: E402
@@ -42,15 +43,19 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--photos draws one --checkpoint")
     checkpoints = dict(pair.split("=", 1) for pair in args.checkpoint)
     check_writable(args.out, "--out")
+    skipped: list[str] = []
     try:
         if args.photos:
-            path = photo_figure(args.photos, next(iter(checkpoints.values())), args.out, args.img_size, args.device)
+            path, skipped = photo_figure(args.photos, next(iter(checkpoints.values())), args.out, args.img_size,
+                                         args.device)
         else:
             path = comparison_figure(args.dataset, checkpoints, args.out, args.depth_teacher, args.count,
                                      args.data_root, args.img_size or 320, args.device)
     except (DatasetError, CheckpointError, ValueError) as e:
         raise SystemExit(f"{parser.prog}: {e}") from None
     print(f"wrote {path}")
+    if skipped:
+        print(f"skipped {len(skipped)} files: {format_names(skipped)}")
 
 
 if __name__ == "__main__":

@@ -53,10 +53,16 @@ CUHK_DIR=${CUHK_DIR:-$(first_existing data/CUHK ../shared/data/CUHK)}
 [ -n "$CUHK_DIR" ] && [ -d "$CUHK_DIR/image" ] && [ -d "$CUHK_DIR/gt" ] || {
     echo "train_release.sh: no CUHK data set (image/ and gt/) at '${CUHK_DIR:-data/CUHK}'; see data/README.md" >&2
     exit 2; }
-SPLIT_LIST=${SPLIT_LIST:-$(first_existing "$CUHK_DIR/splits/cuhk_te1.txt" "$CUHK_DIR/cuhk_te1.txt" \
-    "$CUHK_DIR/split.txt" data/splits/cuhk_te1.txt data/cuhk_te1.txt data/split.txt ../shared/spec/splits/cuhk_te1.txt)}
-[ -n "$SPLIT_LIST" ] && [ -f "$SPLIT_LIST" ] || {
-    echo "train_release.sh: no CUHK-TE-1 list (cuhk_te1.txt); set SPLIT_LIST (see data/README.md)" >&2; exit 2; }
+if [ -n "${SPLIT_LIST:-}" ]; then
+    [ -f "$SPLIT_LIST" ] || {
+        problem=$([ -e "$SPLIT_LIST" ] && echo "not a file" || echo "no such file")
+        echo "train_release.sh: no CUHK-TE-1 list (cuhk_te1.txt) at SPLIT_LIST='$SPLIT_LIST': $problem" >&2; exit 2; }
+else
+    SPLIT_LIST=$(first_existing "$CUHK_DIR/splits/cuhk_te1.txt" "$CUHK_DIR/cuhk_te1.txt" "$CUHK_DIR/split.txt" \
+        data/splits/cuhk_te1.txt data/cuhk_te1.txt data/split.txt ../shared/spec/splits/cuhk_te1.txt)
+    [ -n "$SPLIT_LIST" ] && [ -f "$SPLIT_LIST" ] || {
+        echo "train_release.sh: no CUHK-TE-1 list (cuhk_te1.txt) found; set SPLIT_LIST (see data/README.md)" >&2; exit 2; }
+fi
 DUT_DIR=${DUT_DIR:-$(first_existing data/DUT-sample ../shared/data/DUT-sample)}
 
 # a data root holding just what the recipe reads, whatever the user's layout
@@ -75,7 +81,7 @@ echo "[$(date +%T)] training: $TRAIN_SET from $CUHK_DIR, $EPOCHS epochs, $OMP_NU
     --save "$OUT/dffnet_release_train.pth" --log-dir "$OUT/logs" "${START[@]}"
 
 echo "[$(date +%T)] export: fp16 weights + training config -> $EXPORT"
-"$PY" tools/export_model.py "$OUT/dffnet_release_train.pth" "$EXPORT" --description \
+"$PY" tools/export_model.py "$OUT/dffnet_release_train.pth" "$EXPORT" --overwrite --description \
     "DFFNet ($BACKBONE, init $PRETRAINED, 224 px) trained by this repository on $TRAIN_SET on a CPU; checkpoint/release/MODEL_CARD.md"
 
 echo "[$(date +%T)] scores (official protocol) of the exported file"

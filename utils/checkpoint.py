@@ -22,6 +22,8 @@ from torch import nn
 CHECKPOINT_FORMAT = "ddffnet-checkpoint-v1"
 # First bytes of every torch.save file: a zip archive (PyTorch >= 1.6) or the legacy pickle (protocol >= 2).
 TORCH_SAVE_MAGICS = (b"PK", b"\x80")
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # added to the keys by DistributedDataParallel and torch.compile
+MAX_LISTED_KEYS = 12
 
 
 class CheckpointError(RuntimeError):
@@ -175,6 +177,47 @@ def model_checkpoint(model: nn.Module, config: dict[str, Any], epoch: int, **sta
 def is_model_checkpoint(obj: Any) -> bool:
     """True for a loaded checkpoint of our format (as opposed to a bare state_dict)."""
     return isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return isinstance(obj, dict) and bool(obj) and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+
+
+def _holds_tensor(obj: Any) -> bool:
+    if isinstance(obj, torch.Tensor):
+        return True
+    if isinstance(obj, dict):
+        return any(_holds_tensor(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return any(_holds_tensor(v) for v in obj)
+    return False
+
+
+def _strip_wrappers(key: str) -> str:
+    """Remove the prefixes DistributedDataParallel ('module.') and torch.compile ('_orig_mod.') add."""
+    while key.startswith(WRAPPER_PREFIXES):
+        key = key.split(".", 1)[1]
+    return key
+
+
+def unpack_checkpoint(obj: Any, path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(state_dict without wrapper prefixes, metadata) from a loaded file: our format or a bare state_dict."""
+    if _is_state_dict(obj):
+        state, metadata = obj, {}
+    elif is_model_checkpoint(obj):
+        state = obj.get("model")
+        if not _is_state_dict(state):
+            raise CheckpointError(f"{path}: '{CHECKPOINT_FORMAT}' checkpoint without a state_dict under 'model'")
+        metadata = {k: v for k, v in obj.items() if k != "model" and not _holds_tensor(v)}
+    elif isinstance(obj, dict):
+        keys = ", ".join(map(str, list(obj)[:MAX_LISTED_KEYS]))
+        raise CheckpointError(f"{path}: neither a state_dict nor a '{CHECKPOINT_FORMAT}' checkpoint (top-level keys: "
+                              f"{keys})")
+    else:
+        raise CheckpointError(f"{path}: expected a state_dict or a '{CHECKPOINT_FORMAT}' checkpoint, found "
+                              f"{type(obj).__name__}")
+    return {_strip_wrappers(k): v for k, v in state.items()}, metadata
 
 
 def read_training_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

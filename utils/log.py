@@ -14,6 +14,15 @@ from tqdm import tqdm
 PIPED_EVERY = 30.0  # seconds between progress lines when stderr is not a terminal
 
 
+def printable(text: str) -> str:
+    """`text` as it can be printed and written to a UTF-8 file: the bytes of a file name that are not UTF-8 (held
+    by Python as surrogate escapes) shown as \\xNN."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that no byte stands for
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def stamp() -> str:
     """'[HH:MM:SS]': the wall-clock time that starts every stamped log line (demo.sh stamps its steps alike)."""
     return time.strftime("[%H:%M:%S]")

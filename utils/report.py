@@ -8,8 +8,10 @@ import math
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from utils.checkpoint import current_umask
+from utils.log import printable
 from utils.paper_results import PAPER_SETS, TABLE_TITLES, paper_row
 from utils.plots import plot_pr_curves
 
@@ -29,12 +31,23 @@ def write_results(entries: list[dict], path: Path, run: dict) -> Path:
     try:
         os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "w") as f:
-            json.dump({"run": run, "results": entries}, f, indent=1)
+            json.dump(_printable_strings({"run": run, "results": entries}), f, indent=1)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _printable_strings(value: Any) -> Any:
+    """`value` with every string in it (keys too) printable (utils.log): file names that are not UTF-8 as \\xNN."""
+    if isinstance(value, str):
+        return printable(value)
+    if isinstance(value, dict):
+        return {_printable_strings(k): _printable_strings(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_printable_strings(v) for v in value]
+    return value
 
 
 def read_results(path: str | Path) -> list[dict]:
@@ -52,8 +65,8 @@ def write_per_image_csv(rows: list[dict], path: Path) -> None:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) else ("" if v is None else v))
-                             for k, v in row.items()})
+            writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) else "" if v is None
+                                 else printable(v) if isinstance(v, str) else v) for k, v in row.items()})
 
 
 def summary_line(entry: dict) -> str:
