@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import io
 import re
 import sys
 import time
@@ -291,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    for stream in (sys.stdout, sys.stderr):
-        stream.reconfigure(errors="backslashreplace")  # a checkpoint or photo name that is not UTF-8 cannot stop it
+    for stream in (sys.stdout, sys.stderr):  # a checkpoint or photo name that is not UTF-8 cannot stop it
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")
     sys.exit(main())

@@ -298,7 +298,7 @@ def polarity_hint(rows: list[dict], pred_dir: str | Path, polarity: MaskPolarity
     likely stored in the other polarity than `polarity`; else None. The maps named in `constant` (one value
     everywhere, such as the all-in-focus baseline) are left out: their MAE says which class the set holds
     more of, not which polarity they are stored in."""
-    maes = [row["mae"] for row in rows if row.get("mae") is not None and row["name"] not in constant]
+    maes = [row["mae"] for row in rows if row.get("mae") is not None and row.get("name") not in constant]
     inverted = sum(mae > INVERTED_MAE for mae in maes)
     if not maes or inverted <= len(maes) / 2:
         return None

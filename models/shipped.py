@@ -16,7 +16,7 @@ SHIPPED_CHECKPOINT = ROOT / "checkpoint" / "release" / "dffnet_cuhk_cpu.pth"
 AUTHORS_CHECKPOINT = Path("checkpoint") / "D-DFFNet.pth"  # under the working folder, else under ROOT
 # the recorded digests of the committed files, checked whenever they are loaded (change one only with its file and
 # its card)
-SHIPPED_SHA256 = "9acb362c0ce019d7c70010cf833f25cec71c20bed4a185c203ac61a0c27b3b24"
+SHIPPED_SHA256 = "ee6362b23792b52a66ea05f2c43377bba8aadb94c65e2a9373f7df595bcc68f0"
 SHIPPED_DEPTH_TEACHER = ROOT / "depth_pretrained" / "midas_synthetic_cpu.pth"
 SHIPPED_DEPTH_TEACHER_SHA256 = "4c7e86acde565798dc3c7e32809d5f50e6f0eeda43dcc5ad5cdfb9701ce78309"
 

@@ -40,18 +40,39 @@ def write_reference_photos(folder: Path) -> Path:
     return folder
 
 
+def reference_detector(path: Path) -> Path:
+    """The detector the maps in tests/fixtures/photo_maps/ come from, saved at `path`: DFFNet / resnet10t drawn with
+    seed 0, its BatchNorm statistics those of one batch of seeded noise (so that its maps are not flat), 96 px."""
+    torch.manual_seed(0)
+    model = build_model("dffnet", "resnet10t")
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.momentum = 1.0
+    with torch.no_grad():
+        model.train()(torch.randn(4, 3, 96, 96, generator=torch.Generator().manual_seed(1)))
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.momentum = 0.1
+    return save_checkpoint(model_checkpoint(model, {"img_size": 96}, 1), path)
+
+
 @pytest.fixture(scope="module")
-def shipped() -> torch.nn.Module:
-    return load_model(SHIPPED_CHECKPOINT).eval()
+def reference(tmp_path_factory) -> Path:
+    return reference_detector(tmp_path_factory.mktemp("reference") / "seeded.pth")
 
 
-def test_images_writes_the_maps_of_the_code_before_predict(tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def detector(reference) -> torch.nn.Module:
+    return load_model(reference).eval()
+
+
+def test_images_writes_the_maps_of_the_code_before_predict(tmp_path, reference):
     """tests/fixtures/photo_maps/ holds the maps test.py --images wrote at commit 84367fb (before models.predict),
-    with the shipped model and --batch-size 2 (two batches)."""
+    with the reference detector and --batch-size 2 (two batches)."""
     photos = write_reference_photos(tmp_path / "photos")
-    monkeypatch.chdir(tmp_path)  # no checkpoint/D-DFFNet.pth: the shipped model
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        code = test_script.main(["--images", str(photos), "--out", "out", "--workers", "0", "--batch-size", "2"])
+        code = test_script.main(["--checkpoint", str(reference), "--images", str(photos), "--out", str(tmp_path / "out"),
+                                 "--workers", "0", "--batch-size", "2"])
     assert code == 0
     references = sorted(REFERENCE_MAPS.glob("*.png"))
     assert [p.name for p in references] == ["camera16.png", "chelsea.png", "coffee_exif6.png"]
@@ -61,25 +82,31 @@ def test_images_writes_the_maps_of_the_code_before_predict(tmp_path, monkeypatch
                                       err_msg=reference.name)
 
 
-def test_predict_takes_a_path_a_pil_image_or_an_array_upright(tmp_path, shipped):
+def assert_same_map(ours: np.ndarray, expected: np.ndarray, name: str) -> None:
+    """Equal 8-bit maps, up to one grey level on at most 0.1 % of the pixels: a batch of another size sums in
+    another order on the CPU, which moves a few values across a rounding boundary."""
+    difference = np.abs(ours.astype(int) - expected.astype(int))
+    assert difference.max() <= 1 and (difference > 0).mean() <= 0.001, (name, difference.max(), (difference > 0).mean())
+
+
+def test_predict_takes_a_path_a_pil_image_or_an_array_upright(tmp_path, detector):
     photos = write_reference_photos(tmp_path)
     for path in sorted(photos.glob("*.png")):
         expected = np.asarray(Image.open(REFERENCE_MAPS / path.name))
-        from_path = predict(shipped, path)
+        from_path = predict(detector, path)
         assert from_path.dtype == np.float32 and from_path.shape == expected.shape
-        np.testing.assert_array_equal(to_8bit(torch.from_numpy(from_path)), expected, err_msg=path.name)
+        assert_same_map(to_8bit(torch.from_numpy(from_path)), expected, path.name)  # references: batches of 2
         upright = load_rgb(path)
         for same in (str(path), Image.open(path), upright, np.asarray(upright)):  # load_rgb's output: not turned twice
-            np.testing.assert_array_equal(predict(shipped, same), from_path, err_msg=f"{path.name} {type(same)}")
-    assert predict(shipped, photos / "coffee_exif6.png").shape == (300, 200)  # stored 300 wide, shown sideways
+            np.testing.assert_array_equal(predict(detector, same), from_path, err_msg=f"{path.name} {type(same)}")
+    assert predict(detector, photos / "coffee_exif6.png").shape == (300, 200)  # stored 300 wide, shown sideways
 
 
-def test_predict_batch_runs_each_photo_as_predict_does(tmp_path, shipped):
+def test_predict_batch_runs_each_photo_as_predict_does(tmp_path, detector):
     photos = write_reference_photos(tmp_path)
     paths = sorted(photos.glob("*.png"))
-    for batched, path in zip(predict_batch(shipped, paths), paths):
-        np.testing.assert_array_equal(to_8bit(torch.from_numpy(batched)),
-                                      to_8bit(torch.from_numpy(predict(shipped, path))), err_msg=path.name)
+    for batched, path in zip(predict_batch(detector, paths), paths):
+        assert_same_map(to_8bit(torch.from_numpy(batched)), to_8bit(torch.from_numpy(predict(detector, path))), path.name)
 
 
 def test_the_input_size_and_normalisation_come_from_the_checkpoint(tmp_path):
@@ -108,26 +135,26 @@ def test_the_input_size_and_normalisation_come_from_the_checkpoint(tmp_path):
     (np.full((4, 5, 3), 1.5), "values in [0, 1], this one holds [1.5, 1.5]"),
     (np.zeros((4, 5, 3), np.int32), "got int32"),
 ])
-def test_an_unusable_array_is_refused_in_one_line(shipped, array, message):
+def test_an_unusable_array_is_refused_in_one_line(detector, array, message):
     with pytest.raises(ValueError) as error:
-        predict(shipped, array)
+        predict(detector, array)
     assert message in str(error.value) and "\n" not in str(error.value)
 
 
-def test_an_unreadable_file_is_named(tmp_path, shipped):
+def test_an_unreadable_file_is_named(tmp_path, detector):
     (tmp_path / "notes.png").write_text("not a picture")
     with pytest.raises(ValueError, match=r"notes\.png: cannot decode image"):
-        predict(shipped, tmp_path / "notes.png")
+        predict(detector, tmp_path / "notes.png")
 
 
-def test_torch_hub_loads_the_shipped_model_and_predicts_a_photo(shipped):
+def test_torch_hub_loads_the_shipped_model_and_predicts_a_photo():
     model = torch.hub.load(str(ROOT), "dffnet_cpu", source="local")
     assert not model.training
     chelsea = skimage.data.chelsea()
     in_focus = predict(model, chelsea)
     assert in_focus.shape == chelsea.shape[:2] and in_focus.dtype == np.float32
     assert 0 <= in_focus.min() < 0.2 and 0.8 < in_focus.max() <= 1  # both classes present
-    np.testing.assert_array_equal(in_focus, predict(shipped, chelsea))
+    np.testing.assert_array_equal(in_focus, predict(load_model(SHIPPED_CHECKPOINT).eval(), chelsea))
 
 
 def test_torch_hub_loads_the_papers_models_from_a_file(tmp_path):

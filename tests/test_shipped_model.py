@@ -24,6 +24,7 @@ from engine.evaluate import EvalSettings, evaluate_model, evaluate_saved_maps
 from engine.stages import build_student
 from datasets.polarity import MaskPolarity
 from models import build_model, load_model
+from models.encoders import input_normalisation
 from models.shipped import SHIPPED_CHECKPOINT, SHIPPED_SHA256, export_release, sha256
 from utils.checkpoint import read_checkpoint, save_checkpoint
 from utils.metrics import PROTOCOLS
@@ -44,6 +45,7 @@ def test_the_shipped_file_is_small_recorded_and_loads_strictly():
                if p.is_floating_point())
     config = model.training_config
     assert config["img_size"] % 32 == 0 and config["backbone"] == model.config["backbone"]
+    assert model.config["normalisation"] == input_normalisation(model.config["backbone"])  # its weights' own
     assert "CUHK" in read_checkpoint(SHIPPED_CHECKPOINT)["description"]
 
 
