@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import machine  # noqa: E402
 from models import build_model, load_model  # noqa: E402
+from models.inference import input_spec  # noqa: E402
 from models.shipped import SHIPPED_CHECKPOINT  # noqa: E402
 from utils.runtime import autocast, bf16_is_fast  # noqa: E402
 
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device("cpu")
     torch.manual_seed(0)
     shipped = load_model(args.checkpoint).eval()
-    shipped_size = shipped.training_config.get("img_size", PAPER_SIZE)
+    shipped_size = input_spec(shipped).img_size
     paper_backbone = "resnest14d" if args.quick else "resnest101e"
     networks = {f"shipped: dffnet / {shipped.config['backbone']} at {shipped_size} px": (shipped, shipped_size),
                 f"paper: dffnet / {paper_backbone} at {PAPER_SIZE} px": (build_model("dffnet", paper_backbone).eval(),

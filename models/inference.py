@@ -32,10 +32,12 @@ class InputSpec:
 
 
 def input_spec(model: torch.nn.Module, img_size: int | None = None) -> InputSpec:
-    """What a loaded detector expects: `img_size` when given, else the input size its checkpoint records
-    (DEFAULT_IMG_SIZE when it records none). The one place that decides a detector's input."""
+    """What a loaded detector expects: `img_size` when given, else the input size an exported file says to run
+    it at, else its training size (DEFAULT_IMG_SIZE when its checkpoint records none). The one place that
+    decides a detector's input."""
     config = getattr(model, "training_config", None) or {}
-    return InputSpec(img_size or config.get("img_size") or DEFAULT_IMG_SIZE)
+    return InputSpec(img_size or getattr(model, "inference_img_size", None) or config.get("img_size")
+                     or DEFAULT_IMG_SIZE)
 
 
 def as_rgb(image: ImageInput) -> Image.Image:

@@ -16,7 +16,7 @@ SHIPPED_CHECKPOINT = ROOT / "checkpoint" / "release" / "dffnet_cuhk_cpu.pth"
 AUTHORS_CHECKPOINT = Path("checkpoint") / "D-DFFNet.pth"  # under the working folder, else under ROOT
 # the recorded digests of the committed files, checked whenever they are loaded (change one only with its file and
 # its card)
-SHIPPED_SHA256 = "ee6362b23792b52a66ea05f2c43377bba8aadb94c65e2a9373f7df595bcc68f0"
+SHIPPED_SHA256 = "097d4a41e0407c9bc0debd385b4ba7488648b2be69f84cb7b6c46b8816605f33"
 SHIPPED_DEPTH_TEACHER = ROOT / "depth_pretrained" / "midas_synthetic_cpu.pth"
 SHIPPED_DEPTH_TEACHER_SHA256 = "4c7e86acde565798dc3c7e32809d5f50e6f0eeda43dcc5ad5cdfb9701ce78309"
 
@@ -92,9 +92,11 @@ def default_detector() -> tuple[Path, str]:
     return SHIPPED_CHECKPOINT, f"using {relative}: {description} ({AUTHORS_CHECKPOINT} is absent{where}{card})"
 
 
-def export_release(training_checkpoint: str | os.PathLike, out: str | os.PathLike, description: str) -> Path:
+def export_release(training_checkpoint: str | os.PathLike, out: str | os.PathLike, description: str,
+                   inference_img_size: int | None = None) -> Path:
     """Write the model of a training checkpoint for shipping: weights stored in fp16 (they load into float32),
-    the model and training configuration, the epoch and a one-line description; no optimiser state."""
+    the model and training configuration, the epoch, a one-line description and, when given, the input size
+    to run it at (else its training size); no optimiser state."""
     obj = read_checkpoint(training_checkpoint)
     state, metadata = unpack_checkpoint(obj, training_checkpoint)
     if "model_config" not in metadata:
@@ -104,5 +106,7 @@ def export_release(training_checkpoint: str | os.PathLike, out: str | os.PathLik
     shipped: dict[str, Any] = {"format": CHECKPOINT_FORMAT, "model": half, "model_config": metadata["model_config"],
                                "config": metadata.get("config", {}), "epoch": metadata.get("epoch"),
                                "description": description, "storage": "float16 weights, load into float32"}
+    if inference_img_size is not None:
+        shipped["inference_img_size"] = inference_img_size
     return save_checkpoint(shipped, out)
 

@@ -207,7 +207,8 @@ def load_model(path: str | os.PathLike, name: str | None = None, backbone: str |
     `model_config`; for bare state_dicts the network is `name` / `backbone`, by default the variant the
     keys identify, in the authors' layout or ours (dffnet for the authors' DFFNet.pth / D-DFFNet.pth), with
     its default backbone, and with R-DFFNet depth heads when the keys hold them. `model.training_config` is
-    the resolved training configuration our checkpoints carry ({} for bare state_dicts). `detector_only`
+    the resolved training configuration our checkpoints carry ({} for bare state_dicts), and
+    `model.inference_img_size` the input size an exported file says to run it at (None if none). `detector_only`
     refuses a depth (MiDaS) model before building it."""
     path = Path(path)
     verify_shipped(path)
@@ -233,7 +234,9 @@ def load_model(path: str | os.PathLike, name: str | None = None, backbone: str |
             model = build_midas(encoder=backbone or "resnext101_32x8d")
         else:
             model = build_model(name, backbone, depth_heads=any(k.startswith("decoder.depth_heads.") for k in state))
-    model.training_config = _load_into(model, obj, path).get("config") or {}
+    loaded = _load_into(model, obj, path)
+    model.training_config = loaded.get("config") or {}
+    model.inference_img_size = loaded.get("inference_img_size")
     return model.to(map_location).train()
 
 

@@ -25,6 +25,7 @@ from engine.stages import build_student
 from datasets.polarity import MaskPolarity
 from models import build_model, load_model
 from models.encoders import input_normalisation
+from models.inference import input_spec
 from models.shipped import SHIPPED_CHECKPOINT, SHIPPED_SHA256, export_release, sha256
 from utils.checkpoint import read_checkpoint, save_checkpoint
 from utils.metrics import PROTOCOLS
@@ -54,7 +55,7 @@ def test_the_shipped_model_beats_the_training_set_prior_on_dut(shared_data, tmp_
     dut = f"folder:{shared_data / 'DUT-sample'}:white=in-focus"
     cuhk = f"folder:{shared_data / 'CUHK'}:white=blurred"
     model = load_model(SHIPPED_CHECKPOINT).eval()
-    size = model.training_config["img_size"]
+    size = input_spec(model).img_size
     settings = EvalSettings(protocol=PROTOCOLS["official"], workers=0, img_size=size)
     shipped = evaluate_model(model, "shipped", str(SHIPPED_CHECKPOINT), dut, settings, tmp_path)
     prior_maps = write_baseline_maps("prior", dut, tmp_path / "prior", train_set=cuhk, img_size=size)
@@ -111,7 +112,8 @@ def test_fp16_export_loads_into_float32_with_the_same_maps(tmp_path):
     assert {v.dtype for v in stored["model"].values() if v.is_floating_point()} == {torch.float16}
     loaded = load_model(shipped).eval()
     assert {v.dtype for v in loaded.state_dict().values() if v.is_floating_point()} == {torch.float32}
-    assert loaded.training_config["img_size"] == 64
+    assert loaded.training_config["img_size"] == 64 and input_spec(loaded).img_size == 64
+    assert input_spec(load_model(export_release(trained, tmp_path / "at96.pth", "run at 96", 96))).img_size == 96
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         before, after = torch.sigmoid(model(x).logits), torch.sigmoid(loaded(x).logits)

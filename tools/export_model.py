@@ -35,10 +35,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("out", help="the file to write")
     parser.add_argument("--description", required=True, help="one line: what the model is (test.py prints it)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing out file")
+    parser.add_argument("--img-size", type=int, default=None,
+                        help="the input size test.py, predict and the web page run the model at (default: its "
+                             "training size); a multiple of 32")
     args = parser.parse_args(argv)
+    if args.img_size is not None and (args.img_size < 32 or args.img_size % 32):
+        raise SystemExit(f"{parser.prog}: --img-size {args.img_size}: must be a positive multiple of 32")
     check_output(args.checkpoint, args.out, args.overwrite, parser.prog)
     try:
-        path = export_release(args.checkpoint, args.out, args.description)
+        path = export_release(args.checkpoint, args.out, args.description, args.img_size)
     except (CheckpointError, ValueError) as e:
         raise SystemExit(f"{parser.prog}: {e}") from None
     except OSError as e:

