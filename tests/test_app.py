@@ -23,6 +23,7 @@ from PIL import Image
 import app
 from engine.evaluate import to_8bit
 from models import load_model, predict
+from models.inference import input_spec
 from models.shipped import SHIPPED_CHECKPOINT
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,7 +108,8 @@ def shown_picture(page, elem_id: str) -> np.ndarray:
 def test_the_page_shows_predicts_map_and_refuses_a_bad_file_in_one_line(server, browser, tmp_path):
     photo = tmp_path / "chelsea.png"
     Image.fromarray(skimage.data.chelsea()).save(photo)
-    in_focus = predict(load_model(SHIPPED_CHECKPOINT).eval(), photo)
+    shipped = load_model(SHIPPED_CHECKPOINT).eval()
+    in_focus = predict(shipped, photo)
 
     page = browser.new_page(viewport={"width": 1400, "height": 820})
     page.goto(server)
@@ -116,7 +118,8 @@ def test_the_page_shows_predicts_map_and_refuses_a_bad_file_in_one_line(server, 
     page.wait_for_selector("#map img")
     np.testing.assert_array_equal(shown_picture(page, "map"), to_8bit(torch.from_numpy(in_focus)))
     np.testing.assert_array_equal(shown_picture(page, "mask"), (in_focus > 0.5).astype(np.uint8) * 255)
-    assert "dffnet / resnet10t at 224 px took" in page.locator("#status").inner_text()
+    described = f"dffnet / {shipped.config['backbone']} at {input_spec(shipped).img_size} px took"
+    assert described in page.locator("#status").inner_text()
     page.wait_for_timeout(500)  # the pictures' fade-in
     partial = SCREENSHOT.with_name(f".{SCREENSHOT.name}.partial.png")
     page.screenshot(path=str(partial), full_page=True)
