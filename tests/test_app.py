@@ -105,6 +105,13 @@ def shown_picture(page, elem_id: str) -> np.ndarray:
         return np.asarray(picture.convert("L"))
 
 
+def assert_close_pictures(shown: np.ndarray, expected: np.ndarray) -> None:
+    """The page's picture is `expected` but for at most 0.1 % of its pixels: the server computes the map with
+    its own thread count, which can move a value across a rounding boundary (or a mask's threshold)."""
+    assert shown.shape == expected.shape
+    assert (shown != expected).mean() <= 0.001, (shown != expected).mean()
+
+
 def test_the_page_shows_predicts_map_and_refuses_a_bad_file_in_one_line(server, browser, tmp_path):
     photo = tmp_path / "chelsea.png"
     Image.fromarray(skimage.data.chelsea()).save(photo)
@@ -116,8 +123,8 @@ def test_the_page_shows_predicts_map_and_refuses_a_bad_file_in_one_line(server, 
     page.locator("#upload input[type=file]").set_input_files(str(photo))
     page.wait_for_function("document.querySelector('#status').innerText.includes('chelsea.png')")
     page.wait_for_selector("#map img")
-    np.testing.assert_array_equal(shown_picture(page, "map"), to_8bit(torch.from_numpy(in_focus)))
-    np.testing.assert_array_equal(shown_picture(page, "mask"), (in_focus > 0.5).astype(np.uint8) * 255)
+    assert_close_pictures(shown_picture(page, "map"), to_8bit(torch.from_numpy(in_focus)))
+    assert_close_pictures(shown_picture(page, "mask"), (in_focus > 0.5).astype(np.uint8) * 255)
     described = f"dffnet / {shipped.config['backbone']} at {input_spec(shipped).img_size} px took"
     assert described in page.locator("#status").inner_text()
     page.wait_for_timeout(500)  # the pictures' fade-in
@@ -129,7 +136,7 @@ def test_the_page_shows_predicts_map_and_refuses_a_bad_file_in_one_line(server, 
     page.locator("#threshold input[type=number]").fill("0.9")
     page.locator("#threshold input[type=number]").press("Enter")
     page.wait_for_function(f"document.querySelector('#mask img').src != {mask_src!r}")
-    np.testing.assert_array_equal(shown_picture(page, "mask"), (in_focus > 0.9).astype(np.uint8) * 255)
+    assert_close_pictures(shown_picture(page, "mask"), (in_focus > 0.9).astype(np.uint8) * 255)
 
     for name, content in (("notes.txt", "a shopping list\n"), ("broken.png", "not a picture")):
         bad = tmp_path / name

@@ -47,7 +47,8 @@ def test_train_depth_writes_a_teacher_that_loads(tmp_path):
           "--features", "16", "--workers", "0", "--device", "cpu", "--save", str(save),
           "--log-dir", str(tmp_path / "log")])
     teacher = load_midas(save)
-    assert teacher.config == {"name": "midas", "encoder": "resnet18", "features": 16}
+    assert teacher.config == {"name": "midas", "encoder": "resnet18", "features": 16,
+                              "normalisation": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}}
     features = teacher.features(torch.zeros(1, 3, 64, 64))
     assert [f.shape[1] for f in features] == teacher.feature_channels == [512, 256, 128, 64]
     assert (tmp_path / "log" / "epochs.csv").read_text().count("\n") == 2
