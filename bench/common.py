@@ -7,6 +7,7 @@ import argparse
 import os
 import platform
 import resource
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -110,3 +111,13 @@ def time_steps(stage: Stage, batches: list[dict[str, torch.Tensor]], args: argpa
         synchronise(ctx.device)
         seconds.append(time.perf_counter() - start)
     return seconds
+
+
+def run_on_one_thread(command: list[str], log: Path) -> None:
+    """Run one command from the repository root on one thread, its output in `log`; exit naming it on failure."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w") as handle:
+        done = subprocess.run(command, cwd=Path(__file__).resolve().parents[1], stdout=handle, stderr=subprocess.STDOUT,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if done.returncode:
+        raise SystemExit(f"{' '.join(command)} failed (exit {done.returncode}); see {log}")

@@ -21,9 +21,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import statistics
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -34,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from bench.common import machine  # noqa: E402
+from bench.common import machine, run_on_one_thread as run  # noqa: E402
 
 FIT, VAL = "CUHK-TR-1-FIT", "CUHK-TR-1-VAL"
 EPOCHS, STEPS_PER_EPOCH = 18, 63
@@ -62,16 +60,6 @@ def command(model: str, seed: int, out: Path, data_root: str, depth_teacher: str
         return [sys.executable, "train_kd.py", *common, "--pretrained", "imagenet", "--teacher", str(teacher),
                 "--depth-teacher", depth_teacher]
     return [sys.executable, "train_single.py", *common, "--pretrained", "none", "--init", str(teacher)]
-
-
-def run(cmd: list[str], log: Path) -> None:
-    """Run one command from the repository root on one thread, its output in `log`."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("w") as handle:
-        done = subprocess.run(cmd, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT,
-                              env={**os.environ, "OMP_NUM_THREADS": "1"})
-    if done.returncode:
-        raise SystemExit(f"{' '.join(cmd)} failed (exit {done.returncode}); see {log}")
 
 
 def train(model: str, seed: int, out: Path, data_root: str, depth_teacher: str) -> None:

@@ -28,8 +28,6 @@ import argparse
 import csv
 import json
 import math
-import os
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -40,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from bench.common import machine  # noqa: E402
+from bench.common import machine, run_on_one_thread as run  # noqa: E402
 
 FIT, VAL = "CUHK-TR-1-FIT", "CUHK-TR-1-VAL"
 FIT_IMAGES, BATCH = 504, 8
@@ -81,16 +79,6 @@ def recipe_commands(name: str, out: Path, data_root: str) -> list[tuple[Path, li
         commands.append((save, command))
         previous = save
     return commands
-
-
-def run(command: list[str], log: Path) -> None:
-    """Run one command from the repository root on one thread, its output in `log`."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("w") as handle:
-        done = subprocess.run(command, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT,
-                              env={**os.environ, "OMP_NUM_THREADS": "1"})
-    if done.returncode:
-        raise SystemExit(f"{' '.join(command)} failed (exit {done.returncode}); see {log}")
 
 
 def train_recipe(name: str, out: Path, data_root: str) -> dict:
