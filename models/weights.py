@@ -11,10 +11,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
 from utils.checkpoint import CheckpointError, check_finite, read_checkpoint, unpack_checkpoint
 
 from .dbdnet import VARIANTS, DBDNet, Variant, build_model
-from .encoders import IMAGENET_MEAN, IMAGENET_STD
 from .midas import MidasNet, build_midas
 from .shipped import verify_shipped
 
