@@ -58,8 +58,9 @@ else
 fi
 # loaded once now (a shipped file against its recorded SHA-256), so that a damaged teacher stops the demo before
 # any work rather than after stage 1
-$PY -c 'import sys; from engine.options import bad_input; from models import load_midas
-with bad_input("demo.sh: the depth teacher"): load_midas(sys.argv[1])' "$DEPTH_TEACHER"
+$PY -c 'import sys; from models import load_midas; from utils.checkpoint import CheckpointError
+try: load_midas(sys.argv[1])
+except (CheckpointError, FileNotFoundError, ValueError) as e: sys.exit(f"demo.sh: the depth teacher: {e}")' "$DEPTH_TEACHER"
 
 stamp "2/6 synthetic defocus data: $TRAIN_N training and $TEST_N test images"
 $PY tools/make_synthetic.py "$DATA/train" --n "$TRAIN_N" --seed 1 --size "$IMG" --workers 2 --overwrite

@@ -26,7 +26,8 @@ from datasets.files import UnusableFilesError, format_names
 from datasets.polarity import STATED_POLARITIES, MaskPolarity
 from engine.evaluate import (EvalSettings, evaluate_model, evaluate_saved_maps, load_detector, predict_photos,
                              set_label)
-from engine.options import check_img_size, check_writable
+from engine.config import check_img_size
+from engine.options import check_writable
 from models.inference import DEFAULT_IMG_SIZE, input_spec
 from models.shipped import default_detector
 from utils.checkpoint import CheckpointError
@@ -35,6 +36,7 @@ from utils.metrics import PROTOCOLS, get_protocol
 from utils.paper_results import PAPER_SETS, TABLES
 from utils.report import (markdown_table, paper_set_order, pr_figure, read_results, region_table, summary_line,
                           write_results)
+from utils.errors import RunError
 from utils.runlock import RunLockError, acquire, release
 from utils.runtime import AMP_DTYPES, check_amp, select_device, use_device
 
@@ -109,7 +111,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         raise SystemExit(f"--raw-maps applies to --protocol standard (--protocol {args.protocol} never normalises)")
     check_set_names(args.dataset)
     if args.img_size is not None:
-        check_img_size(args.img_size)
+        try:
+            check_img_size(args.img_size)
+        except RunError as e:
+            raise SystemExit(str(e)) from None
     for flag, pairs, form in (("--paper-row", args.paper_row, "LABEL=METHOD"),
                               ("--baseline", args.baseline, "LABEL=DIR")):
         for pair in pairs:
@@ -247,10 +252,13 @@ def main(argv: list[str] | None = None) -> int:
     except CheckpointError as exc:  # the default detector is damaged
         print(f"test.py: error: {exc}", file=sys.stderr)
         return 2
-    device = select_device(args.device)
-    check_amp(args.amp, device)
-    use_device(device)
-    check_writable(args.out, "--out", folder=True)
+    try:
+        device = select_device(args.device)
+        check_amp(args.amp, device)
+        use_device(device)
+        check_writable(args.out, "--out", folder=True)
+    except RunError as e:
+        raise SystemExit(str(e)) from None
     settings = EvalSettings(protocol=get_protocol(args.protocol, args.raw_maps), device=device, amp=args.amp,
                             batch_size=args.batch_size, workers=args.workers, channels_last=args.channels_last,
                             img_size=args.img_size or DEFAULT_IMG_SIZE, data_root=args.data_root,

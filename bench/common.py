@@ -14,8 +14,7 @@ from typing import Any
 
 import torch
 
-import train_kd
-import train_single
+from engine.config import DistillConfig, TrainConfig, resolve
 from engine.stages import build_feature_distill_stage, build_stage1, prepare_teacher
 from engine.train import Stage, train_step
 from models import build_midas, build_model
@@ -79,26 +78,26 @@ def random_batches(batch: int, size: int, count: int) -> list[dict[str, torch.Te
              "mask": (torch.rand(batch, 1, size, size, generator=generator) > 0.5).float()} for _ in range(count)]
 
 
-def stage_argv(cfg: argparse.Namespace, batch: int, amp: str, channels_last: bool, device: torch.device) -> list[str]:
-    """Training flags for `cfg.backbone` / `cfg.img_size` from random weights (speed does not depend on them)."""
-    return (["--backbone", cfg.backbone, "--pretrained", "none", "--batch-size", str(batch), "--img-size",
-             str(cfg.img_size), "--amp", amp, "--device", str(device)] + (["--channels-last"] if channels_last else []))
+def stage_config(cfg: argparse.Namespace, stage_name: str, batch: int, amp: str, channels_last: bool,
+                 device: torch.device, compiled: bool = False) -> TrainConfig:
+    """The config of "stage 1" or "stage 2" for `cfg.backbone` / `cfg.img_size` from random weights (speed does not
+    depend on them), otherwise the scripts' defaults."""
+    config_type = TrainConfig if stage_name == "stage 1" else DistillConfig
+    return resolve(config_type(backbone=cfg.backbone, pretrained="none", batch_size=batch, img_size=cfg.img_size,
+                               amp=amp, device=str(device), channels_last=channels_last, compile=compiled))
 
 
-def build_stage(stage_name: str, argv: list[str], cfg: argparse.Namespace,
-                ctx: DistributedContext) -> tuple[Stage, argparse.Namespace]:
+def build_stage(stage_name: str, config: TrainConfig, cfg: argparse.Namespace, ctx: DistributedContext) -> Stage:
     """The training stage ("stage 1" or "stage 2") exactly as the scripts build it, with random weights;
     stage 2's teachers are `cfg.backbone` and MiDaS `cfg.midas_encoder` / `cfg.midas_features`."""
     if stage_name == "stage 1":
-        args = train_single.parse_args(argv)
-        return build_stage1(args, ctx), args
-    args = train_kd.parse_args(argv)
-    teacher = prepare_teacher(build_model("dffnet", backbone=cfg.backbone), args, ctx)
-    midas = prepare_teacher(build_midas(encoder=cfg.midas_encoder, features=cfg.midas_features), args, ctx)
-    return build_feature_distill_stage(args, ctx, {"defocus": teacher, "depth": midas}), args
+        return build_stage1(config, ctx)
+    teacher = prepare_teacher(build_model("dffnet", backbone=cfg.backbone), config, ctx)
+    midas = prepare_teacher(build_midas(encoder=cfg.midas_encoder, features=cfg.midas_features), config, ctx)
+    return build_feature_distill_stage(config, ctx, {"defocus": teacher, "depth": midas})
 
 
-def time_steps(stage: Stage, batches: list[dict[str, torch.Tensor]], args: argparse.Namespace,
+def time_steps(stage: Stage, batches: list[dict[str, torch.Tensor]], config: TrainConfig,
                ctx: DistributedContext, scaler: torch.amp.GradScaler) -> list[float]:
     """Seconds of each `train_step` over `batches` (one step per batch; the device synchronised around each)."""
     stage.network.train()
@@ -107,7 +106,7 @@ def time_steps(stage: Stage, batches: list[dict[str, torch.Tensor]], args: argpa
     for _ in batches:
         synchronise(ctx.device)
         start = time.perf_counter()
-        train_step(stage, source, 1, args, ctx, scaler)
+        train_step(stage, source, 1, config, ctx, scaler)
         synchronise(ctx.device)
         seconds.append(time.perf_counter() - start)
     return seconds

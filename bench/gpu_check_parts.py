@@ -23,11 +23,11 @@ import torch.nn as nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import train_single  # noqa: E402
 from bench.common import machine  # noqa: E402
 from datasets.files import HOMOGENEOUS_DIR  # noqa: E402
 from datasets.synthetic import generate_dataset  # noqa: E402
-from engine.train import make_train_loader  # noqa: E402
+from engine.config import TrainConfig, resolve  # noqa: E402
+from engine.stages import make_dbd_loader  # noqa: E402
 from models import DBDOutput, build_midas, build_model  # noqa: E402
 from utils.checkpoint import model_checkpoint, save_checkpoint  # noqa: E402
 from utils.distributed import DistributedContext  # noqa: E402
@@ -197,9 +197,8 @@ def part_loader(cfg: argparse.Namespace, done: dict[str, dict]) -> dict[str, Any
     synthetic set repeated): time to the first batch, then seconds per batch."""
     data = done["data"]["results"]
     expression = "+".join([f"synthetic:{data['path']}"] * math.ceil(CUHK_TR_IMAGES / data["images"]))
-    args = train_single.parse_args(["--train-set", expression, "--img-size", str(cfg.img_size),
-                                    "--batch-size", str(cfg.batch), "--device", cfg.device])
-    loader, sampler = make_train_loader(args, DistributedContext(rank=0, local_rank=0, world_size=1,
+    config = resolve(TrainConfig(train_set=expression, img_size=cfg.img_size, batch_size=cfg.batch, device=cfg.device))
+    loader, sampler = make_dbd_loader(config, DistributedContext(rank=0, local_rank=0, world_size=1,
                                                                  device=device_of(cfg)))
     sampler.set_epoch(1)
     start = time.perf_counter()
@@ -208,9 +207,9 @@ def part_loader(cfg: argparse.Namespace, done: dict[str, dict]) -> dict[str, Any
     first = time.perf_counter() - start
     count = 1 + sum(1 for _ in batches)
     per_batch = (time.perf_counter() - start - first) / (count - 1)
-    return {"workers": args.workers, "pin_memory": loader.pin_memory, "batch": cfg.batch, "batches": count,
+    return {"workers": config.workers, "pin_memory": loader.pin_memory, "batch": cfg.batch, "batches": count,
             "first_batch_seconds": first, "seconds_per_batch": per_batch, "images_per_second": cfg.batch / per_batch,
-            "summary": f"{args.workers} workers: {per_batch:.3f} s per batch of {cfg.batch} "
+            "summary": f"{config.workers} workers: {per_batch:.3f} s per batch of {cfg.batch} "
                        f"({cfg.batch / per_batch:.0f} img/s), first batch after {first:.1f} s"}
 
 

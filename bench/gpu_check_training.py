@@ -23,15 +23,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import train_single  # noqa: E402
-from bench.common import (build_stage, peak_memory_gb, random_batches, reset_peak_memory, stage_argv,  # noqa: E402
+from bench.common import (build_stage, peak_memory_gb, random_batches, reset_peak_memory, stage_config,  # noqa: E402
                           time_steps)
 from bench.gpu_check_parts import (CUHK_TR_IMAGES, FP16_STEPS, PRECISIONS, device_of,  # noqa: E402
                                    run_command)
 from datasets.synthetic import generate_dataset  # noqa: E402
-from engine.options import log_dir  # noqa: E402
-from engine.stages import build_stage1  # noqa: E402
-from engine.train import (Stage, make_train_loader, rng_state, run_stage, start_training, train_step,  # noqa: E402
-                          training_checkpoint)
+from engine.config import TrainConfig  # noqa: E402
+from engine.options import config_from_args, log_dir  # noqa: E402
+from engine.resume import rng_state, training_checkpoint  # noqa: E402
+from engine.run import start_training  # noqa: E402
+from engine.stages import build_stage1, make_dbd_loader  # noqa: E402
+from engine.train import Stage, run_stage, train_step  # noqa: E402
 from models import build_midas, build_model  # noqa: E402
 from utils.checkpoint import model_checkpoint, save_checkpoint  # noqa: E402
 from utils.distributed import DistributedContext, EpochShuffleSampler  # noqa: E402
@@ -44,12 +46,12 @@ DETERMINISTIC_STEPS = 3
 RUNNER = ROOT / "bench" / "gpu_check.py"   # torchrun starts it with TORCHRUN_WORKER first
 
 
-def checkpoint_seconds(stage: Stage, args: argparse.Namespace, scaler: torch.amp.GradScaler, path: Path) -> float:
+def checkpoint_seconds(stage: Stage, config: TrainConfig, scaler: torch.amp.GradScaler, path: Path) -> float:
     """Time to write the stage's per-epoch training checkpoint (weights, Adam states, RNG), as `fit` does."""
-    sampler = EpochShuffleSampler(CUHK_TR_IMAGES, args.batch_size)
-    device = next(stage.dbd_model.parameters()).device
+    sampler = EpochShuffleSampler(CUHK_TR_IMAGES, config.batch_size)
+    device = next(stage.model.parameters()).device
     start = time.perf_counter()
-    save_checkpoint(training_checkpoint(stage, args, 1, sampler, scaler, None, [rng_state(device)]), path)
+    save_checkpoint(training_checkpoint(stage, config, 1, sampler, scaler, None, [rng_state(device)]), path)
     seconds = time.perf_counter() - start
     path.unlink()
     return seconds
@@ -61,18 +63,18 @@ def measure_row(cfg: argparse.Namespace, stage_name: str, precision: str, checkp
     amp, channels_last, compiled = PRECISIONS[precision]
     device = device_of(cfg)
     ctx = DistributedContext(rank=0, local_rank=0, world_size=1, device=device)
-    argv = stage_argv(cfg, cfg.batch, amp, channels_last, device) + (["--compile"] if compiled else [])
+    config = stage_config(cfg, stage_name, cfg.batch, amp, channels_last, device, compiled)
     reset_peak_memory(device)
     torch.manual_seed(0)
-    stage, args = build_stage(stage_name, argv, cfg, ctx)
+    stage = build_stage(stage_name, config, cfg, ctx)
     scaler = torch.amp.GradScaler(device.type, enabled=False)
-    seconds = time_steps(stage, random_batches(cfg.batch, cfg.img_size, cfg.warmup + cfg.steps), args, ctx, scaler)
+    seconds = time_steps(stage, random_batches(cfg.batch, cfg.img_size, cfg.warmup + cfg.steps), config, ctx, scaler)
     step = statistics.median(seconds[cfg.warmup:])
     row = {"stage": stage_name, "precision": precision, "batch": cfg.batch, "img_size": cfg.img_size,
            "seconds_per_step": step, "first_step_seconds": seconds[0], "step_seconds": seconds,
            "images_per_second": cfg.batch / step, "peak_memory_gb": peak_memory_gb(device)}
     if checkpoint is not None:
-        row["checkpoint_seconds"] = checkpoint_seconds(stage, args, scaler, checkpoint)
+        row["checkpoint_seconds"] = checkpoint_seconds(stage, config, scaler, checkpoint)
     return row
 
 
@@ -99,18 +101,19 @@ def part_fp16(cfg: argparse.Namespace, done: dict[str, dict]) -> dict[str, Any]:
     configure_backends(device)
     ctx = DistributedContext(rank=0, local_rank=0, world_size=1, device=device)
     torch.manual_seed(0)
-    stage, args = build_stage("stage 1", stage_argv(cfg, cfg.batch, "fp16", False, device), cfg, ctx)
-    set_lr(stage.optimizer, poly_lr(1, args.lr, args.schedule_epochs, args.lr_power))
-    scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")   # as engine.train.run_stage
+    config = stage_config(cfg, "stage 1", cfg.batch, "fp16", False, device)
+    stage = build_stage("stage 1", config, cfg, ctx)
+    set_lr(stage.optimizer, poly_lr(1, config.lr, config.schedule_epochs, config.lr_power))
+    scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")   # as engine.train.run_stage
     stage.network.train()
     batches = iter(random_batches(cfg.batch, cfg.img_size, FP16_STEPS))
     scales, losses = [scaler.get_scale()], []
     for _ in range(FP16_STEPS):
-        losses.append(train_step(stage, batches, 1, args, ctx, scaler)["loss"])
+        losses.append(train_step(stage, batches, 1, config, ctx, scaler)["loss"])
         scales.append(scaler.get_scale())
     skipped = sum(after < before for before, after in zip(scales, scales[1:]))
     problems = ["every step skipped: the gradients overflow at every scale"] if skipped == FP16_STEPS else []
-    return {"steps": FP16_STEPS, "lr": args.lr, "losses": losses, "scales": scales, "skipped_steps": skipped,
+    return {"steps": FP16_STEPS, "lr": config.lr, "losses": losses, "scales": scales, "skipped_steps": skipped,
             "problems": problems,
             "summary": f"{FP16_STEPS} steps, loss {losses[0]:.3f} -> {losses[-1]:.3f}, all finite; scale "
                        f"{scales[0]:.0f} -> {scales[-1]:.0f} ({skipped} skipped)"}
@@ -126,12 +129,13 @@ def part_deterministic(cfg: argparse.Namespace, done: dict[str, dict]) -> dict[s
     losses, weights = [], []
     for _ in range(2):
         torch.manual_seed(0)
-        stage, args = build_stage("stage 2", stage_argv(cfg, cfg.batch, "off", False, device), cfg, ctx)
+        config = stage_config(cfg, "stage 2", cfg.batch, "off", False, device)
+        stage = build_stage("stage 2", config, cfg, ctx)
         stage.network.train()
         scaler = torch.amp.GradScaler(device.type, enabled=False)
         batches = iter(random_batches(cfg.batch, cfg.img_size, DETERMINISTIC_STEPS))
-        losses.append([train_step(stage, batches, 1, args, ctx, scaler)["loss"] for _ in range(DETERMINISTIC_STEPS)])
-        weights.append({name: value.cpu() for name, value in stage.dbd_model.state_dict().items()})
+        losses.append([train_step(stage, batches, 1, config, ctx, scaler)["loss"] for _ in range(DETERMINISTIC_STEPS)])
+        weights.append({name: value.cpu() for name, value in stage.model.state_dict().items()})
         del stage
         gc.collect()
     differing = [name for name in weights[0] if not torch.equal(weights[0][name], weights[1][name])]
@@ -241,22 +245,22 @@ class ProcessGroupContext(DistributedContext):
 def torchrun_worker(report: Path, argv: list[str]) -> None:
     """One torchrun process: join the group (NCCL on CUDA, gloo on the CPU), then stage 1 exactly as
     train_single.py runs it, through run_stage; rank 0 writes `report`."""
-    args = train_single.parse_args(argv)
-    device = select_device(args.device)
+    config = config_from_args(train_single.parse_args(argv), TrainConfig)
+    device = select_device(config.device)
     if device.type == "cuda":
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     backend = dist.get_backend()
-    ctx = start_training(args)
+    ctx = start_training(config)
     ctx = ProcessGroupContext(rank=ctx.rank, local_rank=ctx.local_rank, world_size=ctx.world_size, device=ctx.device)
-    loader, sampler = make_train_loader(args, ctx)
-    stage = build_stage1(args, ctx)
+    loader, sampler = make_dbd_loader(config, ctx)
+    stage = build_stage1(config, ctx)
     sync_batchnorm = sum(isinstance(module, nn.SyncBatchNorm) for module in stage.network.modules())
     ddp = isinstance(stage.network, nn.parallel.DistributedDataParallel)
     start = time.perf_counter()
-    run_stage(stage, args, ctx, loader, sampler, f"gpu_check: stage 1 under torchrun ({backend})")
+    run_stage(stage, config, ctx, loader, sampler, f"gpu_check: stage 1 under torchrun ({backend})")
     if ctx.is_main:
-        with (log_dir(args) / "steps.csv").open(newline="") as f:
+        with (log_dir(config) / "steps.csv").open(newline="") as f:
             losses = [float(row["loss"]) for row in csv.DictReader(f)]
         report.write_text(json.dumps({"backend": backend, "world_size": ctx.world_size, "device": str(ctx.device),
                                       "ddp": ddp, "sync_batchnorm_layers": sync_batchnorm, "losses": losses,

@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.common import (build_stage, machine, peak_memory_gb, random_batches, reset_peak_memory,  # noqa: E402
-                          stage_argv, synchronise, time_steps)
+                          stage_config, synchronise, time_steps)
 from engine.train import train_step  # noqa: E402
 from utils.distributed import DistributedContext  # noqa: E402
 from utils.runtime import configure_backends, select_device  # noqa: E402
@@ -69,18 +69,18 @@ def measure(stage_name: str, precision: str, cfg: argparse.Namespace, device: to
     """Build the stage, warm up, time `cfg.steps` steps, count one step's FLOPs."""
     amp, channels_last = PRECISIONS[precision]
     batch = 6 if stage_name == "stage 1" else 2
-    argv = stage_argv(cfg, batch, amp, channels_last, device)
+    config = stage_config(cfg, stage_name, batch, amp, channels_last, device)
     ctx = DistributedContext(rank=0, local_rank=0, world_size=1, device=device)
     reset_peak_memory(device)
     torch.manual_seed(0)
-    stage, args = build_stage(stage_name, argv, cfg, ctx)
+    stage = build_stage(stage_name, config, cfg, ctx)
     scaler = torch.amp.GradScaler(device.type, enabled=False)
     batches = random_batches(batch, cfg.img_size, cfg.warmup + cfg.steps + 1)
-    step_seconds = time_steps(stage, batches[:-1], args, ctx, scaler)[cfg.warmup:]
+    step_seconds = time_steps(stage, batches[:-1], config, ctx, scaler)[cfg.warmup:]
     seconds = statistics.median(step_seconds)
     memory = peak_memory_gb(device)
     with FlopCounterMode(display=False) as counter:
-        train_step(stage, iter(batches[-1:]), 1, args, ctx, scaler)
+        train_step(stage, iter(batches[-1:]), 1, config, ctx, scaler)
     flops = counter.get_total_flops()
     peak = matmul_peak["bf16" if amp == "bf16" else "fp32"]
     target = TARGET_SECONDS[(stage_name, precision)] if cfg.full else None

@@ -6,13 +6,12 @@ encoder. The loss (`--loss`, losses.depth) is MiDaS's scale-and-shift-invariant 
 median-normalised form, or an ordinal one (per-image mid-rank targets), plus an optional weak mean-matching
 anchor; a linear warm-up keeps a network trained from scratch out of its final ReLU's dead zone. Held-out
 images are scored by AbsRel and delta < 1.25 after per-image scale-and-shift alignment (utils.depth_metrics).
-`--amp fp16` trains with a gradient scaler. The saved file loads with models.load_midas like the released one.
+The teacher trains through the loop of every stage (engine.train: `--resume`, torchrun, `--amp fp16` with a
+gradient scaler); the warm-up, the anchor loss, the dead-map guard and the depth validation are its hooks. The
+saved file loads with models.load_midas like the released one.
 """
 from __future__ import annotations
 
-import argparse
-import math
-import time
 from pathlib import Path
 
 import torch
@@ -20,17 +19,17 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from datasets import DepthDataset
-from engine.options import (bad_input, check_depth_teacher_arguments, claim_log_dir, lock_outputs,
-                            pretrained_argument, release_outputs)
+from engine.config import DepthConfig, pretrained_weights
+from engine.options import bad_input
+from engine.run import make_train_loader, prepare_trained_module, training_run
+from engine.train import Stage, Validation, run_stage
 from losses.depth import DEPTH_LOSSES, mean_anchor_loss
 from models import build_midas, load_checkpoint
-from utils.checkpoint import first_non_finite, last_good_checkpoint, model_checkpoint, save_checkpoint
 from utils.depth_metrics import relative_depth_errors
-from utils.log import RemainingTime, TrainingLogger, progress
-from utils.optim import adam, set_lr
-from utils.runtime import (autocast, configure_backends, seed_everything, select_device, use_deterministic_algorithms,
-                           use_device)
-from utils.schedule import poly_lr, warmup_factor
+from utils.distributed import DistributedContext, unwrap_model
+from utils.optim import adam
+from utils.runtime import autocast
+from utils.schedule import warmup_factor
 
 DEAD_STEPS = 50  # consecutive all-zero depth maps after which training stops (a dead final ReLU)
 
@@ -68,100 +67,69 @@ def score_depth_teacher(model: torch.nn.Module, data: str | Path, img_size: int,
     return {**scores, "images": len(dataset)}
 
 
-def train_depth_teacher(args: argparse.Namespace) -> Path:
-    """Train, saving a checkpoint (our format) after every epoch whose weights are all finite; returns its path."""
-    if args.deterministic:
-        use_deterministic_algorithms()
-    device = select_device(args.device)
-    check_depth_teacher_arguments(args, device)
-    lock_outputs(args)
-    try:
-        return _train_depth_teacher(args, device)
-    finally:
-        release_outputs(args)
+def depth_validation(model: torch.nn.Module, config: DepthConfig, ctx: DistributedContext) -> Validation:
+    """AbsRel and delta < 1.25 of --val-data every epoch (on the main process; blank without --val-data)."""
+    columns = ("abs_rel", "delta1")
+    if not config.val_data or not ctx.is_main:
+        return Validation(run=None, columns=columns)
+    with bad_input("--val-data"):
+        val_set = DepthDataset(config.val_data, img_size=config.img_size, augment=False)
+    loader = DataLoader(val_set, batch_size=config.batch_size, num_workers=config.workers,
+                        persistent_workers=config.workers > 0)
+    return Validation(run=lambda: evaluate_depth(model, loader, ctx.device, config.amp), columns=columns)
 
 
-def _train_depth_teacher(args: argparse.Namespace, device: torch.device) -> Path:
-    """The training of train_depth_teacher, run while it holds the --save and --log-dir locks."""
-    use_device(device)
-    configure_backends(device, deterministic=args.deterministic)
-    seed_everything(args.seed)
-    with bad_input("--data"):
-        train_set = DepthDataset(args.data, img_size=args.img_size, augment=True)
-    if len(train_set) < args.batch_size:
-        raise SystemExit(f"--data {args.data}: {len(train_set)} images, fewer than --batch-size {args.batch_size}")
-    loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True, drop_last=True,
-                        num_workers=args.workers, pin_memory=device.type == "cuda",
-                        persistent_workers=args.workers > 0)
-    val_loader = None
-    if args.val_data:
-        with bad_input("--val-data"):
-            val_set = DepthDataset(args.val_data, img_size=args.img_size, augment=False)
-        val_loader = DataLoader(val_set, batch_size=args.batch_size, num_workers=args.workers,
-                                persistent_workers=args.workers > 0)
+def build_depth_stage(config: DepthConfig, ctx: DistributedContext) -> Stage:
+    """The depth teacher: Adam over MiDaS; loss = --loss (grad-weighted) + --anchor-weight x mean anchor; a
+    linear warm-up over --warmup-steps; stops when the map has been zero everywhere for DEAD_STEPS steps (a dead
+    final ReLU gets no gradient back)."""
     with bad_input("--encoder / --pretrained"):
-        model = build_midas(args.encoder, features=args.features, pretrained=pretrained_argument(args.pretrained))
-    if args.init:
+        model = build_midas(config.encoder, features=config.features,
+                            pretrained=pretrained_weights(config.pretrained))
+    if config.init:
         with bad_input("--init"):
-            load_checkpoint(model, args.init)
-    model = model.to(device)
-    optimizer = adam(model.parameters(), lr=args.lr)
-    scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")  # fp16 gradients underflow unscaled
-    logger = TrainingLogger(claim_log_dir(args))
-    logger.info(f"depth teacher: MiDaS v2.1 / {args.encoder} (width {args.features}), {len(train_set)} images, "
-                f"batch {args.batch_size}, {len(loader)} steps/epoch, {args.epochs} epochs, device {device}")
-    pace = RemainingTime(args.epochs * len(loader))
+            load_checkpoint(model, config.init)
+    network = prepare_trained_module(model, config, ctx)
+    model = unwrap_model(network)
+    depth_loss = DEPTH_LOSSES[config.loss]
+
+    def loss_fn(batch: dict[str, torch.Tensor], epoch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        with autocast(ctx.device, config.amp):
+            depth = network(batch["image"]).depth
+        target = batch["depth"]
+        loss = (depth_loss(depth, target, grad_weight=config.grad_weight)
+                + config.anchor_weight * mean_anchor_loss(depth, target))
+        return loss, {"depth_max": depth.detach().float().amax()}
+
     dead_steps = 0
-    try:
-        for epoch in range(1, args.epochs + 1):
-            lr = poly_lr(epoch, args.lr, args.epochs, 0.9)
-            model.train()
-            start, running = time.time(), 0.0
-            bar = progress(loader, desc=f"depth epoch {epoch}/{args.epochs}")
-            for step, batch in enumerate(bar, start=1):
-                global_step = (epoch - 1) * len(loader) + step
-                step_lr = lr * warmup_factor(global_step, args.warmup_steps)
-                set_lr(optimizer, step_lr)
-                with autocast(device, args.amp):
-                    depth = model(batch["image"].to(device, non_blocking=True)).depth
-                target = batch["depth"].to(device)
-                loss = (DEPTH_LOSSES[args.loss](depth, target, grad_weight=args.grad_weight)
-                        + args.anchor_weight * mean_anchor_loss(depth, target))
-                value, peak = torch.stack([loss.detach(), depth.detach().float().amax()]).tolist()  # one sync
-                if not math.isfinite(value):
-                    raise SystemExit(f"non-finite depth loss at epoch {epoch}, step {step}; stopping. Last good "
-                                     f"checkpoint: {last_good_checkpoint(args.save, epoch - 1)}")
-                dead_steps = dead_steps + 1 if peak <= 0 else 0
-                if dead_steps == DEAD_STEPS:
-                    raise SystemExit(f"the depth map has been zero everywhere for {DEAD_STEPS} steps (epoch {epoch}, "
-                                     f"step {step}): the final ReLU died and no gradient reaches the network. "
-                                     "Stopping; lower --lr, raise --anchor-weight or warm up (--warmup-steps). "
-                                     f"Last good checkpoint: {last_good_checkpoint(args.save, epoch - 1)}")
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                running += value
-                logger.step({"epoch": epoch, "step": step, "global_step": global_step,
-                             "lr": step_lr, "loss": value})
-                bar.set_postfix(loss=f"{value:.4f}")
-                if (estimate := pace.step()) is not None:
-                    logger.info(estimate)
-            bad_weight = first_non_finite(model.state_dict())
-            if bad_weight is not None:
-                raise SystemExit(f"non-finite weights after epoch {epoch}: {bad_weight}; stopping without saving "
-                                 "(the run diverged: lower --lr?). Last good checkpoint: "
-                                 f"{last_good_checkpoint(args.save, epoch - 1)}")
-            summary = {"epoch": epoch, "lr": lr, "loss": running / len(loader), "seconds": time.time() - start}
-            summary.update(evaluate_depth(model, val_loader, device, args.amp) if val_loader
-                           else {"abs_rel": "", "delta1": ""})
-            logger.epoch(summary)
-            save_checkpoint(model_checkpoint(model, vars(args), epoch, optimizers={"model": optimizer.state_dict()}),
-                            args.save)
-        if val_loader:
-            logger.info(f"depth teacher on {args.val_data}: AbsRel {summary['abs_rel']:.3f}, "
-                        f"delta<1.25 {summary['delta1']:.3f} (per-image scale-and-shift alignment)")
-        logger.info(f"saved {args.save}")
-    finally:
-        logger.close()
-    return Path(args.save)
+
+    def check_step(terms: dict[str, float], epoch: int, step: int) -> str | None:
+        nonlocal dead_steps
+        dead_steps = dead_steps + 1 if terms["depth_max"] <= 0 else 0
+        if dead_steps < DEAD_STEPS:
+            return None
+        return (f"the depth map has been zero everywhere for {DEAD_STEPS} steps (epoch {epoch}, step {step}): the "
+                "final ReLU died and no gradient reaches the network. Stopping; lower --lr, raise --anchor-weight or "
+                "warm up (--warmup-steps)")
+
+    def closing_note(summary: dict[str, float]) -> str | None:
+        if summary.get("abs_rel", "") == "":
+            return None
+        return (f"depth teacher on {config.val_data}: AbsRel {summary['abs_rel']:.3f}, delta<1.25 "
+                f"{summary['delta1']:.3f} (per-image scale-and-shift alignment)")
+
+    return Stage(network=network, model=model, optimizer=adam(model.parameters(), lr=config.lr), loss_fn=loss_fn,
+                 inputs=("image", "depth"), lr_factor=lambda global_step: warmup_factor(global_step, config.warmup_steps),
+                 check_step=check_step, validation=depth_validation(model, config, ctx), closing_note=closing_note)
+
+
+def train_depth_teacher(config: DepthConfig) -> Path:
+    """Train (train_depth.py), saving a resumable checkpoint (our format) after every epoch whose weights are all
+    finite; returns its path."""
+    with training_run(config) as ctx:
+        with bad_input("--data"):
+            train_set = DepthDataset(config.data, img_size=config.img_size, augment=True)
+        loader, sampler = make_train_loader(train_set, config, ctx, f"--data {config.data}")
+        stage = build_depth_stage(config, ctx)
+        return run_stage(stage, config, ctx, loader, sampler, f"depth teacher: MiDaS v2.1 / {config.encoder} "
+                         f"(width {config.features})")

@@ -1,29 +1,25 @@
-"""Command-line flags of the training scripts and their checks (train_single.py, train_kd.py, train_depth.py).
+"""Command-line flags of the training scripts (train_single.py, train_kd.py, train_depth.py), their typed config,
+and the checks of a run's outputs (--save, --log-dir) and of the files its flags name.
 
-Defaults are the authors' effective run. Every check exits with one line naming the flag, before any
-work starts.
+Defaults are the authors' effective run. Every check raises a RunError with one line naming the flag, before
+any work starts; the scripts print it and exit.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import hashlib
-import math
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import torch
-
 from datasets import DatasetError
+from engine.config import Config, ConfigError, LoopConfig, resolve
 from losses.depth import DEPTH_LOSSES
-from models.layers import INPUT_MULTIPLE
 from utils.checkpoint import CheckpointError
-from utils.distributed import DistributedContext
 from utils.runlock import RunLockError, acquire, release
-from utils.runtime import AMP_DTYPES, CUBLAS_WORKSPACE, check_amp
-from utils.schedule import DISTILL_ALPHA_HOLD
+from utils.runtime import AMP_DTYPES, CUBLAS_WORKSPACE
 
 LOG_OWNER = "save.txt"  # in a log folder: the absolute --save path of the run whose logs it holds
 LOG_FILES = ("steps.csv", "epochs.csv")
@@ -123,7 +119,12 @@ def add_depth_teacher_arguments(parser: argparse.ArgumentParser) -> None:
                              "to train a teacher longer); optimiser, warm-up and schedule start afresh")
     parser.add_argument("--img-size", type=int, default=320)
     parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--schedule-epochs", type=int, default=None,
+                        help="length of the poly schedule (denominator this + 5; default: --epochs), so that a run "
+                             "can stop early and be resumed on the same schedule")
+    parser.add_argument("--batch-size", type=int, default=8,
+                        help="GLOBAL batch, split over torchrun processes and --accumulate steps")
+    parser.add_argument("--accumulate", type=int, default=1, help="micro-batches per optimiser step")
     parser.add_argument("--lr", type=float, default=3e-4, help="Adam base learning rate, poly decay per epoch")
     parser.add_argument("--warmup-steps", type=int, default=0,
                         help="linear learning-rate warm-up over the first N steps (keeps a network trained from "
@@ -142,43 +143,36 @@ def add_depth_teacher_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--amp", choices=list(AMP_DTYPES), default="off")
     add_deterministic_argument(parser)
     parser.add_argument("--save", default="depth_pretrained/midas_small.pth")
+    parser.add_argument("--resume", nargs="?", const="", default=None, metavar="PATH",
+                        help="continue from PATH (default: the --save file)")
     parser.add_argument("--overwrite", action="store_true",
                         help="start afresh even when the --save file exists (or --log-dir holds another run's logs)")
     parser.add_argument("--log-dir", default=None,
                         help="CSV / TensorBoard folder (default runs/<--save path without its extension>)")
 
 
-def check_img_size(img_size: int) -> None:
-    """--img-size must be a positive multiple of the networks' coarsest stride."""
-    if img_size < INPUT_MULTIPLE or img_size % INPUT_MULTIPLE:
-        raise SystemExit(f"--img-size {img_size} must be a positive multiple of {INPUT_MULTIPLE}")
+def config_from_args(args: argparse.Namespace, config_type: type[Config]) -> Config:
+    """The script's flags as its typed config, derived values resolved and checked (ConfigError names the flag)."""
+    return resolve(config_type(**vars(args)))
 
 
-def check_batch_and_lr(args: argparse.Namespace) -> None:
-    """--batch-size must be >= 1 and --lr a finite positive number."""
-    if args.batch_size < 1:
-        raise SystemExit(f"--batch-size must be >= 1, got {args.batch_size}")
-    if not math.isfinite(args.lr) or args.lr <= 0:
-        raise SystemExit(f"--lr must be a finite number > 0, got {args.lr}")
-
-
-def check_save_is_new(args: argparse.Namespace) -> None:
+def check_save_is_new(config: LoopConfig) -> None:
     """A new run must not replace an existing --save file (e.g. the authors' downloaded weights) by accident."""
-    if not Path(args.save).exists() or args.overwrite or getattr(args, "resume", None) is not None:
+    if not Path(config.save).exists() or config.overwrite or config.resume is not None:
         return
-    choices = "--resume to continue it or --overwrite" if hasattr(args, "resume") else "--overwrite"
-    raise SystemExit(f"--save {args.save} already exists: pass {choices} to replace it, or choose another --save")
+    raise ConfigError(f"--save {config.save} already exists: pass --resume to continue it or --overwrite to replace "
+                      "it, or choose another --save")
 
 
 def check_writable(path: str | os.PathLike, flag: str, folder: bool = False) -> None:
-    """Exit with one line naming `flag` unless a file can be created at `path` (a file path, or with
-    folder=True a folder to write into). A probe file is created and removed, and any folder made for it
-    is removed again: an unwritable output is found before the work instead of after it."""
+    """Raise ConfigError naming `flag` unless a file can be created at `path` (a file path, or with folder=True a
+    folder to write into). A probe file is created and removed, and any folder made for it is removed again: an
+    unwritable output is found before the work instead of after it."""
     path = Path(path)
     if folder and path.exists() and not path.is_dir():
-        raise SystemExit(f"{flag} {path}: is a file, expected a folder")
+        raise ConfigError(f"{flag} {path}: is a file, expected a folder")
     if not folder and path.is_dir():
-        raise SystemExit(f"{flag} {path}: is a folder, expected a file path")
+        raise ConfigError(f"{flag} {path}: is a folder, expected a file path")
     destination = path if folder else path.parent
     missing: list[Path] = []
     ancestor = destination
@@ -191,12 +185,12 @@ def check_writable(path: str | os.PathLike, flag: str, folder: bool = False) -> 
             try:
                 directory.mkdir()
             except OSError as e:
-                raise SystemExit(f"{flag} {path}: cannot create the folder {directory} ({e.strerror})") from None
+                raise ConfigError(f"{flag} {path}: cannot create the folder {directory} ({e.strerror})") from None
             made.append(directory)
         try:
             fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=destination)
         except OSError as e:
-            raise SystemExit(f"{flag} {path}: cannot write in {destination} ({e.strerror})") from None
+            raise ConfigError(f"{flag} {path}: cannot write in {destination} ({e.strerror})") from None
         os.close(fd)
         os.unlink(probe)
     finally:
@@ -205,119 +199,65 @@ def check_writable(path: str | os.PathLike, flag: str, folder: bool = False) -> 
                 directory.rmdir()
 
 
-def check_outputs(args: argparse.Namespace) -> None:
-    """--save and --log-dir must be writable: checked now, not after the first epoch."""
-    check_writable(args.save, "--save")
-    check_writable(log_dir(args), "--log-dir", folder=True)
+def check_outputs(config: LoopConfig) -> None:
+    """--save and --log-dir must be writable (checked now, not after the first epoch), and a new run must not
+    replace an existing --save."""
+    check_writable(config.save, "--save")
+    check_writable(log_dir(config), "--log-dir", folder=True)
+    check_save_is_new(config)
 
 
-def claim_log_dir(args: argparse.Namespace) -> Path:
+def claim_log_dir(config: LoopConfig) -> Path:
     """The run's --log-dir, just before its logs are written: a new run (no --resume, no --overwrite) stops rather
     than replace the CSV logs a run with another --save left there; the --save is then recorded beside the logs.
     Logs without a recorded --save belong to this run when the folder is this --save's default one."""
-    folder = log_dir(args)
+    folder = log_dir(config)
     owner_file = folder / LOG_OWNER
-    fresh = not args.overwrite and getattr(args, "resume", None) is None
+    fresh = not config.overwrite and config.resume is None
     if fresh and any((folder / name).exists() for name in LOG_FILES):
         owner = owner_file.read_text().strip() if owner_file.is_file() else None
-        if owner != os.path.abspath(args.save) and (owner is not None or args.log_dir):
+        if owner != os.path.abspath(config.save) and (owner is not None or config.log_dir):
             whose = f"the run with --save {owner}" if owner else "another run"
-            raise SystemExit(f"--log-dir {folder} holds the logs of {whose}; choose another --log-dir, or pass "
-                             "--overwrite to replace them")
+            raise ConfigError(f"--log-dir {folder} holds the logs of {whose}; choose another --log-dir, or pass "
+                              "--overwrite to replace them")
     folder.mkdir(parents=True, exist_ok=True)
-    owner_file.write_text(f"{os.path.abspath(args.save)}\n")
+    owner_file.write_text(f"{os.path.abspath(config.save)}\n")
     return folder
 
 
-def lock_outputs(args: argparse.Namespace) -> None:
-    """Take the locks of --save and --log-dir for this run (utils.runlock); exit in one line when another run holds
+def lock_outputs(config: LoopConfig) -> None:
+    """Take the locks of --save and --log-dir for this run (utils.runlock); RunLockError when another run holds
     either."""
     try:
-        acquire(args.save, "--save")
-        acquire(log_dir(args), "--log-dir", folder=True)
-    except RunLockError as e:
-        release_outputs(args)
-        raise SystemExit(str(e)) from None
+        acquire(config.save, "--save")
+        acquire(log_dir(config), "--log-dir", folder=True)
+    except RunLockError:
+        release_outputs(config)
+        raise
 
 
-def release_outputs(args: argparse.Namespace) -> None:
+def release_outputs(config: LoopConfig) -> None:
     """Release the locks lock_outputs took (those this process holds)."""
-    release(log_dir(args), folder=True)
-    release(args.save)
-
-
-def check_training_arguments(args: argparse.Namespace, ctx: DistributedContext) -> None:
-    """Reject train_single.py / train_kd.py settings that cannot run, with a message naming the flag."""
-    if args.epochs < 1:
-        raise SystemExit(f"--epochs must be >= 1, got {args.epochs}")
-    check_batch_and_lr(args)
-    if args.epochs >= args.schedule_epochs + 5:
-        raise SystemExit(f"--epochs {args.epochs}: the poly schedule reaches 0 at --schedule-epochs + 5 = "
-                         f"{args.schedule_epochs + 5}; raise --schedule-epochs")
-    if args.batch_size % (ctx.world_size * args.accumulate):
-        raise SystemExit(f"--batch-size {args.batch_size} must be divisible by processes x --accumulate = "
-                         f"{ctx.world_size} x {args.accumulate}")
-    check_img_size(args.img_size)
-    if getattr(args, "distill", None) == "feature" and args.epochs >= DISTILL_ALPHA_HOLD and \
-            args.schedule_epochs <= DISTILL_ALPHA_HOLD:
-        raise SystemExit(f"--schedule-epochs {args.schedule_epochs}: the alpha schedule ramps after epoch "
-                         f"{DISTILL_ALPHA_HOLD} and needs more than {DISTILL_ALPHA_HOLD} (or --epochs below it)")
-    if args.val_every < 1:
-        raise SystemExit(f"--val-every must be >= 1, got {args.val_every}")
-    if not 0 < args.crop_scale <= 1:
-        raise SystemExit(f"--crop-scale must be in (0, 1], got {args.crop_scale}")
-    check_init(args)
-    check_amp(args.amp, ctx.device)
-    if ctx.is_main:
-        check_outputs(args)
-    check_save_is_new(args)
-
-
-def check_depth_teacher_arguments(args: argparse.Namespace, device: torch.device) -> None:
-    """Reject train_depth.py settings that cannot run, with a message naming the flag."""
-    check_batch_and_lr(args)
-    check_img_size(args.img_size)
-    check_amp(args.amp, device)
-    check_outputs(args)
-    check_save_is_new(args)
-    if args.warmup_steps < 0:
-        raise SystemExit(f"--warmup-steps must be >= 0, got {args.warmup_steps}")
-    check_init(args)
-
-
-def check_init(args: argparse.Namespace) -> None:
-    """--init, when given, must name an existing file."""
-    if args.init is not None and not Path(args.init).is_file():
-        raise SystemExit(f"--init {args.init}: no such file")
+    release(log_dir(config), folder=True)
+    release(config.save)
 
 
 @contextlib.contextmanager
 def bad_input(flags: str) -> Iterator[None]:
-    """Turn an error about a user-supplied file or name into a one-line exit naming the flag(s)."""
+    """Turn an error about a user-supplied file or name into a one-line ConfigError naming the flag(s)."""
     try:
         yield
     except (DatasetError, CheckpointError, FileNotFoundError, ValueError) as e:
-        raise SystemExit(f"{flags}: {e}") from None
+        raise ConfigError(f"{flags}: {e}") from None
 
 
-def pretrained_argument(value: str) -> bool | str:
-    """--pretrained imagenet|none|PATH -> models.build_model's `pretrained`."""
-    if value == "imagenet":
-        return True
-    if value == "none":
-        return False
-    if not Path(value).is_file():
-        raise SystemExit(f"--pretrained {value}: no such file (use imagenet, none or a weight file)")
-    return value
-
-
-def log_dir(args: argparse.Namespace) -> Path:
+def log_dir(config: LoopConfig) -> Path:
     """--log-dir, by default runs/<the --save path without its extension> (runs/checkpoint/DFFNet for
     checkpoint/DFFNet.pth), so that two runs log apart whenever they save apart; a --save outside the working
     folder logs to runs/<file stem>-<hash of its absolute path>."""
-    if args.log_dir:
-        return Path(args.log_dir)
-    save = Path(os.path.abspath(args.save))
+    if config.log_dir:
+        return Path(config.log_dir)
+    save = Path(os.path.abspath(config.save))
     try:
         return Path("runs") / save.relative_to(Path.cwd()).with_suffix("")
     except ValueError:

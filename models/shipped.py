@@ -6,10 +6,8 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Any
 
-from utils.checkpoint import (CHECKPOINT_FORMAT, CheckpointError, check_finite, read_checkpoint, save_checkpoint,
-                              unpack_checkpoint)
+from utils.checkpoint import CheckpointError, read_checkpoint, save_checkpoint, shipping_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED_CHECKPOINT = ROOT / "checkpoint" / "release" / "dffnet_cuhk_cpu.pth"
@@ -94,19 +92,6 @@ def default_detector() -> tuple[Path, str]:
 
 def export_release(training_checkpoint: str | os.PathLike, out: str | os.PathLike, description: str,
                    inference_img_size: int | None = None) -> Path:
-    """Write the model of a training checkpoint for shipping: weights stored in fp16 (they load into float32),
-    the model and training configuration, the epoch, a one-line description and, when given, the input size
-    to run it at (else its training size); no optimiser state."""
-    obj = read_checkpoint(training_checkpoint)
-    state, metadata = unpack_checkpoint(obj, training_checkpoint)
-    if "model_config" not in metadata:
-        raise ValueError(f"{training_checkpoint}: not a checkpoint of this code (no model configuration)")
-    check_finite(state, training_checkpoint)
-    half = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
-    shipped: dict[str, Any] = {"format": CHECKPOINT_FORMAT, "model": half, "model_config": metadata["model_config"],
-                               "config": metadata.get("config", {}), "epoch": metadata.get("epoch"),
-                               "description": description, "storage": "float16 weights, load into float32"}
-    if inference_img_size is not None:
-        shipped["inference_img_size"] = inference_img_size
-    return save_checkpoint(shipped, out)
+    """Write the model of a training checkpoint for shipping (utils.checkpoint.shipping_checkpoint) to `out`."""
+    return save_checkpoint(shipping_checkpoint(training_checkpoint, description, inference_img_size), out)
 

@@ -18,6 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
+import engine.stages
 import engine.train
 import train_kd
 import train_single
@@ -25,7 +26,8 @@ from datasets import DatasetError, PhotoDataset, build_dataset
 from datasets.files import load_rgb
 from engine.baselines import write_baseline_maps
 from engine.evaluate import EvalSettings, photo_output_stems, predict_photos
-from engine.options import log_dir
+from engine.config import TrainConfig
+from engine.options import config_from_args, log_dir
 from models import build_midas, build_model
 from utils.checkpoint import model_checkpoint, read_checkpoint, save_checkpoint
 from utils.distributed import DistributedContext
@@ -293,7 +295,7 @@ def test_two_saves_with_one_file_name_log_apart(tmp_path: Path, monkeypatch: pyt
         train_single.main(args)
     first, second = (tmp_path / "runs" / run / "model" / "epochs.csv" for run in ("e1", "e2"))
     assert first.is_file() and second.is_file()
-    assert log_dir(train_single.parse_args(["--save", "checkpoint/DFFNet.pth"])) == Path("runs/checkpoint/DFFNet")
+    assert log_dir(TrainConfig(save="checkpoint/DFFNet.pth")) == Path("runs/checkpoint/DFFNet")
 
 
 # ---- P1: hidden files
@@ -532,8 +534,8 @@ def test_a_missing_split_list_names_the_split_file_flag(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match=r"CUHK-TR-1 needs the split list .* Put it there or pass --split-file PATH"):
         train_single.main(args)
     (tmp_path / "te1.txt").write_text("out_of_focus0002.png\n")
-    parsed = train_single.parse_args(args + ["--split-file", str(tmp_path / "te1.txt")])
-    loader, _ = engine.train.make_train_loader(parsed, CPU)
+    parsed = config_from_args(train_single.parse_args(args + ["--split-file", str(tmp_path / "te1.txt")]), TrainConfig)
+    loader, _ = engine.stages.make_dbd_loader(parsed, CPU)
     assert [p.name for p in loader.dataset.pairs] == ["out_of_focus0000.png", "out_of_focus0001.png"]
     assert train_kd.parse_args(["--split-file", "x.txt"]).split_file == "x.txt"
     assert test_script.parse_args(["--split-file", "x.txt", "--pred-dir", "m", "--dataset", "CUHK-TE-1"]).split_file \

@@ -2,7 +2,6 @@
 functions, a CUDA device context whose moves are no-ops, or the code path itself (issue 19)."""
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
 import importlib.util
@@ -17,20 +16,24 @@ import torch.nn.functional as F
 from timm.layers import BatchNormAct2d, SyncBatchNormAct
 from torch import nn
 
+import engine.config
 import engine.depth
 import engine.evaluate
-import engine.options
+import engine.resume
+import engine.run
 import engine.stages
 import engine.train
 import losses.distillation
 import train_depth
 import train_kd
 import train_single
+import utils.distributed
 import utils.resize
 import utils.runtime
 from losses import Projectors, SegmentationCriterion, response_distillation_loss
 from models import VARIANTS, build_midas, build_model
 from tests.test_training import common_args, write_tiny_set
+from engine.config import DistillConfig, LoopConfig, TrainConfig
 from utils.checkpoint import model_checkpoint, save_checkpoint
 from utils.distributed import DistributedContext
 
@@ -68,13 +71,13 @@ def batchnorm_kinds(module: nn.Module) -> set[type]:
 def test_teachers_with_batch_statistics_are_synchronised_under_ddp_on_cuda(no_moves, tmp_path: Path):
     """A ResNeSt teacher's split attention applies BatchNorm to a pooled B x C x 1 x 1 map: with one image per
     GPU plain BatchNorm fails in train mode, and with several it normalises each GPU's share on its own."""
-    args = train_kd.parse_args(["--save", str(tmp_path / "m.pth")])
+    args = DistillConfig(save=str(tmp_path / "m.pth"), world_size=2)
     assert args.teacher_bn == "batch"
     for teacher in (build_model("dffnet", "resnest14d"), build_midas("resnet18", features=16)):
         synced = engine.stages.prepare_teacher(teacher, args, CUDA_DDP)
         assert batchnorm_kinds(synced) == {nn.SyncBatchNorm}
         assert synced.training and not any(p.requires_grad for p in synced.parameters())
-    eval_args = train_kd.parse_args(["--save", str(tmp_path / "m.pth"), "--teacher-bn", "eval"])
+    eval_args = DistillConfig(save=str(tmp_path / "m.pth"), teacher_bn="eval", world_size=2)
     for args, ctx in ((eval_args, CUDA_DDP), (args, CPU_DDP), (args, CPU)):
         assert batchnorm_kinds(engine.stages.prepare_teacher(build_model("dffnet", "resnet18"), args, ctx)) == \
             {nn.BatchNorm2d}
@@ -97,9 +100,9 @@ def test_resume_with_fp16_from_a_run_saved_without_it_starts_a_fresh_scaler(tmp_
         model, {"amp": "bf16"}, 3, optimizers={"model": optimizer.state_dict()}, extra_modules={},
         grad_scaler=saved.state_dict(), best_val_mae=None, rng=[]),
         tmp_path / "run.pth")
-    stage = engine.train.Stage(network=model, dbd_model=model, optimizer=optimizer, loss_fn=None)
+    stage = engine.train.Stage(network=model, model=model, optimizer=optimizer, loss_fn=None)
     scaler = torch.amp.GradScaler("cpu", enabled=True)
-    epoch, _ = engine.train.resume_from(path, stage, argparse.Namespace(amp="fp16"), scaler, CPU)
+    epoch, _ = engine.resume.resume_from(path, stage, LoopConfig(amp="fp16"), scaler, CPU)
     assert epoch == 3 and scaler.get_scale() == torch.amp.GradScaler("cpu").get_scale()
     assert "the fp16 gradient scaler starts afresh" in capsys.readouterr().out
 
@@ -119,14 +122,14 @@ def test_rng_state_saves_and_restores_only_this_process_gpu(monkeypatch: pytest.
     monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device="cuda": restored.append((state, device)))
     monkeypatch.setattr(torch.cuda, "set_rng_state_all",
                         lambda all_states: restored.extend((s, i) for i, s in enumerate(all_states)))
-    state = engine.train.rng_state(torch.device("cuda", 1))
+    state = engine.resume.rng_state(torch.device("cuda", 1))
     assert torch.equal(state["cuda"], states[1])
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)     # resumed where one GPU is visible
-    engine.train.set_rng_state(state, torch.device("cuda", 0))
+    engine.resume.set_rng_state(state, torch.device("cuda", 0))
     assert len(restored) == 1 and torch.equal(restored[0][0], states[1])
     assert torch.device(restored[0][1]) == torch.device("cuda", 0)
     restored.clear()
-    engine.train.set_rng_state(engine.train.rng_state(CPU.device), CPU.device)
+    engine.resume.set_rng_state(engine.resume.rng_state(CPU.device), CPU.device)
     assert restored == []
 
 
@@ -174,24 +177,27 @@ def count_syncs(monkeypatch: pytest.MonkeyPatch, function: str) -> dict[str, int
     return counts
 
 
-def test_depth_teacher_fp16_uses_a_gradient_scaler_one_sync_per_step_and_persistent_loaders(
+def test_depth_teacher_fp16_uses_a_gradient_scaler_one_sync_per_step_and_its_loaders(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     from datasets.synthetic import generate_dataset
 
     data = generate_dataset(tmp_path / "syn", n=4, seed=3, size=64)
-    monkeypatch.setattr(engine.options, "check_amp", lambda amp, device: None)  # fp16 on this CPU, as on CUDA
+    monkeypatch.setattr(engine.config, "check_amp", lambda amp, device: None)  # fp16 on this CPU, as on CUDA
     monkeypatch.setattr(engine.depth, "autocast", lambda device, amp: contextlib.nullcontext())
     monkeypatch.setattr(torch.amp, "GradScaler", RecordingScaler)
     RecordingScaler.made = []
-    loaders = record_loaders(monkeypatch, engine.depth)
-    syncs = count_syncs(monkeypatch, "_train_depth_teacher")  # the loop, run under the --save lock
+    train_loaders = record_loaders(monkeypatch, engine.run)
+    val_loaders = record_loaders(monkeypatch, engine.depth)
+    syncs = count_syncs(monkeypatch, "train_step")  # the loop's step
     train_depth.main(["--data", str(data), "--val-data", str(data), "--img-size", "64", "--epochs", "1",
                       "--batch-size", "2", "--features", "16", "--workers", "2", "--device", "cpu", "--amp", "fp16",
                       "--save", str(tmp_path / "midas.pth"), "--log-dir", str(tmp_path / "log")])
     steps = 2
     assert [(s.is_enabled(), s.scaled) for s in RecordingScaler.made] == [(True, steps)]
     assert syncs == {"item": 0, "tolist": steps}  # loss and the dead-map check in one transfer
-    assert [kwargs["persistent_workers"] for kwargs in loaders] == [True, True]
+    # the training loader's workers restart every epoch (seeded from the generator a checkpoint saves)
+    assert [kwargs.get("persistent_workers", False) for kwargs in train_loaders] == [False]
+    assert [kwargs["persistent_workers"] for kwargs in val_loaders] == [True]
 
 
 # ---- rows 9, 10: stage 1's syncs per step and its validation loader
@@ -199,7 +205,7 @@ def test_depth_teacher_fp16_uses_a_gradient_scaler_one_sync_per_step_and_persist
 
 def test_training_step_syncs_once_and_validation_workers_persist(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     data = write_tiny_set(tmp_path / "data", 8)
-    train_loaders = record_loaders(monkeypatch, engine.train)
+    train_loaders = record_loaders(monkeypatch, engine.run)
     eval_loaders = record_loaders(monkeypatch, engine.evaluate)
     syncs = count_syncs(monkeypatch, "train_step")
     train_single.main(common_args(data, tmp_path / "run", batch=4) + [
@@ -222,8 +228,7 @@ def test_ddp_on_cuda_keeps_timm_batchnorm_activations_and_skips_the_unused_param
     activations = [type(m.act) for m in backbone.modules() if isinstance(m, BatchNormAct2d)]
     assert nn.SiLU in activations
     reference = copy.deepcopy(backbone).eval()
-    args = argparse.Namespace(channels_last=False, compile=False, batch_size=2, accumulate=1)
-    network = engine.train.prepare_trained_module(backbone, args, CUDA_DDP)
+    network = engine.run.prepare_trained_module(backbone, LoopConfig(batch_size=2, world_size=2), CUDA_DDP)
     converted = [m for m in network.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     assert all(isinstance(m, nn.SyncBatchNorm) for m in converted)
     assert [type(m.act) for m in converted if isinstance(m, SyncBatchNormAct)] == activations
@@ -278,9 +283,9 @@ def test_an_indexed_cuda_device_becomes_the_current_device(monkeypatch: pytest.M
     monkeypatch.setattr(test_script, "check_writable", raise_stop)
     with pytest.raises(Stop):
         test_script.main(["--out", str(tmp_path / "out")])
-    monkeypatch.setattr(engine.depth, "select_device", lambda name: cuda1)
-    monkeypatch.setattr(engine.depth, "check_depth_teacher_arguments", lambda args, device: None)
-    monkeypatch.setattr(engine.depth, "configure_backends", raise_stop)
+    monkeypatch.setattr(engine.config, "select_device", lambda name: cuda1)
+    monkeypatch.setattr(utils.distributed, "select_device", lambda name: cuda1)
+    monkeypatch.setattr(engine.run, "check_outputs", raise_stop)
     with pytest.raises(Stop):
         train_depth.main(["--data", str(tmp_path)])
     monkeypatch.setattr(engine.evaluate, "load_model", raise_stop)
@@ -299,15 +304,16 @@ def test_deterministic_flag_sets_algorithms_backends_and_cublas_workspace(monkey
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
     for parse in (train_single.parse_args, train_kd.parse_args):
         assert parse(["--deterministic"]).deterministic and not parse([]).deterministic
-    args = train_single.parse_args(["--deterministic", "--device", "cpu", "--save", str(tmp_path / "m.pth"),
-                                    "--log-dir", str(tmp_path / "log")])
+    config = TrainConfig(deterministic=True, device="cpu", save=str(tmp_path / "m.pth"),
+                         log_dir=str(tmp_path / "log"))
     backends = []
-    monkeypatch.setattr(engine.train, "configure_backends",
+    monkeypatch.setattr(engine.run, "configure_backends",
                         lambda device, deterministic=False: backends.append(deterministic))
-    engine.train.start_training(args)
+    with engine.run.training_run(config):
+        pass
     assert modes == [True] and backends == [True] and os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
     monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")     # a user's own setting is kept
-    monkeypatch.setattr(engine.depth, "configure_backends", raise_stop)
+    monkeypatch.setattr(engine.run, "configure_backends", raise_stop)
     with pytest.raises(Stop):
         train_depth.main(["--data", str(tmp_path), "--deterministic", "--device", "cpu",
                           "--save", str(tmp_path / "d.pth"), "--log-dir", str(tmp_path / "log")])

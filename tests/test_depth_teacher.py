@@ -97,13 +97,14 @@ def test_mean_anchor_loss_value_and_gradient_to_the_offset():
 def test_train_depth_stops_on_non_finite_weights_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     """A BatchNorm running variance turning inf in epoch 2: no save, the epoch-1 file survives byte for byte."""
     import engine.depth
+    import engine.train
     from datasets.synthetic import generate_dataset
     from train_depth import main
 
     data = generate_dataset(tmp_path / "syn", n=4, seed=3, size=64)
     save = tmp_path / "midas_small.pth"
     built, epoch1_file = [], []
-    real_build, real_set_lr = engine.depth.build_midas, engine.depth.set_lr
+    real_build, real_set_lr = engine.depth.build_midas, engine.train.set_lr
 
     def build_and_keep(*args, **kwargs):
         built.append(real_build(*args, **kwargs))
@@ -118,7 +119,7 @@ def test_train_depth_stops_on_non_finite_weights_and_keeps_the_last_good_checkpo
     first_bn = next(name for name, m in real_build("resnet18", features=16).named_modules()
                     if isinstance(m, torch.nn.BatchNorm2d))
     monkeypatch.setattr(engine.depth, "build_midas", build_and_keep)
-    monkeypatch.setattr(engine.depth, "set_lr", set_lr_then_diverge)
+    monkeypatch.setattr(engine.train, "set_lr", set_lr_then_diverge)
     with pytest.raises(SystemExit, match=rf"^non-finite weights after epoch 2: {first_bn}\.running_var \(inf\); "
                                          r"stopping without saving .* Last good checkpoint: .*midas_small\.pth "
                                          r"\(epoch 1\)$"):

@@ -5,7 +5,6 @@ loops, the depth teacher's warm-up and loss, the --save lock, the inverted-map h
 errors, the 16-bit photo and colour-mask boundaries, and the one-image refusal under SyncBatchNorm."""
 from __future__ import annotations
 
-import argparse
 import contextlib
 import importlib.util
 import io
@@ -21,7 +20,8 @@ from PIL import Image
 
 import datasets.base
 import engine.depth
-import engine.options
+import engine.run
+import engine.stages
 import engine.train
 import train_depth
 import train_single
@@ -31,7 +31,9 @@ from datasets.files import load_rgb
 from datasets.polarity import MaskPolarity
 from datasets.synthetic import generate_dataset
 from datasets.transforms import denormalise
+from engine.config import ConfigError, DepthConfig, LoopConfig, TrainConfig
 from engine.evaluate import polarity_hint
+from engine.options import config_from_args
 from models import build_model
 from tests.test_training import read_csv, write_tiny_set
 from utils.checkpoint import model_checkpoint, save_checkpoint
@@ -105,7 +107,7 @@ def depth_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list]:
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(engine.depth, "adam", adam_noting_lrs)
-        patch.setattr(engine.depth, "RemainingTime", RecordedRemainingTime)
+        patch.setattr(engine.train, "RemainingTime", RecordedRemainingTime)
         for name, loss in list(engine.depth.DEPTH_LOSSES.items()):
             patch.setitem(engine.depth.DEPTH_LOSSES, name, noting(name, loss))
         RecordedRemainingTime.totals = []
@@ -192,10 +194,9 @@ def test_crop_scale_reaches_the_training_set(tmp_path: Path, monkeypatch: pytest
         return real_draw_crop(width, height, min_area)
 
     monkeypatch.setattr(datasets.base, "draw_crop", noting)
-    args = train_single.parse_args(["--backbone", "resnet18", "--pretrained", "none", "--train-set",
-                                    f"synthetic:{data}", "--img-size", "32", "--batch-size", "2", "--workers", "0",
-                                    "--crop-scale", "0.5", "--save", str(tmp_path / "m.pth")])
-    loader, _ = engine.train.make_train_loader(args, CPU)
+    config = TrainConfig(backbone="resnet18", pretrained="none", train_set=f"synthetic:{data}", img_size=32,
+                         batch_size=2, workers=0, crop_scale=0.5, save=str(tmp_path / "m.pth"))
+    loader, _ = engine.stages.make_dbd_loader(config, CPU)
     loader.dataset[0]
     assert minimum_areas == [0.5]
 
@@ -237,12 +238,13 @@ def test_depth_training_estimates_the_time_of_all_its_epochs(depth_run) -> None:
 
 
 def test_train_depth_names_a_missing_init_file_before_any_work(tmp_path: Path) -> None:
-    parser = argparse.ArgumentParser()
-    engine.options.add_depth_teacher_arguments(parser)
     missing = tmp_path / "no_such_teacher.pth"
-    args = parser.parse_args(["--data", str(tmp_path), "--init", str(missing), "--save", str(tmp_path / "m.pth")])
+    args = train_depth.parse_args(["--data", str(tmp_path), "--init", str(missing), "--save", str(tmp_path / "m.pth")])
+    with pytest.raises(ConfigError, match=rf"^--init {missing}: no such file$"):
+        config_from_args(args, DepthConfig)
     with pytest.raises(SystemExit, match=rf"^--init {missing}: no such file$"):
-        engine.options.check_depth_teacher_arguments(args, torch.device("cpu"))
+        train_depth.main(["--data", str(tmp_path), "--init", str(missing), "--save", str(tmp_path / "m.pth")])
+    assert not (tmp_path / "m.pth").exists()
 
 
 # ---- M8, M9: the --save lock is removed when released, and a run releases it
@@ -361,8 +363,8 @@ def test_one_image_micro_batches_pass_under_syncbatchnorm_only() -> None:
     """--batch-size 2 over 2 processes: 1 image per process. Under DDP on CUDA SyncBatchNorm takes its
     statistics over both processes' images; under gloo on the CPU each process's BatchNorm sees one image."""
     resnest = build_model("dffnet", "resnest14d")
-    args = argparse.Namespace(batch_size=2, accumulate=1)
-    engine.train.refuse_one_image_batch_statistics(resnest, args, CUDA_DDP, "the trained network")
-    with pytest.raises(SystemExit, match=r"^--batch-size 2 over 2 process\(es\) x --accumulate 1 gives "
-                                         r"micro-batches of 1 image"):
-        engine.train.refuse_one_image_batch_statistics(resnest, args, CPU_DDP, "the trained network")
+    config = LoopConfig(batch_size=2, accumulate=1, world_size=2)
+    engine.run.refuse_one_image_batch_statistics(resnest, config, CUDA_DDP, "the trained network")
+    with pytest.raises(ConfigError, match=r"^--batch-size 2 over 2 process\(es\) x --accumulate 1 gives "
+                                          r"micro-batches of 1 image"):
+        engine.run.refuse_one_image_batch_statistics(resnest, config, CPU_DDP, "the trained network")

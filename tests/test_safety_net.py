@@ -12,11 +12,12 @@ import torch
 from PIL import Image
 from torch import nn
 
-import train_single
 from datasets import DatasetWarning, build_dataset, dataset_names
 from datasets.registry import CUHK_VALIDATION_LIST
-from engine.evaluate import EvalSettings, eval_loader, evaluate_model
-from engine.train import Stage, train_step, validate
+from engine.evaluate import EvalSettings, evaluate_model
+from engine.config import TrainConfig
+from engine.stages import dbd_validation
+from engine.train import Stage, train_step
 from losses import normalised_depth
 from models import DBDOutput
 from utils.distributed import DistributedContext
@@ -71,10 +72,10 @@ def test_official_map_is_the_sigmoid_nearest_upsampled(half_focus_set: str, tmp_
 
 def test_validation_scores_the_official_map(half_focus_set: str) -> None:
     """Guards the validation run during training: the same map and MAE as the official test protocol."""
-    dataset = build_dataset(half_focus_set, "test", img_size=32)
-    settings = EvalSettings(batch_size=1, workers=0)
-    scores = validate(FixedMap(), eval_loader(dataset, settings), settings)
-    assert scores["mae"] == pytest.approx(OFFICIAL_MAE, abs=1e-6)
+    config = TrainConfig(val_set=half_focus_set, img_size=32, workers=0)
+    validation = dbd_validation(FixedMap(), config, CPU, train_set=None)
+    assert validation.best == "val_mae"
+    assert validation.run()["val_mae"] == pytest.approx(OFFICIAL_MAE, abs=1e-6)
 
 
 # ---- raw mask polarity of the registered sets, in the authors' folder layout
@@ -143,17 +144,17 @@ class Weights(nn.Module):
 
 def test_train_step_clamps_each_gradient_element(tmp_path: Path) -> None:
     """Guards clip_grad_value_: gradients (2, -0.1, -5) clamped to +-0.5, then one SGD step of lr 1."""
-    args = train_single.parse_args(["--clip", "0.5", "--device", "cpu", "--save", str(tmp_path / "m.pth")])
+    config = TrainConfig(clip=0.5, device="cpu", save=str(tmp_path / "m.pth"))
     model = Weights()
     slopes = torch.tensor([2.0, -0.1, -5.0])
 
-    def loss_fn(images: torch.Tensor, masks: torch.Tensor, epoch: int) -> tuple[torch.Tensor, dict]:
+    def loss_fn(batch: dict[str, torch.Tensor], epoch: int) -> tuple[torch.Tensor, dict]:
         return (model.w * slopes).sum(), {}
 
-    stage = Stage(network=model, dbd_model=model, optimizer=torch.optim.SGD(model.parameters(), lr=1.0),
+    stage = Stage(network=model, model=model, optimizer=torch.optim.SGD(model.parameters(), lr=1.0),
                   loss_fn=loss_fn)
     batch = {"image": torch.zeros(1, 3, 2, 2), "mask": torch.zeros(1, 1, 2, 2)}
-    train_step(stage, iter([batch]), 1, args, CPU, torch.amp.GradScaler("cpu", enabled=False))
+    train_step(stage, iter([batch]), 1, config, CPU, torch.amp.GradScaler("cpu", enabled=False))
     torch.testing.assert_close(model.w.detach(), torch.tensor([-0.5, 0.1, 0.5]), rtol=0, atol=1e-7)
 
 

@@ -5,6 +5,7 @@ constants, flipped depth, rounded saved maps, the EBD IoU tie) and the one-way i
 from __future__ import annotations
 
 import ast
+import dataclasses
 import io
 import os
 import random
@@ -15,14 +16,16 @@ import pytest
 import torch
 from PIL import Image
 
+import engine.resume
 import engine.stages
-import engine.train
 import train_kd
 import train_single
 from datasets import DepthDataset, MaskPolarity, build_dataset
 from datasets.polarity import load_mask
 from datasets.transforms import denormalise, normalise
+from engine.config import DistillConfig, TrainConfig
 from engine.evaluate import EvalSettings, evaluate_model
+from engine.options import config_from_args
 from models import build_midas, build_model, make_frozen_teacher
 from utils.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from utils.depth_metrics import relative_depth_errors
@@ -65,17 +68,18 @@ def test_a_masks_exif_orientation_is_applied_to_its_pixels(tmp_path: Path) -> No
 
 def test_stage2_projectors_have_their_own_adam_with_weight_decay(tmp_path: Path) -> None:
     """Student: Adam lr 1e-4, no weight decay; projectors: Adam lr 0.1, weight decay 5e-4 (REPRODUCTION 5.1)."""
-    args = train_kd.parse_args(["--backbone", "resnet18", "--pretrained", "none", "--save", str(tmp_path / "m.pth")])
+    config = config_from_args(train_kd.parse_args(["--backbone", "resnet18", "--pretrained", "none", "--save",
+                                                   str(tmp_path / "m.pth")]), DistillConfig)
     teachers = {"defocus": make_frozen_teacher(build_model("dffnet", "resnet18")),
                 "depth": make_frozen_teacher(build_midas("resnet18", features=16))}
-    stage = engine.stages.build_feature_distill_stage(args, CPU, teachers)
+    stage = engine.stages.build_feature_distill_stage(config, CPU, teachers)
     [student_group] = stage.optimizer.param_groups
     [projector_group] = stage.extra_optimizers["projectors"].param_groups
     assert (student_group["lr"], student_group["weight_decay"]) == (1e-4, 0.0)
     assert (projector_group["lr"], projector_group["weight_decay"]) == (0.1, 5e-4)
     projectors = [p for module in stage.extra_modules.values() for p in module.parameters()]
     assert {id(p) for p in projector_group["params"]} == {id(p) for p in projectors}
-    assert {id(p) for p in student_group["params"]} == {id(p) for p in stage.dbd_model.parameters()}
+    assert {id(p) for p in student_group["params"]} == {id(p) for p in stage.model.parameters()}
 
 
 # ---- 3. the paper's settings are the CLI defaults (docs/REPRODUCTION.md, sections 4 and 5.1)
@@ -89,14 +93,15 @@ STAGE2_DEFAULTS = {**STAGE1_DEFAULTS, "distill": "feature", "teachers": "both", 
                    "final_weight": None, "projector_lr": 0.1, "projector_wd": 5e-4}
 
 
-@pytest.mark.parametrize("script, save, expected", [
-    (train_single, "checkpoint/DFFNet.pth", STAGE1_DEFAULTS),
-    (train_kd, "checkpoint/D-DFFNet.pth", STAGE2_DEFAULTS),
+@pytest.mark.parametrize("script, config_type, save, expected", [
+    (train_single, TrainConfig, "checkpoint/DFFNet.pth", STAGE1_DEFAULTS),
+    (train_kd, DistillConfig, "checkpoint/D-DFFNet.pth", STAGE2_DEFAULTS),
 ])
-def test_cli_defaults_are_the_papers_settings(script, save: str, expected: dict) -> None:
-    args = vars(script.parse_args([]))
-    assert {key: args[key] for key in expected} == expected
-    assert args["save"] == save
+def test_cli_defaults_are_the_papers_settings(script, config_type, save: str, expected: dict) -> None:
+    """The flags' defaults and the config's own (what bench/ and code users get) are both the paper's."""
+    for defaults in (vars(script.parse_args([])), dataclasses.asdict(config_type())):
+        assert {key: defaults[key] for key in expected} == expected
+        assert defaults["save"] == save
 
 
 # ---- 4. a checkpoint write that fails midway leaves the previous file
@@ -237,12 +242,12 @@ def test_rng_states_survive_a_checkpoint_for_python_numpy_and_torch(tmp_path: Pa
     random.seed(5)
     np.random.seed(6)
     torch.manual_seed(7)
-    save_checkpoint({"rng": engine.train.rng_state(torch.device("cpu"))}, tmp_path / "state.pth")
+    save_checkpoint({"rng": engine.resume.rng_state(torch.device("cpu"))}, tmp_path / "state.pth")
     draws = (random.random(), float(np.random.rand()), float(torch.rand(1)))
     random.seed(0)
     np.random.seed(0)
     torch.manual_seed(0)
-    engine.train.set_rng_state(read_checkpoint(tmp_path / "state.pth")["rng"], torch.device("cpu"))
+    engine.resume.set_rng_state(read_checkpoint(tmp_path / "state.pth")["rng"], torch.device("cpu"))
     assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == draws
 
 

@@ -3,6 +3,7 @@ and the pieces of its recipe (validation split, random crops, --init, fp16 expor
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.util
 import io
 import os
@@ -21,6 +22,7 @@ from datasets.registry import CUHK_VALIDATION_LIST
 from datasets.transforms import crop_pair, draw_crop
 from engine.baselines import write_baseline_maps
 from engine.evaluate import EvalSettings, evaluate_model, evaluate_saved_maps
+from engine.config import ConfigError, TrainConfig
 from engine.stages import build_student
 from datasets.polarity import MaskPolarity
 from models import build_model, load_model
@@ -162,12 +164,11 @@ def test_crop_scale_and_init_are_checked_and_init_loads_every_weight(tmp_path):
     source = build_model("dffnet", backbone="resnest14d")
     save_checkpoint({"format": "ddffnet-checkpoint-v1", "model": source.state_dict(), "model_config": source.config,
                      "config": {}, "epoch": 2}, tmp_path / "pre.pth")
-    args = train_single.parse_args(["--backbone", "resnest14d", "--pretrained", "none", "--init", str(tmp_path / "pre.pth")])
-    student = build_student(args)
+    config = TrainConfig(backbone="resnest14d", pretrained="none", init=str(tmp_path / "pre.pth"))
+    student = build_student(config)
     assert all(torch.equal(a, b) for a, b in zip(student.state_dict().values(), source.state_dict().values()))
-    args.backbone = "resnet18"
-    with pytest.raises(SystemExit, match=r"^--init: .*pre.pth: holds a model built with"):
-        build_student(args)
+    with pytest.raises(ConfigError, match=r"^--init: .*pre.pth: holds a model built with"):
+        build_student(dataclasses.replace(config, backbone="resnet18"))
 
 
 def test_release_recipe_names_missing_data_before_training(tmp_path):

@@ -20,6 +20,8 @@ import engine.train
 import losses.segmentation
 import train_kd
 import train_single
+from engine.config import DistillConfig, TrainConfig
+from engine.options import config_from_args
 from models import build_midas, build_model, load_model, make_frozen_teacher
 from utils.checkpoint import read_checkpoint, save_checkpoint
 from utils.distributed import DistributedContext
@@ -133,12 +135,12 @@ def test_one_epoch_plus_resume_equals_two_epochs(data: Path, two_epoch_run: Path
 def test_loss_falls_when_overfitting_one_batch(tmp_path: Path):
     """The training step itself (engine.train.train_step), repeated on one fixed batch."""
     batch = torch.utils.data.default_collate([write_tiny_item(seed) for seed in range(2)])
-    args = train_single.parse_args(common_args(tmp_path, tmp_path) + ["--lr", "1e-3"])
+    config = config_from_args(train_single.parse_args(common_args(tmp_path, tmp_path) + ["--lr", "1e-3"]), TrainConfig)
     ctx = DistributedContext(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
     torch.manual_seed(0)
-    stage = engine.stages.build_stage1(args, ctx)
+    stage = engine.stages.build_stage1(config, ctx)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    losses = [engine.train.train_step(stage, iter([batch]), 1, args, ctx, scaler)["loss"] for _ in range(12)]
+    losses = [engine.train.train_step(stage, iter([batch]), 1, config, ctx, scaler)["loss"] for _ in range(12)]
     assert losses[-1] < 0.7 * losses[0] and losses[-1] == min(losses), losses
 
 
@@ -234,11 +236,12 @@ def test_a_new_run_refuses_to_replace_an_existing_save(data: Path, tmp_path: Pat
 
     save = tmp_path / "model.pth"
     save.write_bytes(b"the authors' weights")
+    refused = rf"^--save {save} already exists: pass --resume to continue it or --overwrite to replace it, or " \
+              r"choose another --save$"
     for main in (train_single.main, train_kd.main):
-        with pytest.raises(SystemExit, match=rf"^--save {save} already exists: pass --resume to continue it or "
-                                             r"--overwrite to replace it, or choose another --save$"):
+        with pytest.raises(SystemExit, match=refused):
             main(common_args(data, tmp_path) + ["--epochs", "1"])
-    with pytest.raises(SystemExit, match=rf"^--save {save} already exists: pass --overwrite to replace it"):
+    with pytest.raises(SystemExit, match=refused):
         train_depth.main(["--data", str(data), "--device", "cpu", "--save", str(save)])
     assert save.read_bytes() == b"the authors' weights"
     train_single.main(common_args(data, tmp_path) + ["--epochs", "1", "--overwrite"])
@@ -295,16 +298,16 @@ def test_nonfinite_weights_stop_before_saving_and_keep_the_last_good_checkpoint(
     real_build = engine.stages.build_stage1
     epoch1_file = []
 
-    def build_with_diverging_variance(args, ctx):
-        stage = real_build(args, ctx)
+    def build_with_diverging_variance(config, ctx):
+        stage = real_build(config, ctx)
         real_loss_fn, calls = stage.loss_fn, []
 
-        def loss_fn(images, masks, epoch):
+        def loss_fn(batch, epoch):
             calls.append(epoch)
             if len(calls) == 3:  # epoch 2, step 1 of 2
                 epoch1_file.append((tmp_path / "model.pth").read_bytes())
-                stage.dbd_model.decoder.refine.bn.running_var.fill_(float("inf"))
-            return real_loss_fn(images, masks, epoch)
+                stage.model.decoder.refine.bn.running_var.fill_(float("inf"))
+            return real_loss_fn(batch, epoch)
 
         stage.loss_fn = loss_fn
         return stage
@@ -325,16 +328,16 @@ CPU = DistributedContext(rank=0, local_rank=0, world_size=1, device=torch.device
 def test_stage2_teachers_use_batch_statistics_by_default(tmp_path: Path):
     """The authors never call .eval() on the teachers: by default their BatchNorm uses (and drifts with) each
     batch's statistics; --teacher-bn eval keeps the running statistics."""
-    args = train_kd.parse_args(["--save", str(tmp_path / "m.pth")])
-    assert args.teacher_bn == "batch"
-    teacher = engine.stages.prepare_teacher(build_model("dffnet", "resnet18"), args, CPU)
+    config = config_from_args(train_kd.parse_args(["--save", str(tmp_path / "m.pth")]), DistillConfig)
+    assert config.teacher_bn == "batch"
+    teacher = engine.stages.prepare_teacher(build_model("dffnet", "resnet18"), config, CPU)
     assert teacher.training and not any(p.requires_grad for p in teacher.parameters())
     running_mean = teacher.encoder.model.bn1.running_mean.clone()
     with torch.inference_mode():
         teacher.features(torch.randn(2, 3, 64, 64))
     assert not torch.equal(teacher.encoder.model.bn1.running_mean, running_mean)
-    eval_args = train_kd.parse_args(["--save", str(tmp_path / "m.pth"), "--teacher-bn", "eval"])
-    assert not engine.stages.prepare_teacher(build_model("dffnet", "resnet18"), eval_args, CPU).training
+    eval_config = DistillConfig(save=str(tmp_path / "m.pth"), teacher_bn="eval")
+    assert not engine.stages.prepare_teacher(build_model("dffnet", "resnet18"), eval_config, CPU).training
 
 
 @pytest.mark.parametrize("distill", ["feature", "response"])
@@ -345,18 +348,20 @@ def test_stage2_teachers_use_batch_statistics_by_default(tmp_path: Path):
 ])
 def test_stage2_final_weight_follows_the_side_outputs(tmp_path: Path, distill: str, model_name: str,
                                                       flags: list[str], final_weight: float):
-    args = train_kd.parse_args(["--model", model_name, "--backbone", "resnet18", "--pretrained", "none",
-                                "--distill", distill, "--save", str(tmp_path / "m.pth"), *flags])
+    config = config_from_args(train_kd.parse_args(["--model", model_name, "--backbone", "resnet18", "--pretrained",
+                                                   "none", "--distill", distill, "--save", str(tmp_path / "m.pth"),
+                                                   *flags]), DistillConfig)
     torch.manual_seed(0)
     depth_teacher = make_frozen_teacher(build_midas("resnet18", features=16))
     if distill == "feature":
         defocus_teacher = make_frozen_teacher(build_model("dffnet", "resnet18"))
-        stage = engine.stages.build_feature_distill_stage(args, CPU, {"defocus": defocus_teacher, "depth": depth_teacher})
+        stage = engine.stages.build_feature_distill_stage(config, CPU, {"defocus": defocus_teacher,
+                                                                        "depth": depth_teacher})
     else:
-        stage = engine.stages.build_response_distill_stage(args, CPU, depth_teacher)
+        stage = engine.stages.build_response_distill_stage(config, CPU, depth_teacher)
     batch = torch.utils.data.default_collate([write_tiny_item(seed) for seed in range(2)])
-    _, terms = stage.loss_fn(batch["image"], batch["mask"], 1)
+    _, terms = stage.loss_fn(batch, 1)
     sides = [value.item() for name, value in terms.items() if name.startswith("side")]
     assert len(sides) == (4 if model_name == "dffnet" else 0)
     assert terms["seg"].item() == pytest.approx(final_weight * terms["final"].item() + sum(sides), rel=1e-5)
-    assert args.final_weight == final_weight  # what the log and the checkpoint's config record
+    assert config.final_weight == final_weight  # what the log and the checkpoint's config record

@@ -17,6 +17,7 @@ sys.path.insert(0, str(ROOT))
 from datasets import DatasetError  # noqa: E402
 from engine.baselines import BASELINES, write_baseline_maps  # noqa: E402
 from engine.options import check_writable  # noqa: E402
+from utils.errors import RunError  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -30,7 +31,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help="replace files in --out of the maps' names that this tool did not write")
     args = parser.parse_args(argv)
-    check_writable(args.out, "--out", folder=True)
+    try:
+        check_writable(args.out, "--out", folder=True)
+    except RunError as e:
+        raise SystemExit(str(e)) from None
     try:
         out = write_baseline_maps(args.name, args.test_set, args.out, args.data_root, args.train_set, args.img_size,
                                   args.overwrite)

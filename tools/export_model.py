@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from engine.options import check_writable  # noqa: E402
+from utils.errors import RunError  # noqa: E402
 from models.shipped import export_release, sha256  # noqa: E402
 from utils.checkpoint import CheckpointError  # noqa: E402
 
@@ -41,7 +42,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.img_size is not None and (args.img_size < 32 or args.img_size % 32):
         raise SystemExit(f"{parser.prog}: --img-size {args.img_size}: must be a positive multiple of 32")
-    check_output(args.checkpoint, args.out, args.overwrite, parser.prog)
+    try:
+        check_output(args.checkpoint, args.out, args.overwrite, parser.prog)
+    except RunError as e:
+        raise SystemExit(str(e)) from None
     try:
         path = export_release(args.checkpoint, args.out, args.description, args.img_size)
     except (CheckpointError, ValueError) as e:

@@ -20,6 +20,7 @@ from datasets.files import format_names  # noqa: E402
 from engine.figures import comparison_figure, photo_figure  # noqa: E402
 from engine.options import check_writable  # noqa: E402
 from utils.checkpoint import CheckpointError  # noqa: E402
+from utils.errors import RunError  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -42,8 +43,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.photos and len(args.checkpoint) != 1:
         parser.error("--photos draws one --checkpoint")
     checkpoints = dict(pair.split("=", 1) for pair in args.checkpoint)
-    check_writable(args.out, "--out")
     skipped: list[str] = []
+    try:
+        check_writable(args.out, "--out")
+    except RunError as e:
+        raise SystemExit(str(e)) from None
     try:
         if args.photos:
             path, skipped = photo_figure(args.photos, next(iter(checkpoints.values())), args.out, args.img_size,

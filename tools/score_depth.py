@@ -14,8 +14,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from engine.depth import score_depth_teacher  # noqa: E402
-from engine.options import bad_input, check_img_size  # noqa: E402
+from engine.config import check_img_size  # noqa: E402
+from engine.options import bad_input  # noqa: E402
 from models import load_midas  # noqa: E402
+from utils.errors import RunError  # noqa: E402
 from utils.runtime import AMP_DTYPES, select_device  # noqa: E402
 
 
@@ -28,17 +30,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--amp", choices=list(AMP_DTYPES), default="off")
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = parser.parse_args(argv)
-    for size in args.img_size:
-        check_img_size(size)
-    device = select_device(args.device)
-    with bad_input("checkpoint"):
-        model = load_midas(args.checkpoint, map_location=device)
+    try:
+        for size in args.img_size:
+            check_img_size(size)
+        device = select_device(args.device)
+        with bad_input("checkpoint"):
+            model = load_midas(args.checkpoint, map_location=device)
+    except RunError as e:
+        raise SystemExit(str(e)) from None
     rows = []
     print("| data | px | images | AbsRel | delta<1.25 | constant map AbsRel | constant map delta<1.25 |")
     print("|---|---|---|---|---|---|---|")
     for data in args.data:
         for size in args.img_size:
-            row = score_depth_teacher(model, data, size, device, args.amp)
+            try:
+                row = score_depth_teacher(model, data, size, device, args.amp)
+            except RunError as e:
+                raise SystemExit(str(e)) from None
             rows.append({"data": data, "img_size": size, **row})
             print(f"| {data} | {size} | {row['images']} | {row['abs_rel']:.3f} | {row['delta1']:.3f} | "
                   f"{row['constant_abs_rel']:.3f} | {row['constant_delta1']:.3f} |", flush=True)

@@ -1,8 +1,11 @@
-"""Our checkpoint format (what a file holds), atomic writing and safe reading of untrusted checkpoint files.
+"""Our checkpoint format, in one place: what a file holds, writing it atomically, reading untrusted files safely,
+unpacking the weights and metadata, and the shipping form of a trained model.
 
 A checkpoint of this code is a dict tagged `"format": CHECKPOINT_FORMAT` with the network's state_dict
-("model"), the arguments that rebuild it ("model_config"), the run's flags ("config") and the last
-completed "epoch"; training adds what `--resume` needs (optimiser states, sampler, RNG states, ...).
+("model"), the arguments that rebuild it ("model_config"), the run's resolved config ("config") and the last
+completed "epoch"; training adds what `--resume` needs (engine.resume: optimiser states, sampler, RNG states,
+...); the shipping form drops those and stores the weights in fp16. Mapping weights into a network (foreign
+key layouts, strict loading) is models.weights'.
 """
 from __future__ import annotations
 
@@ -227,3 +230,21 @@ def read_training_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"{path}: not a training checkpoint of this code (no optimiser state)")
     check_finite(state["model"], path)
     return state
+
+
+def shipping_checkpoint(training_checkpoint: str | os.PathLike, description: str,
+                        inference_img_size: int | None = None) -> dict[str, Any]:
+    """The model of a training checkpoint for shipping: weights stored in fp16 (they load into float32), the model
+    and training configuration, the epoch, a one-line description and, when given, the input size to run it at
+    (else its training size); no optimiser state."""
+    state, metadata = unpack_checkpoint(read_checkpoint(training_checkpoint), training_checkpoint)
+    if "model_config" not in metadata:
+        raise ValueError(f"{training_checkpoint}: not a checkpoint of this code (no model configuration)")
+    check_finite(state, training_checkpoint)
+    half = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    shipped: dict[str, Any] = {"format": CHECKPOINT_FORMAT, "model": half, "model_config": metadata["model_config"],
+                               "config": metadata.get("config", {}), "epoch": metadata.get("epoch"),
+                               "description": description, "storage": "float16 weights, load into float32"}
+    if inference_img_size is not None:
+        shipped["inference_img_size"] = inference_img_size
+    return shipped

@@ -13,10 +13,12 @@ import fcntl
 import os
 from pathlib import Path
 
+from utils.errors import RunError
+
 _HELD: dict[Path, tuple[int, bool]] = {}  # locked path -> (its fd, whether it is a lock file to remove)
 
 
-class RunLockError(RuntimeError):
+class RunLockError(RunError):
     """Another process holds the lock of this output."""
 
 

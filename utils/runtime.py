@@ -8,11 +8,13 @@ import random
 import numpy as np
 import torch
 
+from utils.errors import RunError
+
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def select_device(name: str = "auto") -> torch.device:
-    """`auto` picks CUDA when present, else the CPU; any torch device string is accepted."""
+    """`auto` picks CUDA when present, else the CPU; any torch device string is accepted (RunError otherwise)."""
     if name == "auto":
         if torch.cuda.is_available():
             local_rank = int(os.environ.get("LOCAL_RANK", 0))
@@ -21,9 +23,9 @@ def select_device(name: str = "auto") -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise SystemExit(f"--device {name}: not a device; use auto, cpu, cuda or cuda:N") from None
+        raise RunError(f"--device {name}: not a device; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"--device {name}: CUDA is not available on this machine")
+        raise RunError(f"--device {name}: CUDA is not available on this machine")
     return device
 
 
@@ -46,9 +48,9 @@ def autocast(device: torch.device, amp: str = "off") -> contextlib.AbstractConte
 
 
 def check_amp(amp: str, device: torch.device) -> None:
-    """Exit with a one-line message naming --amp when `amp` cannot run on `device` (fp16 is CUDA-only)."""
+    """Raise RunError, naming --amp, when `amp` cannot run on `device` (fp16 is CUDA-only)."""
     if AMP_DTYPES[amp] is torch.float16 and device.type != "cuda":
-        raise SystemExit("--amp fp16 needs a CUDA device; use --amp bf16 on the CPU")
+        raise RunError("--amp fp16 needs a CUDA device; use --amp bf16 on the CPU")
 
 
 def bf16_is_fast(device: torch.device) -> bool:
