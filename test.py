@@ -31,9 +31,9 @@ from models.inference import DEFAULT_IMG_SIZE, input_spec
 from models.shipped import default_detector
 from utils.checkpoint import CheckpointError
 from utils.log import printable
-from utils.metrics import PROTOCOLS, get_protocol
-from utils.paper_results import PAPER_SETS, TABLES
-from utils.report import (markdown_table, paper_set_order, pr_figure, read_results, region_table, summary_line,
+from metrics.protocol import PROTOCOLS, get_protocol
+from metrics.paper_results import PAPER_SETS, TABLES
+from metrics.report import (markdown_table, paper_set_order, pr_figure, read_results, region_table, summary_line,
                           write_results)
 from utils.runlock import RunLockError, acquire, release
 from utils.runtime import AMP_DTYPES, check_amp, select_device, use_device

@@ -23,9 +23,9 @@ from datasets import DepthDataset
 from engine.options import (bad_input, check_depth_teacher_arguments, claim_log_dir, lock_outputs,
                             pretrained_argument, release_outputs)
 from losses.depth import DEPTH_LOSSES, mean_anchor_loss
+from metrics.depth import relative_depth_errors
 from models import build_midas, load_checkpoint
 from utils.checkpoint import first_non_finite, last_good_checkpoint, model_checkpoint, save_checkpoint
-from utils.depth_metrics import relative_depth_errors
 from utils.log import RemainingTime, TrainingLogger, progress
 from utils.optim import adam, set_lr
 from utils.runtime import (autocast, configure_backends, seed_everything, select_device, use_deterministic_algorithms,

@@ -1,4 +1,4 @@
-"""Evaluation engine: batched inference, scoring under a protocol (utils.metrics.Protocol), per-image CSVs,
+"""Evaluation engine: batched inference, scoring under a protocol (metrics.protocol.Protocol), per-image CSVs,
 saved maps; the same predict-and-score path serves test.py and validation during training.
 
 Saved maps are 8-bit grey PNGs at the original image resolution, white = in-focus
@@ -29,10 +29,10 @@ from datasets.transforms import denormalise
 from models import load_model
 from models.inference import predict_batch
 from utils.log import printable, progress
-from utils.metrics import PROTOCOLS, Protocol
+from metrics.protocol import PROTOCOLS, Protocol
 from utils.plots import blur_overlay, labelled_grid
-from utils.region_metrics import RegionMetrics
-from utils.report import write_per_image_csv
+from metrics.regions import RegionMetrics
+from metrics.report import write_per_image_csv
 from utils.runtime import autocast, use_device
 
 MAP_POLARITY = MaskPolarity.WHITE_IN_FOCUS

@@ -18,9 +18,9 @@ from datasets.registry import CUHK_VALIDATION_LIST
 from engine.evaluate import EvalSettings, eval_loader, evaluate_model
 from engine.train import Stage, train_step, validate
 from losses import normalised_depth
+from metrics.protocol import get_protocol
 from models import DBDOutput
 from utils.distributed import DistributedContext
-from utils.metrics import get_protocol
 
 CPU = DistributedContext(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
 
