@@ -24,17 +24,18 @@ import torch
 from datasets import DatasetError, dataset_names
 from datasets.files import UnusableFilesError, format_names
 from datasets.polarity import STATED_POLARITIES, MaskPolarity
-from engine.evaluate import (EvalSettings, evaluate_model, evaluate_saved_maps, load_detector, predict_photos,
-                             set_label)
+from engine.evaluate import EvalSettings, evaluate_model, load_detector, set_label
 from engine.options import check_img_size, check_writable
+from engine.photos import predict_photos
+from engine.saved_maps import evaluate_saved_maps
+from metrics.paper_results import PAPER_SETS, TABLES
+from metrics.protocol import PROTOCOLS, get_protocol
+from metrics.report import (markdown_table, paper_set_order, pr_figure, read_results, region_table, summary_line,
+                            write_results)
 from models.inference import DEFAULT_IMG_SIZE, input_spec
 from models.shipped import default_detector
 from utils.checkpoint import CheckpointError
 from utils.log import printable
-from metrics.protocol import PROTOCOLS, get_protocol
-from metrics.paper_results import PAPER_SETS, TABLES
-from metrics.report import (markdown_table, paper_set_order, pr_figure, read_results, region_table, summary_line,
-                          write_results)
 from utils.runlock import RunLockError, acquire, release
 from utils.runtime import AMP_DTYPES, check_amp, select_device, use_device
 

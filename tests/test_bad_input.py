@@ -24,7 +24,8 @@ import train_single
 from datasets import DatasetError, PhotoDataset, build_dataset
 from datasets.files import load_rgb
 from engine.baselines import write_baseline_maps
-from engine.evaluate import EvalSettings, photo_output_stems, predict_photos
+from engine.evaluate import EvalSettings
+from engine.photos import photo_output_stems, predict_photos
 from engine.options import log_dir
 from metrics.report import write_results
 from models import build_midas, build_model

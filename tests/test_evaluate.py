@@ -18,7 +18,8 @@ import torch
 from PIL import Image
 
 from datasets.synthetic import generate_dataset
-from engine.evaluate import read_map, set_label
+from engine.evaluate import set_label
+from engine.saved_maps import read_map
 from metrics.report import markdown_table
 from models import build_model
 from utils.checkpoint import save_checkpoint

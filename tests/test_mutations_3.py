@@ -31,7 +31,7 @@ from datasets.files import load_rgb
 from datasets.polarity import MaskPolarity
 from datasets.synthetic import generate_dataset
 from datasets.transforms import denormalise
-from engine.evaluate import polarity_hint
+from engine.saved_maps import polarity_hint
 from models import build_model
 from tests.test_training import read_csv, write_tiny_set
 from utils.checkpoint import model_checkpoint, save_checkpoint

@@ -20,7 +20,8 @@ from datasets import build_dataset
 from datasets.registry import CUHK_VALIDATION_LIST
 from datasets.transforms import crop_pair, draw_crop
 from engine.baselines import write_baseline_maps
-from engine.evaluate import EvalSettings, evaluate_model, evaluate_saved_maps
+from engine.evaluate import EvalSettings, evaluate_model
+from engine.saved_maps import evaluate_saved_maps
 from engine.stages import build_student
 from datasets.polarity import MaskPolarity
 from metrics.protocol import PROTOCOLS
