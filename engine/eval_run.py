@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from datasets import DatasetError
-from datasets.files import UnusableFilesError, format_names
+from datasets.errors import UnusableFilesError, format_names
 from datasets.polarity import MaskPolarity
 from engine.eval_options import EvalOptions, checkpoint_labels
 from engine.evaluate import EvalSettings, evaluate_model, load_detector, set_label

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from datasets import DatasetError, PhotoDataset
-from datasets.files import load_rgb
+from datasets.decoding import load_rgb
 from engine.evaluate import EvalSettings, to_8bit
 from models.inference import predict_batch
 from utils.image_writer import ImageWriter

@@ -10,7 +10,9 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from datasets.files import IMAGE_EXTENSIONS, format_names, image_size, is_hidden
+from datasets.decoding import image_size
+from datasets.errors import format_names
+from datasets.files import IMAGE_EXTENSIONS, is_hidden
 from datasets.polarity import STATED_POLARITIES, MaskPolarity
 from engine.evaluate import EvalSettings, build_test_set, eval_loader, results_entry, score_pairs, set_label
 from utils.log import printable, progress

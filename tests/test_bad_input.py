@@ -22,7 +22,7 @@ import engine.train
 import train_kd
 import train_single
 from datasets import DatasetError, PhotoDataset, build_dataset
-from datasets.files import load_rgb
+from datasets.decoding import load_rgb
 from engine.baselines import write_baseline_maps
 from engine.evaluate import EvalSettings
 from engine.photos import photo_output_stems, predict_photos

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from datasets.synthetic import BlurRange, generate_image
+from datasets.scenes import BlurRange, generate_image
 from metrics.depth import relative_depth_errors
 
 

@@ -28,7 +28,7 @@ import train_depth
 import train_single
 import utils.log
 from datasets import build_dataset
-from datasets.files import load_rgb
+from datasets.decoding import load_rgb
 from datasets.polarity import MaskPolarity
 from datasets.synthetic import generate_dataset
 from datasets.transforms import denormalise
