@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 from bench.common import machine  # noqa: E402
 from datasets import build_dataset  # noqa: E402
 from datasets.base import PairDataset  # noqa: E402
-from datasets.files import load_rgb  # noqa: E402
+from datasets.decoding import load_rgb  # noqa: E402
 from datasets.polarity import load_mask  # noqa: E402
 from datasets.synthetic import generate_dataset  # noqa: E402
 from datasets.transforms import COLOR_JITTER, mask_tensor, normalise, resize_image, resize_mask  # noqa: E402

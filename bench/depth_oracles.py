@@ -1,8 +1,8 @@
 """What a depth teacher must know to reach a given AbsRel / delta < 1.25 on the synthetic scenes.
 
-Renders held-out synthetic scenes (datasets.synthetic, the same generator as tools/make_synthetic.py) and scores
+Renders held-out synthetic scenes (datasets.scenes, the same generator as tools/make_synthetic.py) and scores
 maps built from what the generator knows, with the metric train_depth.py reports (per-image least-squares scale
->= 0 and shift on inverse depth, utils.depth_metrics):
+>= 0 and shift on inverse depth, metrics.depth):
   - constant: one value everywhere (the trivial baseline);
   - true order: the per-image rank of the true inverse depth (nothing but the depth order of the pixels);
   - true depth x layer noise: every surface's inverse depth off by a random factor exp(N(0, sigma));
@@ -28,8 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import machine  # noqa: E402
 from datasets.optics import Rendering  # noqa: E402
-from datasets.synthetic import generate_image, is_wide_dof  # noqa: E402
-from utils.depth_metrics import relative_depth_errors  # noqa: E402
+from datasets.scenes import generate_image  # noqa: E402
+from datasets.synthetic import is_wide_dof  # noqa: E402
+from metrics.depth import relative_depth_errors  # noqa: E402
 from utils.log import progress  # noqa: E402
 
 NOISE_SIGMAS = (0.1, 0.25, 0.5)

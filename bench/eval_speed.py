@@ -23,8 +23,8 @@ sys.path.insert(0, str(ROOT))
 from bench.common import machine  # noqa: E402
 from datasets.synthetic import generate_dataset  # noqa: E402
 from engine.evaluate import EvalSettings, evaluate_model  # noqa: E402
+from metrics.protocol import PROTOCOLS, OfficialMetrics, StandardMetrics  # noqa: E402
 from models import build_model  # noqa: E402
-from utils.metrics import PROTOCOLS, OfficialMetrics, StandardMetrics  # noqa: E402
 
 SIZES = {"CUHK 640x427": (427, 640), "EBD 1600x1024": (1024, 1600)}
 

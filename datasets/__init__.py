@@ -3,7 +3,7 @@
 Every mask tensor follows one convention: 1 = in-focus (sharp), 0 = blurred.
 """
 from .base import CombinedDataset, DepthDataset, PairDataset, PhotoDataset, collate_test
-from .files import DatasetError, DatasetWarning
+from .errors import DatasetError, DatasetWarning
 from .polarity import MaskPolarity
 from .registry import build_dataset, dataset_names
 

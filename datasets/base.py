@@ -12,8 +12,9 @@ from torch.utils.data import ConcatDataset, Dataset
 
 from utils.log import progress
 
-from .files import (IMAGE_EXTENSIONS, DatasetError, Pair, format_names, list_folder, load_region_mask, load_rgb,
-                    natural_key, not_a_file)
+from .decoding import load_region_mask, load_rgb
+from .errors import DatasetError, format_names
+from .files import IMAGE_EXTENSIONS, Pair, list_folder, natural_key, not_a_file
 from .polarity import MaskPolarity, load_mask
 from .transforms import (crop_pair, draw_crop, draw_flip, flip_pair, jitter, mask_tensor, normalise, resize_image,
                          resize_mask)

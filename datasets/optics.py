@@ -1,4 +1,4 @@
-"""Thin-lens optics and the layered defocus renderer behind the synthetic data (datasets.synthetic).
+"""Thin-lens optics and the layered defocus renderer behind the synthetic data (datasets.scenes).
 
 Each layer is blurred, in linear light, by a disc of its circle-of-confusion radius
 

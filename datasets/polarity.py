@@ -16,7 +16,8 @@ import cv2
 import numpy as np
 import torch
 
-from .files import Pair, load_rgb, read_mask_values
+from .decoding import load_rgb, read_mask_values
+from .files import Pair
 
 MIN_REGION_SHARE = 0.02
 ERODE_PX = 4

@@ -7,8 +7,9 @@ from pathlib import Path
 from torch.utils.data import Dataset
 
 from .base import CombinedDataset, PairDataset, read_meta
-from .files import (HOMOGENEOUS_DIR, DatasetError, Pairing, UnusableFilesError, format_names, image_size,
-                    list_folder, natural_key, pair_folders, read_split_list, stem_key, warn)
+from .decoding import image_size
+from .errors import DatasetError, UnusableFilesError, format_names, warn
+from .files import HOMOGENEOUS_DIR, Pairing, list_folder, natural_key, pair_folders, read_split_list, stem_key
 from .polarity import STATED_POLARITIES, MaskPolarity, estimate_polarity, split_polarity
 
 IMAGE_DIRS = ("image", "images", "img")

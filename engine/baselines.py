@@ -15,7 +15,7 @@ from PIL.PngImagePlugin import PngInfo
 from torch.utils.data import Dataset
 
 from datasets import build_dataset
-from datasets.files import format_names
+from datasets.errors import format_names
 from utils.log import progress
 
 BASELINES = ("all-in-focus", "prior")

@@ -5,7 +5,7 @@ Trains the teacher shipped in depth_pretrained/ (tools/train_depth_teacher.sh), 
 encoder. The loss (`--loss`, losses.depth) is MiDaS's scale-and-shift-invariant loss on inverse depth, its
 median-normalised form, or an ordinal one (per-image mid-rank targets), plus an optional weak mean-matching
 anchor; a linear warm-up keeps a network trained from scratch out of its final ReLU's dead zone. Held-out
-images are scored by AbsRel and delta < 1.25 after per-image scale-and-shift alignment (utils.depth_metrics).
+images are scored by AbsRel and delta < 1.25 after per-image scale-and-shift alignment (metrics.depth).
 The teacher trains through the loop of every stage (engine.train: `--resume`, torchrun, `--amp fp16` with a
 gradient scaler); the warm-up, the anchor loss, the dead-map guard and the depth validation are its hooks. The
 saved file loads with models.load_midas like the released one.
@@ -24,8 +24,8 @@ from engine.options import bad_input
 from engine.run import make_train_loader, prepare_trained_module, training_run
 from engine.train import Stage, Validation, run_stage
 from losses.depth import DEPTH_LOSSES, mean_anchor_loss
+from metrics.depth import relative_depth_errors
 from models import build_midas, load_checkpoint
-from utils.depth_metrics import relative_depth_errors
 from utils.distributed import DistributedContext, unwrap_model
 from utils.optim import adam
 from utils.runtime import autocast
@@ -37,7 +37,7 @@ DEAD_STEPS = 50  # consecutive all-zero depth maps after which training stops (a
 @torch.no_grad()
 def evaluate_depth(model: torch.nn.Module, loader: DataLoader, device: torch.device, amp: str,
                    with_constant: bool = False) -> dict[str, float]:
-    """AbsRel and delta < 1.25 (utils.depth_metrics: per-image scale-and-shift alignment, MiDaS's
+    """AbsRel and delta < 1.25 (metrics.depth: per-image scale-and-shift alignment, MiDaS's
     convention), averaged over the images of `loader`; with `with_constant`, in the same pass, also those
     of a constant map (the trivial baseline: after alignment, every pixel at the image's mean)."""
     model.eval()

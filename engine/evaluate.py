@@ -1,45 +1,38 @@
-"""Evaluation engine: batched inference, scoring under a protocol (utils.metrics.Protocol), per-image CSVs,
-saved maps; the same predict-and-score path serves test.py and validation during training.
+"""Evaluation of a model: batched inference, scoring under a protocol (metrics.protocol.Protocol), results
+entries with per-image CSVs, saved maps and a grid; the same predict-and-score path serves test.py and
+validation during training.
 
 Saved maps are 8-bit grey PNGs at the original image resolution, white = in-focus
 (grey level = round(255 * P(in-focus)), the model's output polarity and the DUT / EBD mask convention).
 """
 from __future__ import annotations
 
-import hashlib
-import os
 import re
-from collections import Counter
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-import cv2
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from datasets import DatasetError, PhotoDataset, build_dataset, collate_test
-from datasets.files import IMAGE_EXTENSIONS, format_names, image_size, is_hidden, load_rgb
-from datasets.polarity import STATED_POLARITIES, MaskPolarity, split_polarity
+from datasets import build_dataset, collate_test
+from datasets.polarity import MaskPolarity, split_polarity
 from datasets.registry import uses_split_list
 from datasets.transforms import denormalise
+from metrics.protocol import PROTOCOLS, Protocol
+from metrics.regions import RegionMetrics
+from metrics.report import write_per_image_csv
 from models import load_model
-from models.inference import predict_batch
-from utils.log import printable, progress
-from utils.metrics import PROTOCOLS, Protocol
-from utils.plots import blur_overlay, labelled_grid
-from utils.region_metrics import RegionMetrics
-from utils.report import write_per_image_csv
+from utils.image_writer import ImageWriter
+from utils.log import progress
+from utils.plots import labelled_grid
 from utils.runtime import autocast, use_device
 
 MAP_POLARITY = MaskPolarity.WHITE_IN_FOCUS
 GRID_HEIGHT = 160
 GRID_COLUMNS = ("image", "ground truth (white = in-focus)", "prediction (white = in-focus)")
-MAX_STEM_BYTES = 200  # output names stay well under the 255-byte limit of file names
-INVERTED_MAE = 0.5  # a constant grey map scores 0.5: most maps above it are likely of the other polarity
 
 
 @dataclass
@@ -125,57 +118,14 @@ def _display_image(image: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(rgb).resize((width, GRID_HEIGHT), Image.Resampling.BILINEAR))
 
 
-class _FileWriter:
-    """Writes images on two background threads (OpenCV releases the GIL while encoding). After the first
-    write that fails (e.g. a full disk) nothing more is written and `error` names the file and the reason;
-    `written` lists the files written, in the order asked."""
-
-    def __init__(self) -> None:
-        self.pool = ThreadPoolExecutor(max_workers=2)
-        self.pending: list[tuple[Path, Future]] = []
-        self.error: str | None = None
-        self.written: list[Path] = []
-
-    def write(self, path: Path, image: np.ndarray) -> None:
-        if self.error is None:
-            self.pending.append((path, self.pool.submit(self._write, path, image)))
-
-    def _write(self, path: Path, image: np.ndarray) -> bool:
-        if self.error is not None:
-            return False
-        try:
-            _imwrite(path, image)
-        except OSError as exc:
-            self.error = self.error or f"{path}: {exc.strerror or exc}"
-            return False
-        return True
-
-    def close(self) -> None:
-        self.written = [path for path, job in self.pending if job.result()]
-        self.pool.shutdown()
-
-
-def _imwrite(path: Path, image: np.ndarray) -> None:
-    """Encode and write one image; a file cut short by a failed write is removed."""
-    data = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image
-    ok, encoded = cv2.imencode(path.suffix, data)
-    if not ok:
-        raise OSError(f"cannot encode {path}")
-    try:
-        path.write_bytes(encoded.tobytes())
-    except OSError:
-        path.unlink(missing_ok=True)
-        raise
-
-
-def _score(pairs: Iterator[tuple[dict, torch.Tensor]], dataset_name: str, settings: EvalSettings,
-           out_dir: Path | None) -> tuple[dict, list[dict]]:
+def score_pairs(pairs: Iterator[tuple[dict, torch.Tensor]], dataset_name: str, settings: EvalSettings,
+                out_dir: Path | None) -> tuple[dict, list[dict]]:
     """Run the protocol's metrics over (item, prediction) pairs; write maps and a grid into out_dir as asked
     (nothing without an out_dir)."""
     metrics = settings.protocol.metrics(dataset_name)
     rows, grid_rows = [], []
     grid = settings.grid if out_dir is not None else 0
-    writer = _FileWriter() if settings.save_maps and out_dir is not None else None
+    writer = ImageWriter() if settings.save_maps and out_dir is not None else None
     if writer is not None:
         maps_dir = out_dir / "maps"
         maps_dir.mkdir(parents=True, exist_ok=True)
@@ -221,11 +171,12 @@ def score_model(model: torch.nn.Module, dataset: Dataset, dataset_name: str, set
     protocol: (the set's summary, per-image rows). Maps and a grid go to out_dir when given and the settings
     ask for them."""
     pairs = predict(model, dataset, settings, desc, loader)
-    return _score(pairs, dataset_name, settings, out_dir)
+    return score_pairs(pairs, dataset_name, settings, out_dir)
 
 
-def _entry(summary: dict, rows: list[dict], label: str, source: str, dataset_expr: str, out_dir: Path,
-           settings: EvalSettings, upsampling: str) -> dict:
+def results_entry(summary: dict, rows: list[dict], label: str, source: str, dataset_expr: str, out_dir: Path,
+                  settings: EvalSettings, upsampling: str) -> dict:
+    """The results.json entry of one source on one test set; its per-image rows go to out_dir/per_image.csv."""
     csv_path = out_dir / "per_image.csv"
     try:
         write_per_image_csv(rows, csv_path)
@@ -243,228 +194,7 @@ def evaluate_model(model: torch.nn.Module, label: str, checkpoint: str, dataset_
     name = set_label(dataset_expr)
     out_dir = out / label / name
     summary, rows = score_model(model, dataset, name, settings, out_dir, desc=f"{label} on {name}")
-    entry = _entry(summary, rows, label, checkpoint, dataset_expr, out_dir, settings, settings.protocol.upsampling)
+    entry = results_entry(summary, rows, label, checkpoint, dataset_expr, out_dir, settings,
+                          settings.protocol.upsampling)
     entry["corrupt_left_out"] = dataset.corrupt
     return entry
-
-
-class SavedMapDataset(Dataset):
-    """Test items of a data set with another method's saved map ("pred", P(in-focus)) found by file stem."""
-
-    def __init__(self, dataset: Dataset, pred_dir: str | Path, polarity: MaskPolarity) -> None:
-        if polarity not in STATED_POLARITIES:
-            choices = ", ".join(p.label for p in STATED_POLARITIES)
-            raise ValueError(f"--pred-polarity must be one of {choices}, got {polarity.label!r}")
-        self.dataset, self.pred_dir, self.polarity = dataset, Path(pred_dir), polarity
-        if not self.pred_dir.is_dir():
-            raise FileNotFoundError(f"{self.pred_dir}: no such folder of prediction maps")
-        by_stem: dict[str, list[Path]] = {}
-        for path in sorted(self.pred_dir.iterdir()):
-            if path.suffix.lower() in IMAGE_EXTENSIONS and not is_hidden(path.name):
-                by_stem.setdefault(path.stem, []).append(path)
-        duplicates = sorted(p.name for paths in by_stem.values() if len(paths) > 1 for p in paths)
-        if duplicates:
-            raise ValueError(f"{self.pred_dir}: several maps share a stem: {', '.join(duplicates[:10])}")
-        names = _item_names(dataset)
-        missing = [n for n in names if Path(n).stem not in by_stem]
-        if missing:
-            shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
-            raise FileNotFoundError(f"{self.pred_dir}: no map for {len(missing)} of {len(names)} images "
-                                    f"(expected <image stem>.png): {shown}")
-        self.maps = {Path(n).stem: by_stem[Path(n).stem][0] for n in names}
-
-    def size_mismatch(self) -> list[str]:
-        """'map.png 160x120, GT 320x240' for every map whose size (file header) differs from its GT mask's."""
-        sizes = [(path, image_size(path), pair.mask_size) for pair in getattr(self.dataset, "pairs", [])
-                 for path in (self.maps[Path(pair.name).stem],)]
-        return [f"{path.name} {_wxh(size)}, GT {_wxh(gt)}" for path, size, gt in sizes if size != gt]
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> dict:
-        item = self.dataset[index]
-        item["pred"] = read_map(self.maps[Path(item["name"]).stem], self.polarity)
-        return item
-
-
-def _wxh(size: tuple[int, int]) -> str:
-    return f"{size[1]}x{size[0]}"
-
-
-def polarity_hint(rows: list[dict], pred_dir: str | Path, polarity: MaskPolarity,
-                  constant: set[str] = frozenset()) -> str | None:
-    """A warning when most scored maps have an MAE above 0.5 (worse than a constant grey map): they are
-    likely stored in the other polarity than `polarity`; else None. The maps named in `constant` (one value
-    everywhere, such as the all-in-focus baseline) are left out: their MAE says which class the set holds
-    more of, not which polarity they are stored in."""
-    maes = [row["mae"] for row in rows if row.get("mae") is not None and row.get("name") not in constant]
-    inverted = sum(mae > INVERTED_MAE for mae in maes)
-    if not maes or inverted <= len(maes) / 2:
-        return None
-    other = next(p for p in STATED_POLARITIES if p is not polarity)
-    return (f"{pred_dir}: MAE above {INVERTED_MAE} on {inverted} of {len(maes)} maps (a constant grey map scores "
-            f"{INVERTED_MAE}): the maps look inverted. If white means {other.label.split('=')[1]} in them, pass "
-            f"--pred-polarity {other.label}")
-
-
-def _item_names(dataset: Dataset) -> list[str]:
-    """Image file names of a test set, from its pairing when available (no decoding)."""
-    pairs = getattr(dataset, "pairs", None)
-    if pairs is not None:
-        return [p.name for p in pairs]
-    return [dataset[i]["name"] for i in range(len(dataset))]
-
-
-def read_map(path: Path, polarity: MaskPolarity = MaskPolarity.WHITE_IN_FOCUS) -> torch.Tensor:
-    """P(in-focus) float[H, W] from a saved grey map stored in `polarity` (8- or 16-bit; colour maps are
-    read as luma)."""
-    try:
-        with Image.open(path) as img:
-            if img.mode.startswith("I"):
-                grey = np.asarray(img, dtype=np.float32) / 65535.0
-            else:
-                grey = np.asarray(img.convert("L"), dtype=np.float32) / 255.0
-    except OSError as exc:
-        raise ValueError(f"{path}: cannot read the prediction map ({exc})") from None
-    prob = torch.from_numpy(np.ascontiguousarray(grey))
-    return polarity.to_in_focus(prob)
-
-
-def evaluate_saved_maps(pred_dir: str | Path, polarity: MaskPolarity, dataset_expr: str, settings: EvalSettings,
-                        out: Path, label: str | None = None) -> dict:
-    """Evaluate another method's saved maps on one test set; returns its results.json entry."""
-    dataset = SavedMapDataset(build_test_set(dataset_expr, settings), pred_dir, polarity)
-    label = label or printable(Path(pred_dir).resolve().name)
-    name = set_label(dataset_expr)
-    out_dir = out / label / name
-    resize = settings.protocol.name == "standard"
-    warnings = []
-    mismatch = dataset.size_mismatch()
-    if mismatch and not resize and len(mismatch) == len(dataset):
-        raise ValueError(f"{pred_dir}: every map's size differs from its GT mask ({format_names(mismatch, 3)}): the "
-                         "maps were saved at another size. Save them at the GT size, or use --protocol standard, "
-                         "which resizes them")
-    if mismatch:
-        done = "resized to the GT size (bilinear)" if resize else "the official protocol leaves them out"
-        warnings.append(f"{pred_dir}: {len(mismatch)} of {len(dataset)} maps differ in size from their GT mask, "
-                        f"the maps' size is wrong ({format_names(mismatch, 3)}); {done}")
-
-    constant: set[str] = set()
-
-    def pairs() -> Iterator[tuple[dict, torch.Tensor]]:
-        for batch in progress(eval_loader(dataset, settings), desc=f"{label} on {name}", unit="batch"):
-            for i in range(len(batch["name"])):
-                item = {key: value[i] for key, value in batch.items() if key != "image"}
-                item["image"] = batch["image"][i]
-                pred = item["pred"].to(settings.device)
-                if torch.equal(pred.amin(), pred.amax()):
-                    constant.add(item["name"])
-                gt_size = tuple(item["mask"].shape[-2:])
-                if resize and tuple(pred.shape) != gt_size:
-                    pred = settings.protocol.upsample(pred[None, None], gt_size)
-                yield item, pred
-
-    summary, rows = _score(pairs(), name, settings, out_dir)
-    hint = polarity_hint(rows, pred_dir, polarity, constant)
-    entry = _entry(summary, rows, label, str(pred_dir), dataset_expr, out_dir, settings, "none (saved maps)")
-    entry["pred_polarity"] = polarity.label
-    entry["corrupt_left_out"] = dataset.dataset.corrupt
-    entry["warnings"] = warnings + ([hint] if hint else [])
-    return entry
-
-
-@dataclass
-class PhotoReport:
-    """What predict_photos did: the maps and overlays written, the photos written under a changed name,
-    the photos that could not be read and the files skipped (each with the reason)."""
-    written: list[Path]
-    renamed: list[str]
-    unreadable: list[str]
-    skipped: list[str]
-    write_error: str | None = None
-
-
-def photo_output_stems(paths: list[Path]) -> list[str]:
-    """One output stem per photo, distinct ignoring case: the file stem; for photos whose stems clash, their
-    path below the clashing photos' common folder joined with '-' (and '-<extension>' where that still
-    clashes); a stem longer than MAX_STEM_BYTES is cut and ends in a hash of the whole. Raises DatasetError
-    naming photos no rule tells apart."""
-    stems = [p.stem for p in paths]
-    groups: dict[str, list[int]] = {}
-    for i, stem in enumerate(stems):
-        groups.setdefault(stem.casefold(), []).append(i)
-    for members in (m for m in groups.values() if len(m) > 1):
-        absolute = [paths[i].absolute() for i in members]
-        common = Path(os.path.commonpath(absolute))
-        names = ["-".join(p.relative_to(common).with_suffix("").parts) for p in absolute]
-        counts = Counter(n.casefold() for n in names)
-        for i, path, name in zip(members, absolute, names):
-            stems[i] = f"{name}-{path.suffix[1:]}" if counts[name.casefold()] > 1 else name
-    stems = [_short_stem(stem) for stem in stems]
-    counts = Counter(s.casefold() for s in stems)
-    clashes = [str(p) for p, s in zip(paths, stems) if counts[s.casefold()] > 1]
-    if clashes:
-        raise DatasetError(f"--images: no distinct output names for {', '.join(clashes)}; rename one of them")
-    return stems
-
-
-def _short_stem(stem: str) -> str:
-    """`stem`, or when it passes MAX_STEM_BYTES as a file name (os.fsencode: UTF-8, with the bytes of a name that is
-    not UTF-8 kept as they are) its start and a hash of the whole stem."""
-    encoded = os.fsencode(stem)
-    if len(encoded) <= MAX_STEM_BYTES:
-        return stem
-    digest = hashlib.sha1(encoded).hexdigest()[:12]
-    return f"{encoded[:MAX_STEM_BYTES - 13].decode(errors='ignore')}-{digest}"
-
-
-def _readable_batches(paths: list[Path], size: int, unreadable: list[str]) -> Iterator[list[tuple[int, Image.Image]]]:
-    """(index, upright RGB picture) of the photos, `size` at a time; the reason a photo cannot be read goes to
-    `unreadable`."""
-    batch = []
-    for index, path in enumerate(paths):
-        try:
-            batch.append((index, load_rgb(path)))
-        except DatasetError as exc:
-            unreadable.append(str(exc))
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-def predict_photos(model: torch.nn.Module, paths: list[str], settings: EvalSettings, out: Path) -> PhotoReport:
-    """Maps (8-bit, white = in-focus) and blur overlays for photos without GT, each under a distinct name
-    (photo_output_stems), through models.predict_batch (the map resized to the photo size bilinearly) in batches of
-    the settings' batch size. A photo that cannot be read is reported and the others are written."""
-    maps_dir, overlay_dir = out / "maps", out / "overlays"
-    photos = PhotoDataset(paths, settings.img_size, exclude=[maps_dir, overlay_dir])
-    stems = photo_output_stems(photos.paths)
-    maps_dir.mkdir(parents=True, exist_ok=True)
-    overlay_dir.mkdir(parents=True, exist_ok=True)
-    renamed = [f"{path} -> {stem}.png" for path, stem in zip(photos.paths, stems) if stem != path.stem]
-    report = PhotoReport(written=[], renamed=renamed, unreadable=[], skipped=photos.skipped)
-    writer = _FileWriter()
-    bar = progress(total=len(photos), desc="photos", unit="img")
-    done = 0
-    try:
-        for batch in _readable_batches(photos.paths, settings.batch_size, report.unreadable):
-            pictures = [picture for _, picture in batch]
-            probs = predict_batch(model, pictures, settings.img_size, settings.amp)
-            for (index, picture), prob in zip(batch, probs):
-                grey = to_8bit(torch.from_numpy(prob))
-                overlay = np.concatenate([blur_overlay(np.asarray(picture), grey / 255.0),
-                                          np.repeat(grey[..., None], 3, axis=2)], axis=1)
-                for path, image in ((maps_dir / f"{stems[index]}.png", grey),
-                                    (overlay_dir / f"{stems[index]}.jpg", overlay)):
-                    writer.write(path, image)
-            bar.update(batch[-1][0] + 1 - done)  # unreadable photos before this batch included
-            done = batch[-1][0] + 1
-    finally:
-        writer.close()
-        bar.close()
-    report.written = writer.written
-    report.write_error = writer.error
-    return report

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from datasets import DepthDataset, PhotoDataset, build_dataset
-from datasets.files import load_rgb
+from datasets.decoding import load_rgb
 from datasets.transforms import denormalise
 from models import load_midas, load_model, predict
 from utils.plots import blur_overlay, labelled_grid

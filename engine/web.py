@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from datasets import DatasetError, PhotoDataset
-from datasets.files import load_rgb
+from datasets.decoding import load_rgb
 from engine.evaluate import to_8bit
 from models import load_model, predict
 from models.inference import input_spec

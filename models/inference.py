@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from datasets.files import DECODE_ERRORS, load_rgb, upright_rgb
+from datasets.decoding import DECODE_ERRORS, load_rgb, upright_rgb
 from datasets.transforms import normalise, resize_image
 from utils.runtime import autocast
 

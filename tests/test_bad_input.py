@@ -23,15 +23,16 @@ import engine.train
 import train_kd
 import train_single
 from datasets import DatasetError, PhotoDataset, build_dataset
-from datasets.files import load_rgb
+from datasets.decoding import load_rgb
 from engine.baselines import write_baseline_maps
-from engine.evaluate import EvalSettings, photo_output_stems, predict_photos
 from engine.config import TrainConfig
+from engine.evaluate import EvalSettings
 from engine.options import config_from_args, log_dir
+from engine.photos import photo_output_stems, predict_photos
+from metrics.report import write_results
 from models import build_midas, build_model
 from utils.checkpoint import model_checkpoint, read_checkpoint, save_checkpoint
 from utils.distributed import DistributedContext
-from utils.report import write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = DistributedContext(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))

@@ -21,6 +21,7 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
+import engine.eval_run
 import engine.evaluate
 import models.shipped
 import train_kd
@@ -28,7 +29,7 @@ import train_single
 from datasets import DatasetError, DatasetWarning, PhotoDataset, build_dataset
 from models import build_midas, build_model
 from models.shipped import SHIPPED_CHECKPOINT, SHIPPED_DEPTH_TEACHER
-from tests.test_bad_input import FAST, load_script, run_test_py, test_script, train_args, write_set
+from tests.test_bad_input import FAST, load_script, run_test_py, train_args, write_set
 from utils.checkpoint import model_checkpoint, read_checkpoint, save_checkpoint
 from utils.runlock import lock_path
 
@@ -527,7 +528,7 @@ def test_ctrl_c_during_test_py_is_one_line_and_status_130(tmp_path: Path, detect
                        (["--dataset", f"folder:{data}:white=in-focus"],
                         " (results.json is written only at the end of a run)")):
         with monkeypatch.context() as patch:
-            patch.setattr(test_script, "load_detector", interrupted)
+            patch.setattr(engine.eval_run, "load_detector", interrupted)
             try:
                 result = run_test_py(["--checkpoint", str(detector), *argv, "--out", str(tmp_path / "out"), *FAST])
             except KeyboardInterrupt:

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from datasets.synthetic import BlurRange, generate_image
-from utils.depth_metrics import relative_depth_errors
+from datasets.scenes import BlurRange, generate_image
+from metrics.depth import relative_depth_errors
 
 
 def _coc_shares(size: int, count: int = 24) -> tuple[float, float, float]:

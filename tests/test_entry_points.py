@@ -20,7 +20,7 @@ import skimage.data
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("datasets", "engine", "losses", "models", "utils")
+PACKAGES = ("datasets", "engine", "losses", "metrics", "models", "utils")
 TOOLS = ("make_synthetic", "check_dataset", "baselines", "figures")
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 RUNNERS = ("python", ".venv/bin/python", "bash", "make", "torchrun")

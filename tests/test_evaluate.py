@@ -18,10 +18,11 @@ import torch
 from PIL import Image
 
 from datasets.synthetic import generate_dataset
-from engine.evaluate import read_map, set_label
+from engine.evaluate import set_label
+from engine.saved_maps import read_map
+from metrics.report import markdown_table
 from models import build_model
 from utils.checkpoint import save_checkpoint
-from utils.report import markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("test_script", ROOT / "test.py")
@@ -202,7 +203,7 @@ def test_raw_maps_flag_reaches_results_json(setup, tmp_path):
 
 def test_results_json_is_never_written_with_nan(tmp_path):
     """Issue 13 item 18: a NaN metric stops the write with a message naming it, instead of invalid JSON."""
-    from utils.report import write_results
+    from metrics.report import write_results
 
     entry = {"model": "DFFNet", "dataset": "CUHK-TE-1", "mae": 0.04, "s_measure": float("nan")}
     with pytest.raises(ValueError, match=r"not written, metrics that are not finite numbers: DFFNet on "

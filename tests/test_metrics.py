@@ -6,8 +6,8 @@ import pytest
 import torch
 from py_sod_metrics import Emeasure, Smeasure
 
-from utils.metrics import (OfficialMetrics, StandardMetrics, class_histogram, fbeta, get_protocol,
-                           official_iou_size)
+from metrics.protocol import (OfficialMetrics, StandardMetrics, class_histogram, fbeta, get_protocol,
+                              official_iou_size)
 
 EPS = 1e-9
 

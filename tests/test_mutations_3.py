@@ -20,6 +20,7 @@ from PIL import Image
 
 import datasets.base
 import engine.depth
+import engine.eval_run
 import engine.run
 import engine.stages
 import engine.train
@@ -27,13 +28,13 @@ import train_depth
 import train_single
 import utils.log
 from datasets import build_dataset
-from datasets.files import load_rgb
+from datasets.decoding import load_rgb
 from datasets.polarity import MaskPolarity
 from datasets.synthetic import generate_dataset
 from datasets.transforms import denormalise
 from engine.config import ConfigError, DepthConfig, LoopConfig, TrainConfig
-from engine.evaluate import polarity_hint
 from engine.options import config_from_args
+from engine.saved_maps import polarity_hint
 from models import build_model
 from tests.test_training import read_csv, write_tiny_set
 from utils.checkpoint import model_checkpoint, save_checkpoint
@@ -130,14 +131,14 @@ def test_test_py_feeds_a_checkpoint_the_input_size_it_records(tmp_path: Path, mo
     save_checkpoint(model_checkpoint(build_model("dffnet", "resnet18"), {"img_size": 64}, 1), checkpoint)
     data = write_tiny_set(tmp_path / "set", 2, size=48)
     seen: list[tuple[int, int]] = []
-    real_load_detector = test_script.load_detector
+    real_load_detector = engine.eval_run.load_detector
 
     def load_and_watch(*args, **kwargs):
         model = real_load_detector(*args, **kwargs)
         model.register_forward_pre_hook(lambda module, inputs: seen.append(tuple(inputs[0].shape[-2:])))
         return model
 
-    monkeypatch.setattr(test_script, "load_detector", load_and_watch)
+    monkeypatch.setattr(engine.eval_run, "load_detector", load_and_watch)
     common = ["--checkpoint", str(checkpoint), "--device", "cpu", "--workers", "0", "--grid", "0"]
     runs = [(["--dataset", f"folder:{data}:white=in-focus", "--out", str(tmp_path / "eval")], (64, 64)),
             (["--images", str(data / "image"), "--out", str(tmp_path / "photos")], (64, 64)),

@@ -12,7 +12,7 @@ import skimage.data
 import torch
 from PIL import Image
 
-from datasets.files import load_rgb
+from datasets.decoding import load_rgb
 from datasets.transforms import resize_image
 from engine.evaluate import to_8bit
 from models import build_model, load_model, predict

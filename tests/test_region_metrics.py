@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from datasets import DatasetError, build_dataset
-from utils.region_metrics import RegionMetrics
+from metrics.regions import RegionMetrics
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -19,9 +19,9 @@ from engine.config import TrainConfig
 from engine.stages import dbd_validation
 from engine.train import Stage, train_step
 from losses import normalised_depth
+from metrics.protocol import get_protocol
 from models import DBDOutput
 from utils.distributed import DistributedContext
-from utils.metrics import get_protocol
 
 CPU = DistributedContext(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
 

@@ -26,11 +26,11 @@ from datasets.transforms import denormalise, normalise
 from engine.config import DistillConfig, TrainConfig
 from engine.evaluate import EvalSettings, evaluate_model
 from engine.options import config_from_args
+from metrics.depth import relative_depth_errors
+from metrics.protocol import OfficialMetrics, StandardMetrics, get_protocol
 from models import build_midas, build_model, make_frozen_teacher
 from utils.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
-from utils.depth_metrics import relative_depth_errors
 from utils.distributed import DistributedContext
-from utils.metrics import OfficialMetrics, StandardMetrics, get_protocol
 from tests.test_safety_net import FixedMap, write_half_focus_set
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -277,6 +277,16 @@ def project_imports() -> dict[str, set[str]]:
                              for alias in node.names)
         graph[name] = {module for module in found if module in files and module != name}
     return graph
+
+
+def test_packages_import_down_the_layers_only() -> None:
+    """utils is plumbing: it imports no other package of the project; metrics imports nothing of engine."""
+    graph = project_imports()
+    upward = {"utils": ("datasets", "engine", "losses", "metrics", "models"), "metrics": ("engine",)}
+    for package, above in upward.items():
+        found = sorted(f"{module} -> {imported}" for module, imports in graph.items()
+                       if module.split(".")[0] == package for imported in imports if imported.split(".")[0] in above)
+        assert found == []
 
 
 def test_no_import_circle() -> None:

@@ -21,16 +21,17 @@ from datasets import build_dataset
 from datasets.registry import CUHK_VALIDATION_LIST
 from datasets.transforms import crop_pair, draw_crop
 from engine.baselines import write_baseline_maps
-from engine.evaluate import EvalSettings, evaluate_model, evaluate_saved_maps
 from engine.config import ConfigError, TrainConfig
+from engine.evaluate import EvalSettings, evaluate_model
+from engine.saved_maps import evaluate_saved_maps
 from engine.stages import build_student
 from datasets.polarity import MaskPolarity
+from metrics.protocol import PROTOCOLS
 from models import build_model, load_model
 from models.encoders import input_normalisation
 from models.inference import input_spec
 from models.shipped import SHIPPED_CHECKPOINT, SHIPPED_SHA256, export_release, sha256
 from utils.checkpoint import read_checkpoint, save_checkpoint
-from utils.metrics import PROTOCOLS
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("test_script", ROOT / "test.py")

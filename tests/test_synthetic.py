@@ -11,7 +11,8 @@ from PIL import Image
 
 from datasets import DepthDataset, build_dataset
 from datasets.optics import Camera, Layer, disc_kernel, render
-from datasets.synthetic import generate_dataset, homogeneous_mask, is_wide_dof, texture
+from datasets.scenes import homogeneous_mask, texture
+from datasets.synthetic import generate_dataset, is_wide_dof
 from tools.make_synthetic import main
 
 SIZE = 96

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from datasets import DatasetError  # noqa: E402
-from datasets.files import format_names  # noqa: E402
+from datasets.errors import format_names  # noqa: E402
 from engine.figures import comparison_figure, photo_figure  # noqa: E402
 from engine.options import check_writable  # noqa: E402
 from utils.checkpoint import CheckpointError  # noqa: E402

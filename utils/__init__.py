@@ -1,1 +1,1 @@
-"""Metrics, schedules, checkpoints, distributed set-up, logging and plots."""
+"""Plumbing: the optimiser and schedules, checkpoints, distributed set-up, run locks, logging, plots, resizing, device / AMP."""

@@ -1,5 +1,5 @@
 """Reporting evaluation results: results.json, per-image CSVs, the paper's table beside the paper's numbers
-(utils.paper_results) and the PR-curve figure."""
+(metrics.paper_results) and the PR-curve figure."""
 from __future__ import annotations
 
 import csv
@@ -10,9 +10,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from metrics.paper_results import PAPER_SETS, TABLE_TITLES, paper_row
 from utils.checkpoint import current_umask
 from utils.log import printable
-from utils.paper_results import PAPER_SETS, TABLE_TITLES, paper_row
 from utils.plots import plot_pr_curves
 
 SUMMARY_KEYS = ("mae", "fbeta", "iou")
@@ -128,7 +128,7 @@ def markdown_table(entries: list[dict], sets: list[str], table: str = "I",
 
 
 def region_table(entries: list[dict]) -> str | None:
-    """MAE / F-beta / IoU on the whole image, the homogeneous and the textured pixels (utils.region_metrics),
+    """MAE / F-beta / IoU on the whole image, the homogeneous and the textured pixels (metrics.regions),
     one row per model and set that has region masks; None when no entry has them."""
     split = [e for e in entries if e.get("regions")]
     if not split:

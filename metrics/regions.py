@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from utils.metrics import fbeta
+from metrics.protocol import fbeta
 
 REGIONS = ("homogeneous", "textured")
 DEFINITION = ("pooled over the region's pixels of all scored images; blur = P(in-focus) < 0.5; "
