@@ -198,6 +198,7 @@ class DepthConfig(LoopConfig):
     pretrained: str = "none"
     init: str | None = None
     img_size: int = 320
+    no_augment: bool = False
     warmup_steps: int = 0
     grad_weight: float = 0.5
     anchor_weight: float = 0.1

@@ -89,7 +89,7 @@ def build_depth_stage(config: DepthConfig, ctx: DistributedContext) -> Stage:
     if config.init:
         with bad_input("--init"):
             load_checkpoint(model, config.init)
-    network = prepare_trained_module(model, config, ctx)
+    network = prepare_trained_module(model, config, ctx, unused_parameters=True)
     model = unwrap_model(network)
     depth_loss = DEPTH_LOSSES[config.loss]
 
@@ -128,7 +128,7 @@ def train_depth_teacher(config: DepthConfig) -> Path:
     finite; returns its path."""
     with training_run(config) as ctx:
         with bad_input("--data"):
-            train_set = DepthDataset(config.data, img_size=config.img_size, augment=True)
+            train_set = DepthDataset(config.data, img_size=config.img_size, augment=not config.no_augment)
         loader, sampler = make_train_loader(train_set, config, ctx, f"--data {config.data}")
         stage = build_depth_stage(config, ctx)
         return run_stage(stage, config, ctx, loader, sampler, f"depth teacher: MiDaS v2.1 / {config.encoder} "

@@ -118,6 +118,7 @@ def add_depth_teacher_arguments(parser: argparse.ArgumentParser) -> None:
                         help="start from all the weights of this MiDaS checkpoint of the same encoder and width (e.g. "
                              "to train a teacher longer); optimiser, warm-up and schedule start afresh")
     parser.add_argument("--img-size", type=int, default=320)
+    parser.add_argument("--no-augment", action="store_true", help="no flips (tests, ablations)")
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--schedule-epochs", type=int, default=None,
                         help="length of the poly schedule (denominator this + 5; default: --epochs), so that a run "

@@ -68,9 +68,12 @@ def sync_batchnorm(module: nn.Module) -> nn.Module:
     return convert_sync_batchnorm(module)
 
 
-def prepare_trained_module(module: nn.Module, config: LoopConfig, ctx: DistributedContext) -> nn.Module:
+def prepare_trained_module(module: nn.Module, config: LoopConfig, ctx: DistributedContext,
+                           unused_parameters: bool = False) -> nn.Module:
     """Move to the device, channels_last, SyncBatchNorm + DDP under torchrun, torch.compile on request.
-    Every variant uses all its parameters in every step, so DDP does not search for unused ones."""
+    Every DFFNet variant uses all its parameters in every step, so DDP does not search for unused ones; a network
+    with parameters its forward never uses (MiDaS's last fusion block keeps an unused residual unit, as the
+    released weights do) passes `unused_parameters`."""
     refuse_one_image_batch_statistics(module, config, ctx, "the trained network")
     module = module.to(ctx.device)
     if config.channels_last:
@@ -79,7 +82,8 @@ def prepare_trained_module(module: nn.Module, config: LoopConfig, ctx: Distribut
         if synchronises_batchnorm(ctx):
             module = sync_batchnorm(module)
         module = nn.parallel.DistributedDataParallel(
-            module, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+            module, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
+            find_unused_parameters=unused_parameters)
     if config.compile:
         module = torch.compile(module)
     return module

@@ -138,7 +138,7 @@ def test_train_depth_under_torchrun_matches_one_process_with_accumulation(tmp_pa
     sees the same micro-batches), step by step."""
     data = generate_dataset(tmp_path / "syn", n=4, seed=3, size=64)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    settings = ["--epochs", "2", "--val-data", str(data)]
+    settings = ["--epochs", "2", "--no-augment"]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                 "train_depth.py", *depth_args(data, tmp_path / "ddp"), *settings]
     single = [sys.executable, "train_depth.py", *depth_args(data, tmp_path / "single"), *settings, "--accumulate", "2"]
@@ -150,7 +150,9 @@ def test_train_depth_under_torchrun_matches_one_process_with_accumulation(tmp_pa
     for a, b in zip(ddp, one):
         assert float(a["loss"]) == pytest.approx(float(b["loss"]), rel=1e-4, abs=1e-6)
     final = [read_checkpoint(tmp_path / run / "midas.pth")["model"] for run in ("ddp", "single")]
-    for key in final[0]:
+    weights = [key for key, value in final[0].items() if value.is_floating_point() and "running" not in key]
+    assert len(weights) > 60  # BatchNorm running statistics: DDP keeps rank 0's, one process both micro-batches'
+    for key in weights:
         torch.testing.assert_close(final[0][key], final[1][key], rtol=1e-3, atol=1e-5)
 
 
