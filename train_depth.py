@@ -11,7 +11,7 @@ import sys
 
 from engine.config import DepthConfig
 from engine.depth import train_depth_teacher
-from engine.options import add_depth_teacher_arguments, config_from_args
+from engine.options import add_depth_teacher_arguments, config_from_flags
 from engine.train import TrainingInterrupted
 from utils.errors import RunError
 
@@ -24,7 +24,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     try:
-        train_depth_teacher(config_from_args(parse_args(argv), DepthConfig))
+        train_depth_teacher(config_from_flags(vars(parse_args(argv)), DepthConfig))
     except TrainingInterrupted as stop:
         print(stop, file=sys.stderr, flush=True)
         raise SystemExit(stop.exit_code) from None

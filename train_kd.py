@@ -21,7 +21,7 @@ import argparse
 import sys
 
 from engine.config import DistillConfig
-from engine.options import add_common_arguments, add_distillation_arguments, config_from_args
+from engine.options import add_common_arguments, add_distillation_arguments, config_from_flags
 from engine.stages import train_distill
 from engine.train import TrainingInterrupted
 from utils.errors import RunError
@@ -36,7 +36,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     try:
-        train_distill(config_from_args(parse_args(argv), DistillConfig))
+        train_distill(config_from_flags(vars(parse_args(argv)), DistillConfig))
     except TrainingInterrupted as stop:
         print(stop, file=sys.stderr, flush=True)
         raise SystemExit(stop.exit_code) from None

@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from engine.config import TrainConfig
-from engine.options import add_common_arguments, config_from_args
+from engine.options import add_common_arguments, config_from_flags
 from engine.stages import train_stage1
 from engine.train import TrainingInterrupted
 from utils.errors import RunError
@@ -24,7 +24,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     try:
-        train_stage1(config_from_args(parse_args(argv), TrainConfig))
+        train_stage1(config_from_flags(vars(parse_args(argv)), TrainConfig))
     except TrainingInterrupted as stop:
         print(stop, file=sys.stderr, flush=True)
         raise SystemExit(stop.exit_code) from None

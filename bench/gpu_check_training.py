@@ -29,7 +29,7 @@ from bench.gpu_check_parts import (CUHK_TR_IMAGES, FP16_STEPS, PRECISIONS, devic
                                    run_command)
 from datasets.synthetic import generate_dataset  # noqa: E402
 from engine.config import TrainConfig  # noqa: E402
-from engine.options import config_from_args, log_dir  # noqa: E402
+from engine.options import config_from_flags, log_dir  # noqa: E402
 from engine.resume import rng_state, training_checkpoint  # noqa: E402
 from engine.run import start_training  # noqa: E402
 from engine.stages import build_stage1, make_dbd_loader  # noqa: E402
@@ -245,7 +245,7 @@ class ProcessGroupContext(DistributedContext):
 def torchrun_worker(report: Path, argv: list[str]) -> None:
     """One torchrun process: join the group (NCCL on CUDA, gloo on the CPU), then stage 1 exactly as
     train_single.py runs it, through run_stage; rank 0 writes `report`."""
-    config = config_from_args(train_single.parse_args(argv), TrainConfig)
+    config = config_from_flags(vars(train_single.parse_args(argv)), TrainConfig)
     device = select_device(config.device)
     if device.type == "cuda":
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))

@@ -11,8 +11,9 @@ import contextlib
 import hashlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 from datasets import DatasetError
 from engine.config import Config, ConfigError, LoopConfig, resolve
@@ -152,9 +153,10 @@ def add_depth_teacher_arguments(parser: argparse.ArgumentParser) -> None:
                         help="CSV / TensorBoard folder (default runs/<--save path without its extension>)")
 
 
-def config_from_args(args: argparse.Namespace, config_type: type[Config]) -> Config:
-    """The script's flags as its typed config, derived values resolved and checked (ConfigError names the flag)."""
-    return resolve(config_type(**vars(args)))
+def config_from_flags(flags: Mapping[str, Any], config_type: type[Config]) -> Config:
+    """A script's parsed flags (vars of its argparse result) as its typed config, derived values resolved and
+    checked (ConfigError names the flag)."""
+    return resolve(config_type(**flags))
 
 
 def check_save_is_new(config: LoopConfig) -> None:

@@ -27,7 +27,7 @@ from datasets.decoding import load_rgb
 from engine.baselines import write_baseline_maps
 from engine.config import TrainConfig
 from engine.evaluate import EvalSettings
-from engine.options import config_from_args, log_dir
+from engine.options import config_from_flags, log_dir
 from engine.photos import photo_output_stems, predict_photos
 from metrics.report import write_results
 from models import build_midas, build_model
@@ -535,7 +535,7 @@ def test_a_missing_split_list_names_the_split_file_flag(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match=r"CUHK-TR-1 needs the split list .* Put it there or pass --split-file PATH"):
         train_single.main(args)
     (tmp_path / "te1.txt").write_text("out_of_focus0002.png\n")
-    parsed = config_from_args(train_single.parse_args(args + ["--split-file", str(tmp_path / "te1.txt")]), TrainConfig)
+    parsed = config_from_flags(vars(train_single.parse_args(args + ["--split-file", str(tmp_path / "te1.txt")])), TrainConfig)
     loader, _ = engine.stages.make_dbd_loader(parsed, CPU)
     assert [p.name for p in loader.dataset.pairs] == ["out_of_focus0000.png", "out_of_focus0001.png"]
     assert train_kd.parse_args(["--split-file", "x.txt"]).split_file == "x.txt"

@@ -33,7 +33,7 @@ from datasets.polarity import MaskPolarity
 from datasets.synthetic import generate_dataset
 from datasets.transforms import denormalise
 from engine.config import ConfigError, DepthConfig, LoopConfig, TrainConfig
-from engine.options import config_from_args
+from engine.options import config_from_flags
 from engine.saved_maps import polarity_hint
 from models import build_model
 from tests.test_training import read_csv, write_tiny_set
@@ -242,7 +242,7 @@ def test_train_depth_names_a_missing_init_file_before_any_work(tmp_path: Path) -
     missing = tmp_path / "no_such_teacher.pth"
     args = train_depth.parse_args(["--data", str(tmp_path), "--init", str(missing), "--save", str(tmp_path / "m.pth")])
     with pytest.raises(ConfigError, match=rf"^--init {missing}: no such file$"):
-        config_from_args(args, DepthConfig)
+        config_from_flags(vars(args), DepthConfig)
     with pytest.raises(SystemExit, match=rf"^--init {missing}: no such file$"):
         train_depth.main(["--data", str(tmp_path), "--init", str(missing), "--save", str(tmp_path / "m.pth")])
     assert not (tmp_path / "m.pth").exists()

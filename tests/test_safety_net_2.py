@@ -25,7 +25,7 @@ from datasets.polarity import load_mask
 from datasets.transforms import denormalise, normalise
 from engine.config import DistillConfig, TrainConfig
 from engine.evaluate import EvalSettings, evaluate_model
-from engine.options import config_from_args
+from engine.options import config_from_flags
 from metrics.depth import relative_depth_errors
 from metrics.protocol import OfficialMetrics, StandardMetrics, get_protocol
 from models import build_midas, build_model, make_frozen_teacher
@@ -68,8 +68,8 @@ def test_a_masks_exif_orientation_is_applied_to_its_pixels(tmp_path: Path) -> No
 
 def test_stage2_projectors_have_their_own_adam_with_weight_decay(tmp_path: Path) -> None:
     """Student: Adam lr 1e-4, no weight decay; projectors: Adam lr 0.1, weight decay 5e-4 (REPRODUCTION 5.1)."""
-    config = config_from_args(train_kd.parse_args(["--backbone", "resnet18", "--pretrained", "none", "--save",
-                                                   str(tmp_path / "m.pth")]), DistillConfig)
+    config = config_from_flags(vars(train_kd.parse_args(["--backbone", "resnet18", "--pretrained", "none", "--save",
+                                                   str(tmp_path / "m.pth")])), DistillConfig)
     teachers = {"defocus": make_frozen_teacher(build_model("dffnet", "resnet18")),
                 "depth": make_frozen_teacher(build_midas("resnet18", features=16))}
     stage = engine.stages.build_feature_distill_stage(config, CPU, teachers)

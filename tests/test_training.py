@@ -21,7 +21,7 @@ import losses.segmentation
 import train_kd
 import train_single
 from engine.config import DistillConfig, TrainConfig
-from engine.options import config_from_args
+from engine.options import config_from_flags
 from models import build_midas, build_model, load_model, make_frozen_teacher
 from utils.checkpoint import read_checkpoint, save_checkpoint
 from utils.distributed import DistributedContext
@@ -135,7 +135,7 @@ def test_one_epoch_plus_resume_equals_two_epochs(data: Path, two_epoch_run: Path
 def test_loss_falls_when_overfitting_one_batch(tmp_path: Path):
     """The training step itself (engine.train.train_step), repeated on one fixed batch."""
     batch = torch.utils.data.default_collate([write_tiny_item(seed) for seed in range(2)])
-    config = config_from_args(train_single.parse_args(common_args(tmp_path, tmp_path) + ["--lr", "1e-3"]), TrainConfig)
+    config = config_from_flags(vars(train_single.parse_args(common_args(tmp_path, tmp_path) + ["--lr", "1e-3"])), TrainConfig)
     ctx = DistributedContext(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
     torch.manual_seed(0)
     stage = engine.stages.build_stage1(config, ctx)
@@ -328,7 +328,7 @@ CPU = DistributedContext(rank=0, local_rank=0, world_size=1, device=torch.device
 def test_stage2_teachers_use_batch_statistics_by_default(tmp_path: Path):
     """The authors never call .eval() on the teachers: by default their BatchNorm uses (and drifts with) each
     batch's statistics; --teacher-bn eval keeps the running statistics."""
-    config = config_from_args(train_kd.parse_args(["--save", str(tmp_path / "m.pth")]), DistillConfig)
+    config = config_from_flags(vars(train_kd.parse_args(["--save", str(tmp_path / "m.pth")])), DistillConfig)
     assert config.teacher_bn == "batch"
     teacher = engine.stages.prepare_teacher(build_model("dffnet", "resnet18"), config, CPU)
     assert teacher.training and not any(p.requires_grad for p in teacher.parameters())
@@ -348,9 +348,9 @@ def test_stage2_teachers_use_batch_statistics_by_default(tmp_path: Path):
 ])
 def test_stage2_final_weight_follows_the_side_outputs(tmp_path: Path, distill: str, model_name: str,
                                                       flags: list[str], final_weight: float):
-    config = config_from_args(train_kd.parse_args(["--model", model_name, "--backbone", "resnet18", "--pretrained",
+    config = config_from_flags(vars(train_kd.parse_args(["--model", model_name, "--backbone", "resnet18", "--pretrained",
                                                    "none", "--distill", distill, "--save", str(tmp_path / "m.pth"),
-                                                   *flags]), DistillConfig)
+                                                   *flags])), DistillConfig)
     torch.manual_seed(0)
     depth_teacher = make_frozen_teacher(build_midas("resnet18", features=16))
     if distill == "feature":
