@@ -42,7 +42,7 @@ from utils.checkpoint import (CheckpointError, first_non_finite, last_good_check
 from utils.distributed import (DistributedContext, EpochShuffleSampler, all_reduce_sum, barrier,
                                cleanup_distributed, setup_distributed)
 from utils.log import RemainingTime, TrainingLogger, progress
-from utils.optim import set_lr
+from utils.optim import clip_grad_value, set_lr
 from utils.runtime import configure_backends, seed_everything, use_deterministic_algorithms
 from utils.schedule import poly_lr
 
@@ -359,7 +359,7 @@ def train_step(stage: Stage, micro_batches: Iterator[dict[str, Any]], epoch: int
         stage.optimizer.zero_grad(set_to_none=True)
         raise NonFiniteLossError(f"loss terms {terms_this_step}")
     scaler.unscale_(stage.optimizer)
-    nn.utils.clip_grad_value_(stage.dbd_model.parameters(), args.clip)
+    clip_grad_value(stage.dbd_model.parameters(), args.clip)
     scaler.step(stage.optimizer)
     for opt in stage.extra_optimizers.values():
         scaler.step(opt)
