@@ -36,7 +36,7 @@ from utils.checkpoint import first_non_finite, last_good_checkpoint, save_checkp
 from utils.distributed import DistributedContext, EpochShuffleSampler, all_reduce_sum, barrier, cleanup_distributed
 from utils.errors import RunError
 from utils.log import RemainingTime, TrainingLogger, progress
-from utils.optim import set_lr
+from utils.optim import clip_grad_value, set_lr
 from utils.schedule import poly_lr
 
 
@@ -155,7 +155,7 @@ def train_step(stage: Stage, micro_batches: Iterator[dict[str, Any]], epoch: int
         raise NonFiniteLossError(f"loss terms {terms_this_step}")
     scaler.unscale_(stage.optimizer)
     if config.clip is not None:
-        nn.utils.clip_grad_value_(stage.model.parameters(), config.clip)
+        clip_grad_value(stage.model.parameters(), config.clip)
     scaler.step(stage.optimizer)
     for opt in stage.extra_optimizers.values():
         scaler.step(opt)

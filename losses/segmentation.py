@@ -33,16 +33,32 @@ def prediction_edges(logits: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
     return response.pow(2) / (response.pow(2) + alpha)
 
 
-def dof_edge_loss(logits: torch.Tensor, mask: torch.Tensor, reduction: Reduction = "sum") -> torch.Tensor:
+@dataclass(frozen=True)
+class MaskEdges:
+    """A label's edge map, flattened per sample, and its per-sample sum of squares: the label side of the
+    DOF-edge dice, computed once per batch and shared by the final map's and the side maps' terms."""
+
+    edges: torch.Tensor   # B x HW
+    square_sum: torch.Tensor   # B
+
+    @classmethod
+    def of(cls, mask: torch.Tensor) -> MaskEdges:
+        edges = label_edges(mask.float()).flatten(1)
+        return cls(edges, edges.pow(2).sum(1))
+
+
+def dof_edge_loss(logits: torch.Tensor, mask: torch.Tensor, reduction: Reduction = "sum",
+                  mask_edges: MaskEdges | None = None) -> torch.Tensor:
     """Dice loss (smooth 1, power 2) between prediction and label edge maps, per sample, then summed
-    over the batch as the authors do (`reduction='sum'`) or averaged (`'mean'`)."""
+    over the batch as the authors do (`reduction='sum'`) or averaged (`'mean'`). `mask_edges`: the label
+    side already computed (MaskEdges.of(mask)), the same values."""
     if logits.shape != mask.shape:
         raise ValueError(f"dof_edge_loss: logits {tuple(logits.shape)} and mask {tuple(mask.shape)} differ")
-    logits, mask = logits.float(), mask.float()
+    logits = logits.float()
     pred_edge = prediction_edges(logits).flatten(1)
-    true_edge = label_edges(mask).flatten(1)
-    numerator = 2.0 * (pred_edge * true_edge).sum(1) + 1.0
-    denominator = pred_edge.pow(2).sum(1) + true_edge.pow(2).sum(1) + 1.0
+    label = mask_edges if mask_edges is not None else MaskEdges.of(mask)
+    numerator = 2.0 * (pred_edge * label.edges).sum(1) + 1.0
+    denominator = pred_edge.pow(2).sum(1) + label.square_sum + 1.0
     per_sample = 1.0 - numerator / denominator
     if reduction == "sum":
         return per_sample.sum()
@@ -57,14 +73,16 @@ def bce_dof_edge_loss(
     edge_weight: float = 0.5,
     reduction: Reduction = "sum",
     edge_sum_scale: float = 1.0,
+    mask_edges: MaskEdges | None = None,
 ) -> torch.Tensor:
     """The authors' ECELoss: mean BCE-with-logits + edge_weight x DOF-edge loss.
 
     `edge_sum_scale` multiplies a batch-summed edge term; training passes processes x accumulation
-    steps so that a split batch reproduces the loss of the whole batch (see engine.train).
+    steps so that a split batch reproduces the loss of the whole batch (see engine.train). `mask_edges`:
+    the label's edges when already computed (see dof_edge_loss).
     """
     bce = F.binary_cross_entropy_with_logits(logits.float(), mask.float())
-    edge = dof_edge_loss(logits, mask, reduction)
+    edge = dof_edge_loss(logits, mask, reduction, mask_edges)
     if reduction == "sum":
         edge = edge * edge_sum_scale
     return bce + edge_weight * edge
@@ -85,8 +103,11 @@ def segmentation_loss(
         def term(x: torch.Tensor) -> torch.Tensor:
             return F.binary_cross_entropy_with_logits(x.float(), mask.float())
     elif loss == "bce+edge":
+        mask_edges = MaskEdges.of(mask)   # one label, five terms: its edges once
+
         def term(x: torch.Tensor) -> torch.Tensor:
-            return bce_dof_edge_loss(x, mask, reduction=reduction, edge_sum_scale=edge_sum_scale)
+            return bce_dof_edge_loss(x, mask, reduction=reduction, edge_sum_scale=edge_sum_scale,
+                                     mask_edges=mask_edges)
     else:
         raise ValueError(f"loss must be 'bce' or 'bce+edge', got {loss!r}")
     size = mask.shape[-2:]
