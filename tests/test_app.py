@@ -1,6 +1,7 @@
 """app.py, the local web page, in a real browser: Debian's chromium (`apt-get install chromium`; .ci/run installs
 it) driven by Playwright's Python client, with no browser download. The server runs as a subprocess on a free
-port of 127.0.0.1; the screenshot it leaves is the README's docs/figures/app.png."""
+port of 127.0.0.1. Its screenshot goes to the test's temporary folder, or with DDFFNET_UPDATE_FIGURES=1 to the
+README's docs/figures/app.png (so that a test run leaves the repository clean)."""
 from __future__ import annotations
 
 import contextlib
@@ -28,7 +29,7 @@ from models.shipped import SHIPPED_CHECKPOINT
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path(os.environ.get("DDFFNET_CHROMIUM", "/usr/bin/chromium"))
-SCREENSHOT = ROOT / "docs" / "figures" / "app.png"
+README_SCREENSHOT = ROOT / "docs" / "figures" / "app.png"
 READY_SECONDS = 120  # the server's start (importing torch and Gradio, loading the model) on a busy machine
 _spec = importlib.util.spec_from_file_location("test_script_app", ROOT / "test.py")
 test_script = importlib.util.module_from_spec(_spec)
@@ -128,9 +129,11 @@ def test_the_page_shows_predicts_map_and_refuses_a_bad_file_in_one_line(server, 
     described = f"dffnet / {shipped.config['backbone']} at {input_spec(shipped).img_size} px took"
     assert described in page.locator("#status").inner_text()
     page.wait_for_timeout(500)  # the pictures' fade-in
-    partial = SCREENSHOT.with_name(f".{SCREENSHOT.name}.partial.png")
+    screenshot = README_SCREENSHOT if os.environ.get("DDFFNET_UPDATE_FIGURES") == "1" else tmp_path / "app.png"
+    partial = screenshot.with_name(f".{screenshot.name}.partial.png")
     page.screenshot(path=str(partial), full_page=True)
-    os.replace(partial, SCREENSHOT)  # never a half-written figure
+    os.replace(partial, screenshot)  # never a half-written figure
+    assert Image.open(screenshot).size[0] > 0
 
     mask_src = page.locator("#mask img").get_attribute("src")
     page.locator("#threshold input[type=number]").fill("0.9")
