@@ -14,9 +14,10 @@ SHIPPED_CHECKPOINT = ROOT / "checkpoint" / "release" / "dffnet_cuhk_cpu.pth"
 AUTHORS_CHECKPOINT = Path("checkpoint") / "D-DFFNet.pth"  # under the working folder, else under ROOT
 # the recorded digests of the committed files, checked whenever they are loaded (change one only with its file and
 # its card)
-SHIPPED_SHA256 = "097d4a41e0407c9bc0debd385b4ba7488648b2be69f84cb7b6c46b8816605f33"
+SHIPPED_SHA256 = "9e54e527014481007946bec071dbe74712cbe2963f058e27bf68845611b3c804"
 SHIPPED_DEPTH_TEACHER = ROOT / "depth_pretrained" / "midas_synthetic_cpu.pth"
 SHIPPED_DEPTH_TEACHER_SHA256 = "4c7e86acde565798dc3c7e32809d5f50e6f0eeda43dcc5ad5cdfb9701ce78309"
+SHIPPED_FILES = {SHIPPED_CHECKPOINT: SHIPPED_SHA256, SHIPPED_DEPTH_TEACHER: SHIPPED_DEPTH_TEACHER_SHA256}
 
 
 _DIGESTS: dict[tuple[Path, int, int], str] = {}  # (resolved path, size, mtime in ns) -> SHA-256, once per process
@@ -43,12 +44,11 @@ def _cached_sha256(path: Path) -> str:
 def verify_shipped(path: str | os.PathLike) -> None:
     """Raise CheckpointError when `path` is one of the files this repository ships and its content is not the
     one recorded here (a flipped bit, a cut download, a file replaced by hand); other paths pass unread."""
-    recorded = {SHIPPED_CHECKPOINT: SHIPPED_SHA256, SHIPPED_DEPTH_TEACHER: SHIPPED_DEPTH_TEACHER_SHA256}
     try:
         resolved = Path(path).resolve(strict=True)
     except (OSError, RuntimeError):
         return  # missing or a symlink loop: read_checkpoint names it
-    expected = next((digest for shipped, digest in recorded.items() if shipped.resolve() == resolved), None)
+    expected = next((digest for shipped, digest in SHIPPED_FILES.items() if shipped.resolve() == resolved), None)
     if expected is None or not resolved.is_file():
         return
     found = _cached_sha256(resolved)

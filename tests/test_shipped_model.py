@@ -30,7 +30,7 @@ from metrics.protocol import PROTOCOLS
 from models import build_model, load_model
 from models.encoders import input_normalisation
 from models.inference import input_spec
-from models.shipped import SHIPPED_CHECKPOINT, SHIPPED_SHA256, export_release, sha256
+from models.shipped import SHIPPED_CHECKPOINT, SHIPPED_FILES, SHIPPED_SHA256, export_release, sha256
 from utils.checkpoint import read_checkpoint, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -185,3 +185,51 @@ def test_release_recipe_names_missing_data_before_training(tmp_path):
                              env={**env, "CUHK_DIR": str(tmp_path / "cuhk"), "SPLIT_LIST": str(tmp_path / "none.txt")})
     assert no_list.returncode == 2 and "no CUHK-TE-1 list (cuhk_te1.txt)" in no_list.stderr
     assert not (tmp_path / "out").exists()
+
+
+def _flags(argv: list[str]) -> dict[str, str]:
+    """--flag value pairs of a command line (a flag without a value maps to '')."""
+    flags, key = {}, None
+    for word in argv:
+        if word.startswith("--"):
+            key = word
+            flags[key] = ""
+        elif key is not None:
+            flags[key] = (flags[key] + " " + word).strip()
+    return flags
+
+
+def test_release_recipe_runs_the_distillation_studys_teacher_and_control(tmp_path):
+    """The shipped file is the stage-2 study's control run: train_release.sh must train it with the same flags as
+    bench/real_photo_distillation.py (paths aside), then export it at 288 px."""
+    from bench import real_photo_distillation as study
+    (tmp_path / "cuhk/image").mkdir(parents=True)
+    (tmp_path / "cuhk/gt").mkdir()
+    (tmp_path / "cuhk_te1.txt").write_text("a.jpg\n")
+    calls = tmp_path / "calls.txt"
+    stub = tmp_path / "python"
+    stub.write_text(f'#!/usr/bin/env bash\necho "$*" >> {calls}\n')
+    stub.chmod(0o755)
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "PYTHON": str(stub), "CUHK_DIR": str(tmp_path / "cuhk"),
+           "SPLIT_LIST": str(tmp_path / "cuhk_te1.txt"), "DUT_DIR": str(tmp_path / "absent")}
+    run = subprocess.run(["bash", str(ROOT / "tools/train_release.sh")], capture_output=True, text=True, env=env)
+    assert run.returncode == 0, run.stderr
+    first, continued, export, *_ = [line.split() for line in calls.read_text().splitlines()]
+    out = tmp_path / "study"
+    for recipe, model in ((first, study.TEACHER), (continued, study.CONTROL)):
+        bench = study.command(model, 43, out, str(tmp_path / "out/data_root"), {})
+        assert recipe[0] == "train_single.py" and bench[1] == "train_single.py"
+        ours, theirs = _flags(recipe[1:]), _flags(bench[2:])
+        for path_flag in ("--save", "--log-dir", "--init", "--overwrite"):
+            ours.pop(path_flag, None), theirs.pop(path_flag, None)
+        assert ours == theirs
+    assert _flags(continued)["--init"] == str(tmp_path / "out/dffnet_release_train.pth")
+    assert export[:2] == ["tools/export_model.py", str(tmp_path / "out/dffnet_release_continued.pth")]
+    assert _flags(export)["--img-size"] == "288"
+
+
+@pytest.mark.parametrize("path", sorted(SHIPPED_FILES), ids=lambda p: p.name)
+def test_each_shipped_file_has_its_recorded_digest_in_its_model_card(path):
+    cards = "\n".join(card.read_text() for card in path.parent.glob("MODEL_CARD*.md"))
+    assert f"`{SHIPPED_FILES[path]}`" in cards, f"no model card beside {path.name} gives its recorded SHA-256"
+    assert f"`{path.name}`" in cards

