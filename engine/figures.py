@@ -38,10 +38,12 @@ def _true_inverse_depth(folder: str, items: list[dict], img_size: int) -> list[t
 
 
 @torch.inference_mode()
-def comparison_figure(dataset_expr: str, checkpoints: dict[str, str], out: str | Path, depth_teacher: str | None = None,
-                      count: int = 6, root: str = "data", img_size: int = 320, device: str = "auto") -> Path:
+def comparison_figure(dataset_expr: str, checkpoints: dict[str, str], out: str | Path,
+                      depth_teachers: dict[str, str] | None = None, count: int = 6, root: str = "data",
+                      img_size: int = 320, device: str = "auto") -> Path:
     """Save a grid of `count` evenly spaced test images (rows) x [image, GT, nearly textureless pixels (sets with
-    region masks), detectors..., depth] (columns)."""
+    region masks), detectors..., each depth teacher's depth, the true depth (synthetic sets)] (columns);
+    `depth_teachers` maps a column title to a MiDaS file."""
     dev = select_device(device)
     dataset = build_dataset(dataset_expr, "test", root=root, img_size=img_size)
     picks = np.linspace(0, len(dataset) - 1, num=min(count, len(dataset))).round().astype(int)
@@ -57,12 +59,12 @@ def comparison_figure(dataset_expr: str, checkpoints: dict[str, str], out: str |
         columns[label] = [
             F.interpolate(p[None], size=item["mask"].shape[-2:], mode="bilinear", align_corners=False)[0, 0].cpu().numpy()
             for p, item in zip(probs, items)]
-    if depth_teacher:
-        depth = load_midas(depth_teacher, map_location=dev).eval()(images).depth.cpu()
-        columns["depth teacher (near = bright)"] = [_displayed_depth(d[0]) for d in depth]
-        if dataset_expr.startswith("synthetic:"):
-            true_depth = _true_inverse_depth(dataset_expr.removeprefix("synthetic:"), items, img_size)
-            columns["true depth (near = bright)"] = [_displayed_depth(d[0]) for d in true_depth]
+    for label, path in (depth_teachers or {}).items():
+        depth = load_midas(path, map_location=dev).eval()(images).depth.cpu()
+        columns[f"{label} (near = bright)"] = [_displayed_depth(d[0]) for d in depth]
+    if depth_teachers and dataset_expr.startswith("synthetic:"):
+        true_depth = _true_inverse_depth(dataset_expr.removeprefix("synthetic:"), items, img_size)
+        columns["true depth (near = bright)"] = [_displayed_depth(d[0]) for d in true_depth]
     rows = [[column[r] for column in columns.values()] for r in range(len(items))]
     return labelled_grid(rows, list(columns), out)
 

@@ -333,3 +333,40 @@ def test_figure_shows_the_textureless_pixels_where_the_set_has_them(setup, monke
     region = np.array(Image.open(tmp / "syn" / "homogeneous" / "00000.png")) > 127
     assert np.array_equal(rows[0][2], region.astype(np.float32))
     assert drawn[tmp_path / "dut"][1] == ["image", "ground truth (white = in-focus)", "D-DFFNet"]
+
+
+def test_figure_draws_one_column_per_depth_teacher_then_the_true_depth(setup, monkeypatch, tmp_path):
+    import engine.figures
+    from models import build_midas
+    from utils.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
+    tmp, checkpoint, dut, syn = setup
+    teachers = {}
+    for seed, label in enumerate(("ours", "lite")):
+        torch.manual_seed(seed)
+        model = build_midas("resnet18", features=8)
+        teachers[label] = str(save_checkpoint({"format": CHECKPOINT_FORMAT, "model": model.state_dict(),
+                                               "model_config": model.config, "epoch": 1}, tmp_path / f"{label}.pth"))
+    drawn = {}
+    monkeypatch.setattr(engine.figures, "labelled_grid", lambda rows, labels, out: drawn.setdefault(out, (rows, labels)))
+    engine.figures.comparison_figure(syn, {"D-DFFNet": str(checkpoint)}, tmp_path / "grid", teachers, count=2,
+                                     img_size=64, device="cpu")
+    rows, labels = drawn[tmp_path / "grid"]
+    assert labels[-3:] == ["ours (near = bright)", "lite (near = bright)", "true depth (near = bright)"]
+    assert not np.allclose(rows[0][-3], rows[0][-2])  # each teacher's own map
+
+
+def test_grid_columns_line_up_when_a_row_is_narrower(tmp_path):
+    """A square photo among landscape ones is centred in its column, so every column starts where its title
+    does and the white margins of the narrow row are on both sides."""
+    from utils.plots import labelled_grid
+    wide = np.zeros((20, 40, 3), dtype=np.uint8)
+    square = np.zeros((20, 20, 3), dtype=np.uint8)
+    path = labelled_grid([[wide, wide], [square, square]], ["a", "b"], tmp_path / "grid.png", height=20, gap=4)
+    canvas = np.asarray(Image.open(path))
+    assert canvas.shape[1] == 40 + 4 + 40  # each column as wide as its widest picture
+    wide_row, square_row = canvas[18 + 10], canvas[18 + 24 + 10]
+    assert (wide_row[:40] == 0).all() and (wide_row[44:] == 0).all()
+    for start in (0, 44):  # the square sits in the middle of its column
+        assert (square_row[start:start + 10] == 255).all()
+        assert (square_row[start + 10:start + 30] == 0).all()
+        assert (square_row[start + 30:start + 40] == 255).all()

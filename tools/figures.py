@@ -3,6 +3,8 @@ or photos without ground truth with one detector's map and its blur overlay.
 
     python tools/figures.py --dataset synthetic:data/demo/test --checkpoint DFFNet=a.pth D-DFFNet=b.pth \\
         --depth-teacher depth_pretrained/midas_v21-f6b98070.pt --out results/qualitative.png
+    python tools/figures.py --dataset CUHK-TR-1-VAL --checkpoint DFFNet=a.pth \
+        --depth-teacher "MiDaS=midas_v21-f6b98070.pt" "ours=depth_pretrained/midas_synthetic_cpu.pth" --out grid.png
     python tools/figures.py --photos photos/ --checkpoint model=checkpoint/release/dffnet_cuhk_cpu.pth \\
         --out results/photos.png
 """
@@ -29,7 +31,8 @@ def main(argv: list[str] | None = None) -> None:
     source.add_argument("--dataset", help="test-set expression")
     source.add_argument("--photos", nargs="+", help="photos or folders without ground truth (one --checkpoint)")
     parser.add_argument("--checkpoint", nargs="+", required=True, metavar="LABEL=PATH")
-    parser.add_argument("--depth-teacher", default=None, help="MiDaS file whose depth maps form the last column")
+    parser.add_argument("--depth-teacher", nargs="+", default=[], metavar="[LABEL=]PATH",
+                        help="MiDaS files whose depth maps form the last columns (titled LABEL, or 'depth teacher')")
     parser.add_argument("--count", type=int, default=6, help="rows (test images)")
     parser.add_argument("--data-root", default="data")
     parser.add_argument("--img-size", type=int, default=None,
@@ -43,6 +46,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.photos and len(args.checkpoint) != 1:
         parser.error("--photos draws one --checkpoint")
     checkpoints = dict(pair.split("=", 1) for pair in args.checkpoint)
+    depth_teachers = dict(item.split("=", 1) if "=" in item else ("depth teacher", item) for item in args.depth_teacher)
+    if len(depth_teachers) < len(args.depth_teacher):
+        parser.error("--depth-teacher: give each file its own LABEL=PATH")
     skipped: list[str] = []
     try:
         check_writable(args.out, "--out")
@@ -53,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
             path, skipped = photo_figure(args.photos, next(iter(checkpoints.values())), args.out, args.img_size,
                                          args.device)
         else:
-            path = comparison_figure(args.dataset, checkpoints, args.out, args.depth_teacher, args.count,
+            path = comparison_figure(args.dataset, checkpoints, args.out, depth_teachers, args.count,
                                      args.data_root, args.img_size or 320, args.device)
     except (DatasetError, CheckpointError, ValueError) as e:
         raise SystemExit(f"{parser.prog}: {e}") from None

@@ -82,24 +82,28 @@ def _tile(picture: np.ndarray, height: int) -> np.ndarray:
 def labelled_grid(rows: list[list[np.ndarray]], labels: list[str] | None, path: str | Path, height: int = 160,
                   gap: int = 4) -> Path:
     """Save a grid: one row per sample, pictures (RGB images, [0, 1] or uint8 grey maps) side by side at a
-    common height, with an optional column title above each column of the first row."""
+    common height, with an optional column title above each column of the first row. Each column is as wide as
+    its widest picture, and narrower pictures (a portrait among landscapes) are centred in it, so the columns line
+    up under their titles."""
     if not rows:
         raise ValueError("qualitative grid: no sample")
     tiled = [[_tile(p, height) for p in row] for row in rows]
     header = 18 if labels else 0
-    width = max(sum(t.shape[1] for t in row) + gap * (len(row) - 1) for row in tiled)
+    columns = max(len(row) for row in tiled)
+    column_widths = [max(row[c].shape[1] for row in tiled if c < len(row)) for c in range(columns)]
+    column_starts = [sum(column_widths[:c]) + gap * c for c in range(columns)]
+    width = column_starts[-1] + column_widths[-1]
     canvas = np.full((header + len(tiled) * (height + gap) - gap, width, 3), 255, dtype=np.uint8)
     for r, row in enumerate(tiled):
-        x, y = 0, header + r * (height + gap)
-        for tile in row:
+        y = header + r * (height + gap)
+        for c, tile in enumerate(row):
+            x = column_starts[c] + (column_widths[c] - tile.shape[1]) // 2
             canvas[y:y + height, x:x + tile.shape[1]] = tile
-            x += tile.shape[1] + gap
     picture = Image.fromarray(canvas)
     if labels:
-        draw, x = ImageDraw.Draw(picture), 0
-        for label, tile in zip(labels, tiled[0]):
+        draw = ImageDraw.Draw(picture)
+        for label, x in zip(labels, column_starts):
             draw.text((x + 2, 3), label, fill=(0, 0, 0))
-            x += tile.shape[1] + gap
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     picture.save(path)
