@@ -117,8 +117,11 @@ class MidasDecoder(nn.Module):
             nn.Conv2d(32, 1, 1),
             nn.ReLU(True),
         )
-        # Start the non-negative output in ReLU's linear range: with PyTorch's default init a network
-        # trained from scratch can begin with an all-zero map and no gradient. Released weights overwrite it.
+        # Start the non-negative output in ReLU's linear range, near 1 everywhere: with PyTorch's default init
+        # the map starts half zero (an ImageNet encoder's large features), and a depth loss pulls the living
+        # pixels down into the ReLU's dead zone within ten steps, where no gradient brings them back. Released
+        # weights overwrite this.
+        nn.init.normal_(self.output_conv[-2].weight, std=1e-3)
         nn.init.constant_(self.output_conv[-2].bias, 1.0)
 
     def forward(self, encoder_features: list[torch.Tensor]) -> torch.Tensor:

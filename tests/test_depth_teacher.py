@@ -82,6 +82,31 @@ def test_a_fresh_midas_starts_with_a_nonzero_depth_map_and_gradients():
     assert midas.pretrained.layer1[0].weight.grad.abs().sum() > 0
 
 
+
+def test_a_midas_on_an_imagenet_encoder_keeps_its_depth_map_alive_while_it_learns():
+    """ImageNet features are large: with PyTorch's default init of the last convolution the map started half zero
+    and the depth loss pushed the rest into the final ReLU's dead zone within ten steps (a constant map for
+    good). The head starts near 1 everywhere instead."""
+    from datasets.scenes import generate_image
+    from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from losses.depth import ordinal_depth_loss
+    from models import build_midas
+
+    torch.manual_seed(0)
+    midas = build_midas("tf_efficientnet_lite0", features=32, pretrained=True).train()
+    scenes = [generate_image(0, index, 96)[0] for index in range(4)]
+    images = torch.stack([torch.as_tensor(scene.image).permute(2, 0, 1).float() / 255 for scene in scenes])
+    images = (images - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[:, None, None]
+    inverse_depth = torch.stack([1 / torch.as_tensor(scene.depth_m).float()[None] for scene in scenes])
+    optimiser = torch.optim.Adam(midas.parameters(), lr=3e-4)
+    for _ in range(15):
+        depth = midas(images).depth
+        loss = ordinal_depth_loss(depth, inverse_depth)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    assert (midas(images).depth > 0).float().mean() > 0.9
+
 def test_mean_anchor_loss_value_and_gradient_to_the_offset():
     from losses.depth import mean_anchor_loss
 
