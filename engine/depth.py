@@ -31,7 +31,8 @@ from utils.optim import adam
 from utils.runtime import autocast
 from utils.schedule import warmup_factor
 
-DEAD_STEPS = 50  # consecutive all-zero depth maps after which training stops (a dead final ReLU)
+DEAD_STEPS = 50  # consecutive dead depth maps after which training stops (a dead final ReLU)
+ALIVE_SHARE = 0.01  # a map with fewer pixels above zero than this is dead
 
 
 @torch.no_grad()
@@ -81,8 +82,8 @@ def depth_validation(model: torch.nn.Module, config: DepthConfig, ctx: Distribut
 
 def build_depth_stage(config: DepthConfig, ctx: DistributedContext) -> Stage:
     """The depth teacher: Adam over MiDaS; loss = --loss (grad-weighted) + --anchor-weight x mean anchor; a
-    linear warm-up over --warmup-steps; stops when the map has been zero everywhere for DEAD_STEPS steps (a dead
-    final ReLU gets no gradient back)."""
+    linear warm-up over --warmup-steps; stops when the map has been zero at nearly every pixel (fewer than
+    ALIVE_SHARE above zero) for DEAD_STEPS steps (a dead final ReLU gets no gradient back)."""
     with bad_input("--encoder / --pretrained"):
         model = build_midas(config.encoder, features=config.features,
                             pretrained=pretrained_weights(config.pretrained))
@@ -99,17 +100,18 @@ def build_depth_stage(config: DepthConfig, ctx: DistributedContext) -> Stage:
         target = batch["depth"]
         loss = (depth_loss(depth, target, grad_weight=config.grad_weight)
                 + config.anchor_weight * mean_anchor_loss(depth, target))
-        return loss, {"depth_max": depth.detach().float().amax()}
+        alive = (depth.detach() > 0).float().mean()
+        return loss, {"depth_max": depth.detach().float().amax(), "alive": alive}
 
     dead_steps = 0
 
     def check_step(terms: dict[str, float], epoch: int, step: int) -> str | None:
         nonlocal dead_steps
-        dead_steps = dead_steps + 1 if terms["depth_max"] <= 0 else 0
+        dead_steps = dead_steps + 1 if terms["alive"] < ALIVE_SHARE else 0
         if dead_steps < DEAD_STEPS:
             return None
-        return (f"the depth map has been zero everywhere for {DEAD_STEPS} steps (epoch {epoch}, step {step}): the "
-                "final ReLU died and no gradient reaches the network. Stopping; lower --lr, raise --anchor-weight or "
+        return (f"the depth map has been zero at {1 - ALIVE_SHARE:.0%} of its pixels or more for {DEAD_STEPS} steps "
+                f"(epoch {epoch}, step {step}): the final ReLU died and no gradient reaches the network. Stopping; lower --lr, raise --anchor-weight or "
                 "warm up (--warmup-steps)")
 
     def closing_note(summary: dict[str, float]) -> str | None:

@@ -171,7 +171,7 @@ def test_train_depth_stops_when_the_depth_map_dies(tmp_path, monkeypatch):
 
     monkeypatch.setattr(engine.depth, "build_midas", build_dead)
     monkeypatch.setattr(engine.depth, "DEAD_STEPS", 3)
-    with pytest.raises(SystemExit, match=r"zero everywhere for 3 steps .*lower --lr, raise --anchor-weight or warm up"):
+    with pytest.raises(SystemExit, match=r"zero at 99% of its pixels or more for 3 steps .*lower --lr, raise --anchor-weight or warm up"):
         main(["--data", str(data), "--img-size", "64", "--epochs", "2", "--batch-size", "2", "--features", "16",
               "--workers", "0", "--device", "cpu", "--save", str(tmp_path / "m.pth"), "--log-dir", str(tmp_path / "l")])
 
