@@ -355,6 +355,26 @@ def test_figure_draws_one_column_per_depth_teacher_then_the_true_depth(setup, mo
     assert not np.allclose(rows[0][-3], rows[0][-2])  # each teacher's own map
 
 
+def test_figures_tool_draws_depth_teachers_without_a_detector_and_needs_something_to_draw(setup, tmp_path, capsys):
+    import importlib.util
+    from models import build_midas
+    from utils.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
+    spec = importlib.util.spec_from_file_location("figures_tool", Path(__file__).resolve().parents[1] / "tools/figures.py")
+    figures_tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(figures_tool)
+    _, _, _, syn = setup
+    model = build_midas("resnet18", features=8)
+    midas = save_checkpoint({"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "model_config": model.config,
+                             "epoch": 1}, tmp_path / "midas.pth")
+    figures_tool.main(["--dataset", syn, "--depth-teacher", f"ours={midas}", "--count", "2", "--img-size", "64",
+                       "--device", "cpu", "--out", str(tmp_path / "depth.png")])
+    with Image.open(tmp_path / "depth.png") as grid:
+        assert grid.height == 18 + 2 * 160 + 4  # a header and two rows
+    with pytest.raises(SystemExit):
+        figures_tool.main(["--dataset", syn, "--out", str(tmp_path / "nothing.png")])
+    assert "--dataset needs a --checkpoint or a --depth-teacher to draw" in capsys.readouterr().err
+
+
 def test_grid_columns_line_up_when_a_row_is_narrower(tmp_path):
     """A square photo among landscape ones is centred in its column, so every column starts where its title
     does and the white margins of the narrow row are on both sides."""

@@ -30,7 +30,8 @@ def main(argv: list[str] | None = None) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--dataset", help="test-set expression")
     source.add_argument("--photos", nargs="+", help="photos or folders without ground truth (one --checkpoint)")
-    parser.add_argument("--checkpoint", nargs="+", required=True, metavar="LABEL=PATH")
+    parser.add_argument("--checkpoint", nargs="+", default=[], metavar="LABEL=PATH",
+                        help="detectors, one column each (--dataset: may be left out when --depth-teacher is given)")
     parser.add_argument("--depth-teacher", nargs="+", default=[], metavar="[LABEL=]PATH",
                         help="MiDaS files whose depth maps form the last columns (titled LABEL, or 'depth teacher')")
     parser.add_argument("--count", type=int, default=6, help="rows (test images)")
@@ -45,6 +46,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--checkpoint takes LABEL=PATH pairs")
     if args.photos and len(args.checkpoint) != 1:
         parser.error("--photos draws one --checkpoint")
+    if not args.checkpoint and not args.depth_teacher:
+        parser.error("--dataset needs a --checkpoint or a --depth-teacher to draw")
     checkpoints = dict(pair.split("=", 1) for pair in args.checkpoint)
     depth_teachers = dict(item.split("=", 1) if "=" in item else ("depth teacher", item) for item in args.depth_teacher)
     if len(depth_teachers) < len(args.depth_teacher):
