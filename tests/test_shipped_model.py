@@ -7,6 +7,7 @@ import dataclasses
 import importlib.util
 import io
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -233,3 +234,10 @@ def test_each_shipped_file_has_its_recorded_digest_in_its_model_card(path):
     cards = "\n".join(card.read_text() for card in path.parent.glob("MODEL_CARD*.md"))
     assert f"`{SHIPPED_FILES[path]}`" in cards, f"no model card beside {path.name} gives its recorded SHA-256"
     assert f"`{path.name}`" in cards
+
+
+def test_the_release_card_states_the_recipe_time_with_and_without_amx():
+    card = (SHIPPED_CHECKPOINT.parent / "MODEL_CARD.md").read_text()
+    row = next(line for line in card.splitlines() if line.startswith("| training time |"))
+    for kind in ("without AMX", "with AMX"):
+        assert re.search(rf"\*\*{kind}\*\* [^;|]*\d+ min", row), f"the card's training time says nothing {kind}"
