@@ -19,14 +19,19 @@ from utils.plots import blur_overlay, labelled_grid
 from utils.runtime import select_device
 
 
-def _displayed_image(image: torch.Tensor) -> np.ndarray:
-    """uint8 H x W x 3 picture of a normalised image tensor (the ImageNet normalisation undone)."""
-    return (denormalise(image) * 255).round().byte().permute(1, 2, 0).numpy()
+def _at(picture: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """A C x H x W picture resized (bilinear) to `size`, the ground truth's, so every column has its aspect."""
+    return F.interpolate(picture[None].float(), size=size, mode="bilinear", align_corners=False)[0]
 
 
-def _displayed_depth(depth: torch.Tensor) -> np.ndarray:
-    """Inverse depth scaled to [0, 1] per image (near = bright), for display only."""
-    d = depth.float()
+def _displayed_image(image: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """uint8 H x W x 3 picture of a normalised image tensor (the ImageNet normalisation undone) at `size`."""
+    return (_at(denormalise(image), size).clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+
+
+def _displayed_depth(depth: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """Inverse depth (1 x H x W) scaled to [0, 1] per image (near = bright) at `size`, for display only."""
+    d = _at(depth, size)[0]
     return ((d - d.min()) / (d.max() - d.min()).clamp_min(1e-6)).numpy()
 
 
@@ -49,22 +54,21 @@ def comparison_figure(dataset_expr: str, checkpoints: dict[str, str], out: str |
     picks = np.linspace(0, len(dataset) - 1, num=min(count, len(dataset))).round().astype(int)
     items = [dataset[int(i)] for i in picks]
     images = torch.stack([item["image"] for item in items]).to(dev)
-    columns = {"image": [_displayed_image(item["image"]) for item in items],
+    sizes = [tuple(item["mask"].shape[-2:]) for item in items]
+    columns = {"image": [_displayed_image(item["image"], size) for item, size in zip(items, sizes)],
                "ground truth (white = in-focus)": [item["mask"][0].numpy() for item in items]}
     if all("homogeneous" in item for item in items):
         columns["textureless (white)"] = [item["homogeneous"].numpy().astype(np.float32) for item in items]
     for label, path in checkpoints.items():
         model = load_model(path, map_location=dev, detector_only=True).eval()
         probs = torch.sigmoid(model(images).logits.float())
-        columns[label] = [
-            F.interpolate(p[None], size=item["mask"].shape[-2:], mode="bilinear", align_corners=False)[0, 0].cpu().numpy()
-            for p, item in zip(probs, items)]
+        columns[label] = [_at(p.cpu(), size)[0].numpy() for p, size in zip(probs, sizes)]
     for label, path in (depth_teachers or {}).items():
         depth = load_midas(path, map_location=dev).eval()(images).depth.cpu()
-        columns[f"{label} (near = bright)"] = [_displayed_depth(d[0]) for d in depth]
+        columns[f"{label} (near = bright)"] = [_displayed_depth(d, size) for d, size in zip(depth, sizes)]
     if depth_teachers and dataset_expr.startswith("synthetic:"):
         true_depth = _true_inverse_depth(dataset_expr.removeprefix("synthetic:"), items, img_size)
-        columns["true depth (near = bright)"] = [_displayed_depth(d[0]) for d in true_depth]
+        columns["true depth (near = bright)"] = [_displayed_depth(d, size) for d, size in zip(true_depth, sizes)]
     rows = [[column[r] for column in columns.values()] for r in range(len(items))]
     return labelled_grid(rows, list(columns), out)
 

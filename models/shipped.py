@@ -1,6 +1,6 @@
 """The files this project trained on a CPU and ships in the repository: the real-photo DFFNet (checkpoint/release/)
-and the synthetic-depth MiDaS teacher (depth_pretrained/), each described in a MODEL_CARD.md beside it; and the
-choice of the default detector."""
+and the two synthetic-depth MiDaS teachers (depth_pretrained/), each described in a MODEL_CARD*.md beside it; and
+the choice of the default detector."""
 from __future__ import annotations
 
 import hashlib
@@ -17,7 +17,10 @@ AUTHORS_CHECKPOINT = Path("checkpoint") / "D-DFFNet.pth"  # under the working fo
 SHIPPED_SHA256 = "9e54e527014481007946bec071dbe74712cbe2963f058e27bf68845611b3c804"
 SHIPPED_DEPTH_TEACHER = ROOT / "depth_pretrained" / "midas_synthetic_cpu.pth"
 SHIPPED_DEPTH_TEACHER_SHA256 = "4c7e86acde565798dc3c7e32809d5f50e6f0eeda43dcc5ad5cdfb9701ce78309"
-SHIPPED_FILES = {SHIPPED_CHECKPOINT: SHIPPED_SHA256, SHIPPED_DEPTH_TEACHER: SHIPPED_DEPTH_TEACHER_SHA256}
+SHIPPED_LITE2_DEPTH_TEACHER = ROOT / "depth_pretrained" / "midas_lite2_synthetic_cpu.pth"
+SHIPPED_LITE2_DEPTH_TEACHER_SHA256 = "726554d0f12296edd9165e3a292b41199864596138dcaaeedfd1d5f84f585d14"
+SHIPPED_FILES = {SHIPPED_CHECKPOINT: SHIPPED_SHA256, SHIPPED_DEPTH_TEACHER: SHIPPED_DEPTH_TEACHER_SHA256,
+                 SHIPPED_LITE2_DEPTH_TEACHER: SHIPPED_LITE2_DEPTH_TEACHER_SHA256}
 
 
 _DIGESTS: dict[tuple[Path, int, int], str] = {}  # (resolved path, size, mtime in ns) -> SHA-256, once per process
