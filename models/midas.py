@@ -119,9 +119,11 @@ class MidasDecoder(nn.Module):
         )
         # Start the non-negative output in ReLU's linear range, near 1 everywhere: with PyTorch's default init
         # the map starts half zero (an ImageNet encoder's large features), and a depth loss pulls the living
-        # pixels down into the ReLU's dead zone within ten steps, where no gradient brings them back. Released
-        # weights overwrite this.
-        nn.init.normal_(self.output_conv[-2].weight, std=1e-3)
+        # pixels down into the ReLU's dead zone within ten steps, where no gradient brings them back. The default
+        # weights are scaled down rather than redrawn, so building a MiDaS draws as many random numbers as
+        # before and a seeded run's other modules start as they did. Released weights overwrite this.
+        with torch.no_grad():
+            self.output_conv[-2].weight.mul_(0.01)
         nn.init.constant_(self.output_conv[-2].bias, 1.0)
 
     def forward(self, encoder_features: list[torch.Tensor]) -> torch.Tensor:
