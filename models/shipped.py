@@ -19,8 +19,13 @@ SHIPPED_DEPTH_TEACHER = ROOT / "depth_pretrained" / "midas_synthetic_cpu.pth"
 SHIPPED_DEPTH_TEACHER_SHA256 = "4c7e86acde565798dc3c7e32809d5f50e6f0eeda43dcc5ad5cdfb9701ce78309"
 SHIPPED_LITE2_DEPTH_TEACHER = ROOT / "depth_pretrained" / "midas_lite2_synthetic_cpu.pth"
 SHIPPED_LITE2_DEPTH_TEACHER_SHA256 = "726554d0f12296edd9165e3a292b41199864596138dcaaeedfd1d5f84f585d14"
-SHIPPED_FILES = {SHIPPED_CHECKPOINT: SHIPPED_SHA256, SHIPPED_DEPTH_TEACHER: SHIPPED_DEPTH_TEACHER_SHA256,
-                 SHIPPED_LITE2_DEPTH_TEACHER: SHIPPED_LITE2_DEPTH_TEACHER_SHA256}
+
+
+def shipped_files() -> dict[Path, str]:
+    """{path: recorded SHA-256} of every committed weight file (read at call time, so a test can point a name
+    at a copy)."""
+    return {SHIPPED_CHECKPOINT: SHIPPED_SHA256, SHIPPED_DEPTH_TEACHER: SHIPPED_DEPTH_TEACHER_SHA256,
+            SHIPPED_LITE2_DEPTH_TEACHER: SHIPPED_LITE2_DEPTH_TEACHER_SHA256}
 
 
 _DIGESTS: dict[tuple[Path, int, int], str] = {}  # (resolved path, size, mtime in ns) -> SHA-256, once per process
@@ -51,7 +56,7 @@ def verify_shipped(path: str | os.PathLike) -> None:
         resolved = Path(path).resolve(strict=True)
     except (OSError, RuntimeError):
         return  # missing or a symlink loop: read_checkpoint names it
-    expected = next((digest for shipped, digest in SHIPPED_FILES.items() if shipped.resolve() == resolved), None)
+    expected = next((digest for shipped, digest in shipped_files().items() if shipped.resolve() == resolved), None)
     if expected is None or not resolved.is_file():
         return
     found = _cached_sha256(resolved)

@@ -10,7 +10,7 @@ from datasets import DepthDataset
 from datasets.synthetic import generate_dataset
 from engine.depth import evaluate_depth
 from models import load_midas
-from models.shipped import SHIPPED_DEPTH_TEACHER, SHIPPED_FILES, SHIPPED_LITE2_DEPTH_TEACHER, sha256
+from models.shipped import SHIPPED_DEPTH_TEACHER, SHIPPED_LITE2_DEPTH_TEACHER, shipped_files, sha256
 from utils.checkpoint import read_checkpoint
 
 MAX_BYTES = 25_000_000
@@ -30,7 +30,7 @@ def unseen_scenes(tmp_path_factory):
 def test_the_shipped_teacher_is_small_recorded_and_loads_strictly(path):
     assert path.is_file(), f"{path} is missing from the repository"
     assert path.stat().st_size <= MAX_BYTES
-    assert sha256(path) == SHIPPED_FILES[path]
+    assert sha256(path) == shipped_files()[path]
     teacher = load_midas(path)  # weights_only=True, strict, finite (models.weights)
     assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in teacher.state_dict().values()
                if p.is_floating_point())

@@ -31,7 +31,7 @@ from metrics.protocol import PROTOCOLS
 from models import build_model, load_model
 from models.encoders import input_normalisation
 from models.inference import input_spec
-from models.shipped import SHIPPED_CHECKPOINT, SHIPPED_FILES, SHIPPED_SHA256, export_release, sha256
+from models.shipped import SHIPPED_CHECKPOINT, SHIPPED_SHA256, shipped_files, export_release, sha256
 from utils.checkpoint import read_checkpoint, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -229,10 +229,10 @@ def test_release_recipe_runs_the_distillation_studys_teacher_and_control(tmp_pat
     assert _flags(export)["--img-size"] == "288"
 
 
-@pytest.mark.parametrize("path", sorted(SHIPPED_FILES), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted(shipped_files()), ids=lambda p: p.name)
 def test_each_shipped_file_has_its_recorded_digest_in_its_model_card(path):
     cards = "\n".join(card.read_text() for card in path.parent.glob("MODEL_CARD*.md"))
-    assert f"`{SHIPPED_FILES[path]}`" in cards, f"no model card beside {path.name} gives its recorded SHA-256"
+    assert f"`{shipped_files()[path]}`" in cards, f"no model card beside {path.name} gives its recorded SHA-256"
     assert f"`{path.name}`" in cards
 
 
