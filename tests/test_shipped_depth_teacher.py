@@ -11,6 +11,7 @@ from datasets.synthetic import generate_dataset
 from engine.depth import evaluate_depth
 from models import load_midas
 from models.shipped import SHIPPED_DEPTH_TEACHER, SHIPPED_LITE2_DEPTH_TEACHER, shipped_files, sha256
+from tests.test_shipped_model import command_flags
 from utils.checkpoint import read_checkpoint
 
 MAX_BYTES = 25_000_000
@@ -75,12 +76,7 @@ def test_the_lite2_recipe_script_trains_what_the_shipped_file_records(tmp_path):
                          cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     train = next(line.split() for line in calls.read_text().splitlines() if line.startswith("train_depth.py"))
-    flags, key = {}, None
-    for word in train[1:]:
-        if word.startswith("--"):
-            key, flags[word] = word, ""
-        else:
-            flags[key] = word
+    flags = command_flags(train[1:])
     recorded = read_checkpoint(SHIPPED_LITE2_DEPTH_TEACHER)["config"]
     for name in ("encoder", "pretrained", "features", "img_size", "batch_size", "amp", "loss", "anchor_weight", "lr",
                  "warmup_steps", "epochs"):

@@ -188,7 +188,7 @@ def test_release_recipe_names_missing_data_before_training(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def _flags(argv: list[str]) -> dict[str, str]:
+def command_flags(argv: list[str]) -> dict[str, str]:
     """--flag value pairs of a command line (a flag without a value maps to '')."""
     flags, key = {}, None
     for word in argv:
@@ -220,13 +220,13 @@ def test_release_recipe_runs_the_distillation_studys_teacher_and_control(tmp_pat
     for recipe, model in ((first, study.TEACHER), (continued, study.CONTROL)):
         bench = study.command(model, 43, out, str(tmp_path / "out/data_root"), {})
         assert recipe[0] == "train_single.py" and bench[1] == "train_single.py"
-        ours, theirs = _flags(recipe[1:]), _flags(bench[2:])
+        ours, theirs = command_flags(recipe[1:]), command_flags(bench[2:])
         for path_flag in ("--save", "--log-dir", "--init", "--overwrite"):
             ours.pop(path_flag, None), theirs.pop(path_flag, None)
         assert ours == theirs
-    assert _flags(continued)["--init"] == str(tmp_path / "out/dffnet_release_train.pth")
+    assert command_flags(continued)["--init"] == str(tmp_path / "out/dffnet_release_train.pth")
     assert export[:2] == ["tools/export_model.py", str(tmp_path / "out/dffnet_release_continued.pth")]
-    assert _flags(export)["--img-size"] == "288"
+    assert command_flags(export)["--img-size"] == "288"
 
 
 @pytest.mark.parametrize("path", sorted(shipped_files()), ids=lambda p: p.name)

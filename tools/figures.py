@@ -3,7 +3,7 @@ or photos without ground truth with one detector's map and its blur overlay.
 
     python tools/figures.py --dataset synthetic:data/demo/test --checkpoint DFFNet=a.pth D-DFFNet=b.pth \\
         --depth-teacher depth_pretrained/midas_v21-f6b98070.pt --out results/qualitative.png
-    python tools/figures.py --dataset CUHK-TR-1-VAL --checkpoint DFFNet=a.pth \
+    python tools/figures.py --dataset CUHK-TR-1-VAL --checkpoint DFFNet=a.pth \\
         --depth-teacher "MiDaS=midas_v21-f6b98070.pt" "ours=depth_pretrained/midas_synthetic_cpu.pth" --out grid.png
     python tools/figures.py --photos photos/ --checkpoint model=checkpoint/release/dffnet_cuhk_cpu.pth \\
         --out results/photos.png

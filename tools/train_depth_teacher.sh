@@ -48,57 +48,44 @@ link_into() {  # link_into FOLDER PREFIX SOURCE: SOURCE's image/ and depth/ file
     done
 }
 
-score() {  # score the exported teacher on the held-out scenes at each size
-    for size in 128 160 320; do
-        "$PY" tools/score_depth.py "$EXPORT" "$DATA/held_out_$size" --img-size "$size" --json "$OUT/scores_$size.json"
-    done
-}
-
-if [ "$RECIPE" = lite2 ]; then
-    echo "[$(date +%T)] synthetic depth: 4,096 + 4,096 training scenes and 128 held-out, 160 px"
-    generate 100 4096 160 "$DATA/seed100"
-    generate 102 4096 160 "$DATA/seed102"
-    for size in 128 160 320; do generate 101 128 "$size" "$DATA/held_out_$size"; done
-    link_into "$DATA/train_8k" train4k_ "$DATA/seed100"
-    link_into "$DATA/train_8k" train4k_b_ "$DATA/seed102"
-    echo "[$(date +%T)] one run: 3 epochs on 8,192 scenes from ImageNet, lr 3e-4, $OMP_NUM_THREADS thread(s)"
-    "$PY" train_depth.py --data "$DATA/train_8k" --val-data "$DATA/held_out_160" --encoder tf_efficientnet_lite2 \
-        --pretrained imagenet --features 64 --img-size 160 --batch-size 8 --workers 1 --amp bf16 --loss ordinal \
-        --anchor-weight 0 --lr 3e-4 --warmup-steps 100 --epochs 3 --overwrite \
-        --save "$OUT/lite2.pth" --log-dir "$OUT/logs/lite2"
-    echo "[$(date +%T)] export: fp16 weights + training configuration -> $EXPORT"
-    "$PY" tools/export_model.py "$OUT/lite2.pth" "$EXPORT" --description \
-        "MiDaS v2.1 architecture (tf_efficientnet_lite2 from ImageNet, width 64) trained on synthetic depth by this repository on a CPU; depth_pretrained/MODEL_CARD_lite2.md"
-    score
-    echo "[$(date +%T)] done: $EXPORT; copy it to depth_pretrained/ and update models/shipped.py's SHA-256"
-    exit 0
-fi
-
-echo "[$(date +%T)] synthetic depth: 4,096 + 4,096 + 8,192 training scenes and 128 held-out, 160 px"
+echo "[$(date +%T)] synthetic depth: 4,096 + 4,096 training scenes and 128 held-out, 160 px"
 generate 100 4096 160 "$DATA/seed100"
 generate 102 4096 160 "$DATA/seed102"
-generate 103 8192 160 "$DATA/seed103"
 for size in 128 160 320; do generate 101 128 "$size" "$DATA/held_out_$size"; done
 link_into "$DATA/train_8k" train4k_ "$DATA/seed100"
 link_into "$DATA/train_8k" train4k_b_ "$DATA/seed102"
-link_into "$DATA/train_16k" train4k_ "$DATA/seed100"
-link_into "$DATA/train_16k" train4k_b_ "$DATA/seed102"
-link_into "$DATA/train_16k" c_ "$DATA/seed103"
+COMMON=(--val-data "$DATA/held_out_160" --features 64 --img-size 160 --batch-size 8 --workers 1 --amp bf16
+        --loss ordinal --anchor-weight 0 --overwrite)
 
-COMMON=(--val-data "$DATA/held_out_160" --encoder resnet18 --features 64 --img-size 160 --batch-size 8 --workers 1
-        --amp bf16 --loss ordinal --anchor-weight 0 --overwrite)
-echo "[$(date +%T)] run 1: 6 epochs on 8,192 scenes, lr 1e-3, $OMP_NUM_THREADS thread(s)"
-"$PY" train_depth.py --data "$DATA/train_8k" --epochs 6 --lr 1e-3 --warmup-steps 300 "${COMMON[@]}" \
-    --save "$OUT/run1.pth" --log-dir "$OUT/logs/run1"
-echo "[$(date +%T)] run 2: from run 1, 2 epochs on 16,384 scenes, lr 5e-4"
-"$PY" train_depth.py --data "$DATA/train_16k" --epochs 2 --lr 5e-4 --warmup-steps 100 --init "$OUT/run1.pth" \
-    "${COMMON[@]}" --save "$OUT/run2.pth" --log-dir "$OUT/logs/run2"
-echo "[$(date +%T)] run 3: from run 2, 2 epochs on the same scenes, lr 2.5e-4"
-"$PY" train_depth.py --data "$DATA/train_16k" --epochs 2 --lr 2.5e-4 --warmup-steps 100 --init "$OUT/run2.pth" \
-    "${COMMON[@]}" --save "$OUT/run3.pth" --log-dir "$OUT/logs/run3"
+if [ "$RECIPE" = lite2 ]; then
+    echo "[$(date +%T)] one run: 3 epochs on 8,192 scenes from ImageNet, lr 3e-4, $OMP_NUM_THREADS thread(s)"
+    "$PY" train_depth.py --data "$DATA/train_8k" --encoder tf_efficientnet_lite2 --pretrained imagenet \
+        --lr 3e-4 --warmup-steps 100 --epochs 3 "${COMMON[@]}" --save "$OUT/lite2.pth" --log-dir "$OUT/logs/lite2"
+    TRAINED="$OUT/lite2.pth"
+    DESCRIPTION="MiDaS v2.1 architecture (tf_efficientnet_lite2 from ImageNet, width 64) trained on synthetic depth by this repository on a CPU; depth_pretrained/MODEL_CARD_lite2.md"
+else
+    echo "[$(date +%T)] synthetic depth: 8,192 more training scenes, 160 px"
+    generate 103 8192 160 "$DATA/seed103"
+    link_into "$DATA/train_16k" train4k_ "$DATA/seed100"
+    link_into "$DATA/train_16k" train4k_b_ "$DATA/seed102"
+    link_into "$DATA/train_16k" c_ "$DATA/seed103"
+    COMMON+=(--encoder resnet18)
+    echo "[$(date +%T)] run 1: 6 epochs on 8,192 scenes, lr 1e-3, $OMP_NUM_THREADS thread(s)"
+    "$PY" train_depth.py --data "$DATA/train_8k" --epochs 6 --lr 1e-3 --warmup-steps 300 "${COMMON[@]}" \
+        --save "$OUT/run1.pth" --log-dir "$OUT/logs/run1"
+    echo "[$(date +%T)] run 2: from run 1, 2 epochs on 16,384 scenes, lr 5e-4"
+    "$PY" train_depth.py --data "$DATA/train_16k" --epochs 2 --lr 5e-4 --warmup-steps 100 --init "$OUT/run1.pth" \
+        "${COMMON[@]}" --save "$OUT/run2.pth" --log-dir "$OUT/logs/run2"
+    echo "[$(date +%T)] run 3: from run 2, 2 epochs on the same scenes, lr 2.5e-4"
+    "$PY" train_depth.py --data "$DATA/train_16k" --epochs 2 --lr 2.5e-4 --warmup-steps 100 --init "$OUT/run2.pth" \
+        "${COMMON[@]}" --save "$OUT/run3.pth" --log-dir "$OUT/logs/run3"
+    TRAINED="$OUT/run3.pth"
+    DESCRIPTION="MiDaS v2.1 architecture (resnet18, width 64) pretrained on synthetic depth by this repository on a CPU; depth_pretrained/MODEL_CARD.md"
+fi
 
 echo "[$(date +%T)] export: fp16 weights + training configuration -> $EXPORT"
-"$PY" tools/export_model.py "$OUT/run3.pth" "$EXPORT" --description \
-    "MiDaS v2.1 architecture (resnet18, width 64) pretrained on synthetic depth by this repository on a CPU; depth_pretrained/MODEL_CARD.md"
-score
+"$PY" tools/export_model.py "$TRAINED" "$EXPORT" --description "$DESCRIPTION"
+for size in 128 160 320; do
+    "$PY" tools/score_depth.py "$EXPORT" "$DATA/held_out_$size" --img-size "$size" --json "$OUT/scores_$size.json"
+done
 echo "[$(date +%T)] done: $EXPORT; copy it to depth_pretrained/ and update models/shipped.py's SHA-256"
