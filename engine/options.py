@@ -62,6 +62,9 @@ def add_common_arguments(parser: argparse.ArgumentParser, save: str) -> None:
                         help="GLOBAL batch, split over torchrun processes and --accumulate steps")
     parser.add_argument("--accumulate", type=int, default=1, help="micro-batches per optimiser step")
     parser.add_argument("--lr", type=float, default=1e-4, help="Adam base learning rate (poly per epoch)")
+    parser.add_argument("--encoder-lr-scale", type=float, default=1.0,
+                        help="the encoder's learning rate as a multiple of --lr (1 = one rate for the whole network, "
+                             "the authors'; below 1 fine-tunes ImageNet weights more gently than the decoder)")
     parser.add_argument("--lr-power", type=float, default=0.9, help="poly power")
     parser.add_argument("--clip", type=float, default=0.5, help="element-wise gradient clamp of the model")
     parser.add_argument("--loss", choices=["bce", "bce+edge"], default="bce+edge")

@@ -24,7 +24,7 @@ from engine.train import Stage, Validation, best_checkpoint_path, run_stage
 from losses import Projectors, SegmentationCriterion, feature_distillation_loss, response_distillation_loss
 from models import build_model, load_checkpoint, load_midas, load_model, make_frozen_teacher
 from utils.distributed import DistributedContext, EpochShuffleSampler, unwrap_model
-from utils.optim import adam
+from utils.optim import adam, encoder_scaled_groups
 from utils.runtime import autocast
 from utils.schedule import distill_alpha
 
@@ -123,10 +123,11 @@ def prepare_teacher(teacher: nn.Module, config: DistillConfig, ctx: DistributedC
 
 
 def build_stage1(config: TrainConfig, ctx: DistributedContext) -> Stage:
-    """Stage 1: Adam over the model; loss = L(final) + sum_k L(side_k)."""
+    """Stage 1: Adam over the model (its encoder at --encoder-lr-scale x the rate); loss = L(final) + sum_k
+    L(side_k)."""
     network = prepare_trained_module(build_student(config), config, ctx)
     model = unwrap_model(network)
-    optimizer = adam(model.parameters(), lr=config.lr)
+    optimizer = adam(encoder_scaled_groups(model, config.encoder_lr_scale), lr=config.lr)
     criterion = segmentation_criterion(config, ctx, final_weight=1.0)
 
     def loss_fn(batch: dict[str, torch.Tensor], epoch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -177,7 +178,7 @@ def build_feature_distill_stage(config: DistillConfig, ctx: DistributedContext,
                   for name, teacher in teachers.items()}
     network = prepare_trained_module(DistillationStudent(student, projectors), config, ctx)
     combined = unwrap_model(network)
-    optimizer = adam(combined.student.parameters(), lr=config.lr)
+    optimizer = adam(encoder_scaled_groups(combined.student, config.encoder_lr_scale), lr=config.lr)
     projector_optimizer = adam(combined.projectors.parameters(), lr=config.projector_lr,
                                weight_decay=config.projector_wd)
     criterion = segmentation_criterion(config, ctx, final_weight=config.final_weight)
@@ -209,7 +210,7 @@ def build_response_distill_stage(config: DistillConfig, ctx: DistributedContext,
     losses.response_distillation_loss. Weight 1 per head, no alpha (paper, appendix B-C)."""
     network = prepare_trained_module(build_student(config, depth_heads=True), config, ctx)
     student = unwrap_model(network)
-    optimizer = adam(student.parameters(), lr=config.lr)
+    optimizer = adam(encoder_scaled_groups(student, config.encoder_lr_scale), lr=config.lr)
     criterion = segmentation_criterion(config, ctx, final_weight=config.final_weight)
 
     def loss_fn(batch: dict[str, torch.Tensor], epoch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

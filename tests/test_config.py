@@ -51,6 +51,7 @@ def test_resolve_fills_the_derived_values_once(monkeypatch: pytest.MonkeyPatch) 
     (DistillConfig(teacher=None), r"^--teachers both needs --teacher"),
     (DepthConfig(data="d", warmup_steps=-1), r"^--warmup-steps must be >= 0, got -1$"),
     (TrainConfig(pretrained="no/such/file.pth"), r"^--pretrained no/such/file\.pth: no such file"),
+    (TrainConfig(encoder_lr_scale=0.0), r"^--encoder-lr-scale must be a finite number > 0, got 0.0$"),
 ])
 def test_a_setting_that_cannot_run_is_a_config_error_naming_its_flag(config: LoopConfig, message: str) -> None:
     with pytest.raises(ConfigError, match=message):

@@ -132,6 +132,34 @@ def test_one_epoch_plus_resume_equals_two_epochs(data: Path, two_epoch_run: Path
         train_single.main(common_args(data, tmp_path, batch=4) + ["--epochs", "3", "--resume"])
 
 
+def test_encoder_lr_scale_gives_the_encoder_its_own_rate_and_must_match_on_resume(data: Path, tmp_path: Path):
+    torch.manual_seed(0)
+    model = build_model("dffnet", "resnest14d")
+    start = model.state_dict()
+    save_checkpoint({"format": "ddffnet-checkpoint-v1", "model": start, "model_config": model.config, "config": {},
+                     "epoch": 0}, tmp_path / "start.pth")
+    init = ["--epochs", "1", "--init", str(tmp_path / "start.pth")]
+    train_single.main(common_args(data, tmp_path) + init + ["--encoder-lr-scale", "0.1"])
+    checkpoint = read_checkpoint(tmp_path / "model.pth")
+    encoder_group, rest_group = checkpoint["optimizers"]["model"]["param_groups"]
+    lr = 1e-4 * (1 - 1 / 80) ** 0.9
+    assert (encoder_group["lr"], rest_group["lr"]) == (pytest.approx(0.1 * lr), pytest.approx(lr))
+    assert len(encoder_group["params"]) == len(list(model.encoder.parameters()))
+    assert len(encoder_group["params"]) + len(rest_group["params"]) == len(list(model.parameters()))
+    # from the same start, the encoder moves far less than in a run at one rate; the decoder about as much
+    train_single.main(common_args(data, tmp_path / "one_rate") + init)
+    one_rate = read_checkpoint(tmp_path / "one_rate" / "model.pth")["model"]
+
+    def moved(state: dict[str, torch.Tensor], prefix: str) -> float:
+        return sum((state[k].float() - start[k].float()).abs().sum().item() for k in start
+                   if k.startswith(prefix) and start[k].is_floating_point() and "running" not in k)
+
+    assert moved(checkpoint["model"], "encoder.") < 0.3 * moved(one_rate, "encoder.")
+    assert moved(checkpoint["model"], "decoder.") > 0.5 * moved(one_rate, "decoder.")
+    with pytest.raises(SystemExit, match="--encoder-lr-scale 1.0 differs from the checkpoint's 0.1"):
+        train_single.main(common_args(data, tmp_path) + ["--epochs", "2", "--resume"])
+
+
 def test_loss_falls_when_overfitting_one_batch(tmp_path: Path):
     """The training step itself (engine.train.train_step), repeated on one fixed batch."""
     batch = torch.utils.data.default_collate([write_tiny_item(seed) for seed in range(2)])
