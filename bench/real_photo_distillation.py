@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from bench.common import machine, run_on_one_thread as run  # noqa: E402
+from utils.plots import plot_lines  # noqa: E402
 
 FIT, VAL = "CUHK-TR-1-FIT", "CUHK-TR-1-VAL"
 EPOCHS, STEPS_PER_EPOCH = 18, 63
@@ -115,27 +116,10 @@ def validation_curve(model: str, seed: int, out: Path) -> list[dict]:
 
 def curves_figure(curves: dict, models: list[str], seeds: list[int], path: Path) -> None:
     """Validation MAE against the steps since ImageNet: one panel per seed, one colour per model."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, len(seeds), figsize=(5.2 * len(seeds), 4.0), sharey=True, squeeze=False)
-    palette = ("tab:grey", "tab:red", "tab:orange", "tab:green", "tab:purple", "tab:brown")
-    colours = {model: ("tab:blue" if model == CONTROL else palette[i % len(palette)])
-               for i, model in enumerate(models)}
-    for ax, seed in zip(axes[0], seeds):
-        for model in models:
-            points = curves[model, seed]
-            ax.plot([p["steps"] for p in points], [p["val_mae"] for p in points], marker="o", ms=4,
-                    color=colours[model], label=model)
-        ax.axvline(EPOCHS * STEPS_PER_EPOCH, color="black", lw=0.8, ls=":")
-        ax.set_title(f"seed {seed}")
-        ax.set_xlabel("training steps since ImageNet (DFFNet x2 continues the teacher)")
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("validation MAE (CUHK-TR-1-VAL, 100 photos)")
-    axes[0][-1].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    plot_lines({f"seed {seed}": {model: ([p["steps"] for p in curves[model, seed]],
+                                         [p["val_mae"] for p in curves[model, seed]]) for model in models}
+                for seed in seeds}, path, xlabel="training steps since ImageNet (DFFNet x2 continues the teacher)",
+               ylabel="validation MAE (CUHK-TR-1-VAL, 100 photos)", vline=EPOCHS * STEPS_PER_EPOCH, sharey=True)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -49,6 +49,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from bench.common import machine, run_on_one_thread as run  # noqa: E402
+from utils.plots import plot_lines  # noqa: E402
 
 FIT, VAL = "CUHK-TR-1-FIT", "CUHK-TR-1-VAL"
 FIT_IMAGES, BATCH = 504, 8
@@ -159,19 +160,10 @@ def score(name: str, out: Path, data_root: str) -> dict:
 
 
 def curves_figure(table: dict, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    for name, row in table.items():
-        ax.plot([p["steps"] for p in row["curve"]], [p["val_mae"] for p in row["curve"]], marker="o", label=name)
-    ax.set_xlabel("training steps (batch 8; synthetic steps included)")
-    ax.set_ylabel("validation MAE (CUHK-TR-1-VAL, 100 images)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    plot_lines({"validation MAE against training steps": {
+        name: ([p["steps"] for p in row["curve"]], [p["val_mae"] for p in row["curve"]]) for name, row in table.items()}},
+        path, xlabel="training steps (batch 8; synthetic steps included)",
+        ylabel="validation MAE (CUHK-TR-1-VAL, 100 images)")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+from PIL import Image
 from tqdm import tqdm
 
 import utils.log
@@ -94,3 +95,29 @@ def test_remaining_time_is_announced_once_from_the_measured_pace(monkeypatch):
     assert lines[:9] == [None] * 9 and lines[10:] == [None, None]
     assert lines[9] == ("0.50 s/step over the first 10 steps: about 2.0 min for the 240 steps left "
                         "(validation and saving not included)")
+
+
+def test_each_epoch_redraws_the_curves_with_a_validation_panel_only_when_validated(tmp_path: Path, capsys) -> None:
+    logger = TrainingLogger(tmp_path / "plain")
+    for epoch in (1, 2):
+        for step in (1, 2):
+            logger.step({"epoch": epoch, "step": step, "global_step": 2 * (epoch - 1) + step, "loss": 1.0 / step})
+        logger.epoch({"epoch": epoch, "loss": 0.75})
+    with Image.open(tmp_path / "plain" / "curves.png") as one_panel:
+        assert one_panel.format == "PNG"
+    validated = TrainingLogger(tmp_path / "validated")
+    for epoch in (1, 2):
+        validated.step({"epoch": epoch, "step": 1, "global_step": epoch, "loss": 1.0})
+        validated.epoch({"epoch": epoch, "loss": 1.0, "val_mae": "" if epoch == 1 else 0.2})
+    with Image.open(tmp_path / "validated" / "curves.png") as two_panels:
+        assert two_panels.width > 1.8 * one_panel.width and two_panels.height == one_panel.height
+    assert not list(tmp_path.rglob("*.partial"))
+
+
+def test_a_curves_figure_that_cannot_be_written_is_reported_and_training_goes_on(tmp_path: Path, capsys) -> None:
+    logger = TrainingLogger(tmp_path)
+    (tmp_path / "curves.png").mkdir()  # a folder where the figure goes
+    logger.step({"epoch": 1, "step": 1, "global_step": 1, "loss": 1.0})
+    logger.epoch({"epoch": 1, "loss": 1.0})
+    assert f"warning: cannot write {tmp_path / 'curves.png'}" in capsys.readouterr().out
+    assert (tmp_path / "epochs.csv").read_text().splitlines()[1] == "1,1"

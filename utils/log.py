@@ -1,5 +1,5 @@
 """Logs: console lines stamped with the wall-clock time, progress that suits a terminal or a log file,
-CSV files of every logged training value, TensorBoard when installed."""
+CSV files of every logged training value with their curves drawn each epoch, TensorBoard when installed."""
 from __future__ import annotations
 
 import csv
@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
+
+from utils.plots import plot_training_curves
 
 PIPED_EVERY = 30.0  # seconds between progress lines when stderr is not a terminal
 
@@ -117,6 +119,12 @@ def _open_tensorboard(log_dir: Path) -> Any:
     return SummaryWriter(str(log_dir / "tensorboard"))
 
 
+def read_rows(path: Path) -> list[dict[str, str]]:
+    """The rows of a CSV file written by CsvLog."""
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
 class CsvLog:
     """A CSV file whose columns are fixed by the first row; rows are flushed as they are written."""
 
@@ -153,7 +161,7 @@ class CsvLog:
 
 
 class TrainingLogger:
-    """`steps.csv` (one row per optimiser step) and `epochs.csv` (epoch means, validation) in log_dir.
+    """`steps.csv` (one row per optimiser step), `epochs.csv` (epoch means, validation) and `curves.png` in log_dir.
 
     Only the main process writes; on the others every method does nothing.
     """
@@ -187,6 +195,16 @@ class TrainingLogger:
         self.epochs.write(row)
         self._to_tensorboard("epoch", row, ("epoch",))
         self.info("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
+        self.draw_curves()
+
+    def draw_curves(self) -> None:
+        """Redraw log_dir/curves.png (loss and validation against the epoch) from the two CSV files. A figure
+        that cannot be written is reported, and training goes on."""
+        path = self.log_dir / "curves.png"
+        try:
+            plot_training_curves(read_rows(self.steps.path), read_rows(self.epochs.path), path)
+        except OSError as e:
+            self.info(f"warning: cannot write {path} ({e.strerror or e}); training goes on")
 
     def _to_tensorboard(self, group: str, row: dict[str, Any], index: tuple[str, ...]) -> None:
         """Each numeric value of `row` outside its `index` columns as scalar 'group/key', at x = row[index[-1]]."""

@@ -1,8 +1,11 @@
-"""Figures: precision-recall curves (matplotlib, Agg), qualitative grids and blur overlays (numpy / PIL)."""
+"""Figures: precision-recall curves and line plots such as training curves (matplotlib, Agg), qualitative grids
+and blur overlays (numpy / PIL)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -56,10 +59,7 @@ def plot_pr_curves(curves: dict[str, dict[str, dict]], path: str | Path, title: 
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def blur_overlay(image: np.ndarray, in_focus: np.ndarray, strength: float = 0.55) -> np.ndarray:
@@ -108,3 +108,63 @@ def labelled_grid(rows: list[list[np.ndarray]], labels: list[str] | None, path: 
     path.parent.mkdir(parents=True, exist_ok=True)
     picture.save(path)
     return path
+
+
+Line = tuple[Sequence[float], Sequence[float]]
+
+
+def plot_lines(panels: Mapping[str, Mapping[str, Line]], path: str | Path, *, xlabel: str, ylabel: str = "",
+               styles: Mapping[str, dict[str, Any]] | None = None, vline: float | None = None,
+               sharey: bool = False, title: str = "") -> Path:
+    """One panel per entry of `panels` (its title), one line with markers per label: panels[title][label] =
+    (xs, ys). A label keeps its colour in every panel; `styles[label]` overrides its matplotlib keywords; `vline`
+    marks one x in every panel. Written atomically."""
+    if not panels:
+        raise ValueError("no curve to plot")
+    labels = list(dict.fromkeys(label for lines in panels.values() for label in lines))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.0), sharey=sharey, squeeze=False)
+    for ax, (panel, lines) in zip(axes[0], panels.items()):
+        for label, (xs, ys) in lines.items():
+            style = {"marker": "o", "ms": 4, "color": f"C{labels.index(label) % 10}", **(styles or {}).get(label, {})}
+            ax.plot(xs, ys, label=label, **style)
+        if vline is not None:
+            ax.axvline(vline, color="black", lw=0.8, ls=":")
+        ax.set(title=panel, xlabel=xlabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0][0].set_ylabel(ylabel)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return save_figure(fig, Path(path))
+
+
+def save_figure(fig: plt.Figure, path: Path, dpi: int = 120) -> Path:
+    """Write `fig` to `path` through a temporary file (a reader never sees half a PNG) and close it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    fig.savefig(partial, dpi=dpi, format=path.suffix.lstrip(".") or "png")
+    plt.close(fig)
+    partial.replace(path)
+    return path
+
+
+def plot_training_curves(steps: list[dict[str, str]], epochs: list[dict[str, str]], path: str | Path) -> Path:
+    """A run's curves from its steps.csv and epochs.csv rows: the training loss (each step and each epoch's
+    mean) and, when the run validates, every val_* column, against the epoch."""
+    per_epoch: dict[int, int] = {}
+    for row in steps:
+        per_epoch[int(row["epoch"])] = max(per_epoch.get(int(row["epoch"]), 0), int(row["step"]))
+    step_x = [int(r["epoch"]) - 1 + int(r["step"]) / per_epoch[int(r["epoch"])] for r in steps]
+    epoch_x = [int(r["epoch"]) for r in epochs]
+    panels: dict[str, dict[str, Line]] = {"training loss": {
+        "each step": (step_x, [float(r["loss"]) for r in steps]),
+        "epoch mean": (epoch_x, [float(r["loss"]) for r in epochs])}}
+    validation = {}
+    for column in [c for c in (epochs[0] if epochs else {}) if c.startswith("val_")]:
+        points = [(int(r["epoch"]), float(r[column])) for r in epochs if r.get(column)]
+        if points:
+            validation[column.removeprefix("val_")] = ([x for x, _ in points], [y for _, y in points])
+    if validation:
+        panels["validation"] = validation
+    return plot_lines(panels, path, xlabel="epoch", styles={"each step": {"marker": "", "lw": 0.6, "alpha": 0.4}})
