@@ -181,3 +181,27 @@ def test_no_module_of_the_library_scripts_or_tools_is_over_400_lines() -> None:
         sorted((ROOT / "tools").glob("*.py"))
     long = {str(path.relative_to(ROOT)): n for path in modules if (n := len(path.read_text().splitlines())) > MAX_MODULE_LINES}
     assert long == {}
+
+
+def test_every_recipe_of_the_recipe_study_is_a_valid_train_single_command(tmp_path: Path) -> None:
+    """bench/release_recipes.py's rows resolve to the settings their names promise (a typo there shows only after
+    minutes of training otherwise)."""
+    from bench import release_recipes as study
+
+    configs = {}
+    for name in study.RECIPES:
+        for save, command in study.recipe_commands(name, tmp_path, "data"):
+            assert command[1] == "train_single.py"
+            configs[name] = config_from_flags(vars(train_single.parse_args(command[2:])), TrainConfig)
+            save.parent.mkdir(exist_ok=True)
+            save.touch()  # the next stage's --init
+    imagenet = {name: configs[name] for name, recipe in study.RECIPES.items() if recipe.group == "imagenet"}
+    assert {(c.backbone, c.epochs * 63, c.crop_scale) for c in imagenet.values()} == {("tf_efficientnet_lite0", 504,
+                                                                                       0.5)}
+    assert (configs["imagenet 224"].pretrained, configs["random init 224"].pretrained) == ("imagenet", "none")
+    assert configs["imagenet 320"].img_size == 320
+    assert (configs["encoder lr x0.1"].lr * configs["encoder lr x0.1"].encoder_lr_scale,
+            configs["encoder lr x0.1"].lr) == (pytest.approx(3e-5), 3e-4)
+    assert (configs["lr 1e-3, enc x0.3"].lr * configs["lr 1e-3, enc x0.3"].encoder_lr_scale,
+            configs["lr 1e-3, enc x0.3"].lr) == (pytest.approx(3e-4), 1e-3)
+    assert all(c.pretrained == "none" and c.lr == 5e-4 for name, c in configs.items() if name not in imagenet)
