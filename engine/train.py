@@ -270,7 +270,8 @@ def run_stage(stage: Stage, config: LoopConfig, ctx: DistributedContext, loader:
         completed, best_score = resume_from(config.resume_path, stage, config, scaler, ctx)
         start_epoch = completed + 1
     logger = TrainingLogger(claim_log_dir(config) if ctx.is_main else log_dir(config), enabled=ctx.is_main,
-                            resume_epoch=start_epoch - 1 if config.resume is not None else None)
+                            resume_epoch=start_epoch - 1 if config.resume is not None else None,
+                            scores=stage.validation.columns if stage.validation else ())
     try:
         logger.info(f"{description}: {len(loader.dataset)} training images, global batch {config.batch_size} "
                     f"({ctx.world_size} process(es) x {config.accumulate} micro-batch(es)), "

@@ -97,7 +97,7 @@ def test_remaining_time_is_announced_once_from_the_measured_pace(monkeypatch):
                         "(validation and saving not included)")
 
 
-def test_each_epoch_redraws_the_curves_with_a_validation_panel_only_when_validated(tmp_path: Path, capsys) -> None:
+def test_each_epoch_redraws_the_curves_with_a_panel_per_validation_score_that_has_a_value(tmp_path: Path, capsys) -> None:
     logger = TrainingLogger(tmp_path / "plain")
     for epoch in (1, 2):
         for step in (1, 2):
@@ -105,10 +105,10 @@ def test_each_epoch_redraws_the_curves_with_a_validation_panel_only_when_validat
         logger.epoch({"epoch": epoch, "loss": 0.75})
     with Image.open(tmp_path / "plain" / "curves.png") as one_panel:
         assert one_panel.format == "PNG"
-    validated = TrainingLogger(tmp_path / "validated")
+    validated = TrainingLogger(tmp_path / "validated", scores=("val_mae", "val_fbeta"))
     for epoch in (1, 2):
         validated.step({"epoch": epoch, "step": 1, "global_step": epoch, "loss": 1.0})
-        validated.epoch({"epoch": epoch, "loss": 1.0, "val_mae": "" if epoch == 1 else 0.2})
+        validated.epoch({"epoch": epoch, "loss": 1.0, "val_mae": "" if epoch == 1 else 0.2, "val_fbeta": ""})
     with Image.open(tmp_path / "validated" / "curves.png") as two_panels:
         assert two_panels.width > 1.8 * one_panel.width and two_panels.height == one_panel.height
     assert not list(tmp_path.rglob("*.partial"))

@@ -166,8 +166,11 @@ class TrainingLogger:
     Only the main process writes; on the others every method does nothing.
     """
 
-    def __init__(self, log_dir: str | Path, enabled: bool = True, resume_epoch: int | None = None) -> None:
+    def __init__(self, log_dir: str | Path, enabled: bool = True, resume_epoch: int | None = None,
+                 scores: tuple[str, ...] = ()) -> None:
+        """`scores`: the epoch columns drawn as validation curves."""
         self.enabled = enabled
+        self.scores = scores
         if not enabled:
             return
         self.log_dir = Path(log_dir)
@@ -202,7 +205,7 @@ class TrainingLogger:
         that cannot be written is reported, and training goes on."""
         path = self.log_dir / "curves.png"
         try:
-            plot_training_curves(read_rows(self.steps.path), read_rows(self.epochs.path), path)
+            plot_training_curves(read_rows(self.steps.path), read_rows(self.epochs.path), path, self.scores)
         except OSError as e:
             self.info(f"warning: cannot write {path} ({e.strerror or e}); training goes on")
 

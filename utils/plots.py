@@ -111,13 +111,14 @@ def labelled_grid(rows: list[list[np.ndarray]], labels: list[str] | None, path: 
 
 
 Line = tuple[Sequence[float], Sequence[float]]
+SCORE_NAMES = {"val_mae": "MAE", "val_fbeta": "F-beta", "abs_rel": "AbsRel", "delta1": "δ<1.25"}
 
 
 def plot_lines(panels: Mapping[str, Mapping[str, Line]], path: str | Path, *, xlabel: str, ylabel: str = "",
                styles: Mapping[str, dict[str, Any]] | None = None, vline: float | None = None,
                sharey: bool = False, title: str = "") -> Path:
     """One panel per entry of `panels` (its title), one line with markers per label: panels[title][label] =
-    (xs, ys). A label keeps its colour in every panel; `styles[label]` overrides its matplotlib keywords; `vline`
+    (xs, ys); a legend where a panel has more than one line. A label keeps its colour in every panel; `styles[label]` overrides its matplotlib keywords; `vline`
     marks one x in every panel. Written atomically."""
     if not panels:
         raise ValueError("no curve to plot")
@@ -131,7 +132,8 @@ def plot_lines(panels: Mapping[str, Mapping[str, Line]], path: str | Path, *, xl
             ax.axvline(vline, color="black", lw=0.8, ls=":")
         ax.set(title=panel, xlabel=xlabel)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if len(lines) > 1:
+            ax.legend(fontsize=8)
     axes[0][0].set_ylabel(ylabel)
     if title:
         fig.suptitle(title)
@@ -149,9 +151,10 @@ def save_figure(fig: plt.Figure, path: Path, dpi: int = 120) -> Path:
     return path
 
 
-def plot_training_curves(steps: list[dict[str, str]], epochs: list[dict[str, str]], path: str | Path) -> Path:
+def plot_training_curves(steps: list[dict[str, str]], epochs: list[dict[str, str]], path: str | Path,
+                         scores: Sequence[str] = ()) -> Path:
     """A run's curves from its steps.csv and epochs.csv rows: the training loss (each step and each epoch's
-    mean) and, when the run validates, every val_* column, against the epoch."""
+    mean) and each validation column of `scores` that holds a value in a panel of its own, against the epoch."""
     per_epoch: dict[int, int] = {}
     for row in steps:
         per_epoch[int(row["epoch"])] = max(per_epoch.get(int(row["epoch"]), 0), int(row["step"]))
@@ -160,11 +163,9 @@ def plot_training_curves(steps: list[dict[str, str]], epochs: list[dict[str, str
     panels: dict[str, dict[str, Line]] = {"training loss": {
         "each step": (step_x, [float(r["loss"]) for r in steps]),
         "epoch mean": (epoch_x, [float(r["loss"]) for r in epochs])}}
-    validation = {}
-    for column in [c for c in (epochs[0] if epochs else {}) if c.startswith("val_")]:
+    for column in scores:
         points = [(int(r["epoch"]), float(r[column])) for r in epochs if r.get(column)]
+        name = SCORE_NAMES.get(column, column)
         if points:
-            validation[column.removeprefix("val_")] = ([x for x, _ in points], [y for _, y in points])
-    if validation:
-        panels["validation"] = validation
+            panels[f"validation {name}"] = {name: ([x for x, _ in points], [y for _, y in points])}
     return plot_lines(panels, path, xlabel="epoch", styles={"each step": {"marker": "", "lw": 0.6, "alpha": 0.4}})
