@@ -100,7 +100,7 @@ def slug(name: str) -> str:
     return name.replace(" + ", "_").replace(", ", "_").replace(" ", "_")
 
 
-def recipe_commands(name: str, out: Path, data_root: str) -> list[tuple[Path, list[str]]]:
+def recipe_commands(name: str, out: Path, data_root: str, seed: int = 42) -> list[tuple[Path, list[str]]]:
     """(checkpoint, command) of each stage of a recipe, in order."""
     recipe = RECIPES[name]
     python = sys.executable
@@ -110,7 +110,7 @@ def recipe_commands(name: str, out: Path, data_root: str) -> list[tuple[Path, li
         train_set = f"synthetic:{out / 'synthetic'}" if label == "synthetic" else FIT
         command = [python, "train_single.py", "--pretrained", recipe.pretrained, "--lr", recipe.lr, *COMMON,
                    "--backbone", recipe.backbone, "--img-size", str(recipe.size), "--train-set", train_set,
-                   "--data-root", data_root, *flags, "--save", str(save), "--log-dir", str(out / "logs" / save.stem),
+                   "--data-root", data_root, "--seed", str(seed), *flags, "--save", str(save), "--log-dir", str(out / "logs" / save.stem),
                    "--overwrite"]
         if label == "synthetic":
             command[command.index("--val-set"):command.index("--val-set") + 4] = []
@@ -121,10 +121,10 @@ def recipe_commands(name: str, out: Path, data_root: str) -> list[tuple[Path, li
     return commands
 
 
-def train_recipe(name: str, out: Path, data_root: str) -> dict:
+def train_recipe(name: str, out: Path, data_root: str, seed: int) -> dict:
     """Train every stage not yet done; the wall-clock seconds of each stage."""
     seconds = {}
-    for save, command in recipe_commands(name, out, data_root):
+    for save, command in recipe_commands(name, out, data_root, seed):
         marker = save.with_suffix(".done")
         if not marker.exists():
             start = time.time()
@@ -173,6 +173,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=2, help="recipes trained at once (one thread each)")
     parser.add_argument("--group", choices=GROUPS, default="scratch", help="the rows compared (module docstring)")
     parser.add_argument("--recipes", nargs="+", choices=list(RECIPES), help="these rows instead of --group's")
+    parser.add_argument("--seed", type=int, default=42, help="every run's --seed (another seed: another --out)")
     parser.add_argument("--dry-run", action="store_true", help="print the commands and stop")
     args = parser.parse_args(argv)
     if args.jobs < 1:
@@ -184,13 +185,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.dry_run:
         print(" ".join(synthetic))
         for name in names:
-            for _, command in recipe_commands(name, out, args.data_root):
+            for _, command in recipe_commands(name, out, args.data_root, args.seed):
                 print(" ".join(command))
         return
     if "synthetic + real" in names and not (out / "synthetic" / "meta.json").exists():
         run(synthetic, out / "logs" / "synthetic.log")
     with ThreadPoolExecutor(args.jobs) as pool:
-        seconds = dict(zip(names, pool.map(lambda n: train_recipe(n, out, args.data_root), names)))
+        seconds = dict(zip(names, pool.map(lambda n: train_recipe(n, out, args.data_root, args.seed), names)))
     on = machine(torch.device("cpu"))
     table = {name: {**score(name, out, args.data_root), "seconds": seconds[name], "curve": learning_curve(out, name)}
              for name in names}
@@ -199,8 +200,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{name:<18} {row['mae']:>8.3f} {row['fbeta']:>7.3f} {row['iou']:>6.3f} "
               f"{sum(row['seconds'].values()) / 60:>8.1f}")
     print(f"measured on: {on['cpu']}, {on['cpu_count']} cores, one thread per run, {args.jobs} run(s) at once")
-    (out / "release_recipes.json").write_text(json.dumps({"machine": on, "jobs": args.jobs, "recipes": table},
-                                                         indent=2) + "\n")
+    summary = {"machine": on, "jobs": args.jobs, "seed": args.seed, "recipes": table}
+    (out / "release_recipes.json").write_text(json.dumps(summary, indent=2) + "\n")
     curves_figure(table, out / "release_recipes.png")
     print(f"wrote {out / 'release_recipes.json'} and {out / 'release_recipes.png'}")
 
