@@ -205,3 +205,6 @@ def test_every_recipe_of_the_recipe_study_is_a_valid_train_single_command(tmp_pa
     assert (configs["lr 1e-3, enc x0.3"].lr * configs["lr 1e-3, enc x0.3"].encoder_lr_scale,
             configs["lr 1e-3, enc x0.3"].lr) == (pytest.approx(3e-4), 1e-3)
     assert all(c.pretrained == "none" and c.lr == 5e-4 for name, c in configs.items() if name not in imagenet)
+    assert {c.seed for c in configs.values()} == {42}
+    (_, command), = study.recipe_commands("imagenet 320", tmp_path, "data", seed=43)
+    assert config_from_flags(vars(train_single.parse_args(command[2:])), TrainConfig).seed == 43
