@@ -160,10 +160,10 @@ def score(name: str, out: Path, data_root: str) -> dict:
 
 
 def curves_figure(table: dict, path: Path) -> None:
+    synthetic = " (synthetic steps included)" if "synthetic + real" in table else ""
     plot_lines({"validation MAE against training steps": {
         name: ([p["steps"] for p in row["curve"]], [p["val_mae"] for p in row["curve"]]) for name, row in table.items()}},
-        path, xlabel="training steps (batch 8; synthetic steps included)",
-        ylabel="validation MAE (CUHK-TR-1-VAL, 100 images)")
+        path, xlabel=f"training steps (batch 8){synthetic}", ylabel="validation MAE (CUHK-TR-1-VAL, 100 images)")
 
 
 def main(argv: list[str] | None = None) -> None:

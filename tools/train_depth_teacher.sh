@@ -2,7 +2,7 @@
 # Pretrain, export and score a synthetic-depth MiDaS teacher shipped in depth_pretrained/ (its model cards).
 #
 #   bash tools/train_depth_teacher.sh              # midas_synthetic_cpu.pth: about 85 min on the 2 threads of a
-#                                                  # quiet 2-core CPU with AMX (derived)
+#                                                  # quiet 2-core CPU with AMX, about 2 h 20 min without (derived)
 #   RECIPE=lite2 bash tools/train_depth_teacher.sh # midas_lite2_synthetic_cpu.pth (MODEL_CARD_lite2.md)
 #
 # RECIPE=lite2: MiDaS v2.1 architecture with a tf_efficientnet_lite2 encoder initialised from ImageNet (the wheel
