@@ -64,7 +64,7 @@ def add_common_arguments(parser: argparse.ArgumentParser, save: str) -> None:
     parser.add_argument("--lr", type=float, default=1e-4, help="Adam base learning rate (poly per epoch)")
     parser.add_argument("--encoder-lr-scale", type=float, default=1.0,
                         help="the encoder's learning rate as a multiple of --lr (1 = one rate for the whole network, "
-                             "the authors'; below 1 fine-tunes ImageNet weights more gently than the decoder)")
+                             "the authors'; 0.1 did worse on real photos: docs/release_recipes.md)")
     parser.add_argument("--lr-power", type=float, default=0.9, help="poly power")
     parser.add_argument("--clip", type=float, default=0.5, help="element-wise gradient clamp of the model")
     parser.add_argument("--loss", choices=["bce", "bce+edge"], default="bce+edge")

@@ -211,9 +211,14 @@ def test_single_teacher_ablation_distils_from_that_teacher_only(data: Path, two_
 
 def test_response_distillation_epoch(data: Path, depth_teacher: Path, tmp_path: Path):
     train_kd.main(common_args(data, tmp_path) + ["--epochs", "1", "--distill", "response",
-                                                 "--depth-teacher", str(depth_teacher)])
+                                                 "--depth-teacher", str(depth_teacher), "--encoder-lr-scale", "0.5"])
     checkpoint = read_checkpoint(tmp_path / "model.pth")
     assert checkpoint["epoch"] == 1 and checkpoint["model_config"]["depth_heads"] is True
+    encoder_group, rest_group = checkpoint["optimizers"]["model"]["param_groups"]  # stage 2 scales its encoder too
+    assert encoder_group["lr"] == pytest.approx(0.5 * rest_group["lr"])
+    student = build_model("dffnet", "resnest14d", depth_heads=True)  # the depth heads learn at the decoder's rate
+    assert len(encoder_group["params"]) == len(list(student.encoder.parameters()))
+    assert len(rest_group["params"]) == len(list(student.parameters())) - len(encoder_group["params"])
     rows = read_csv(tmp_path / "log" / "steps.csv")
     assert len(rows) == 4 and all(float(r["depth"]) > 0 for r in rows)
     for r in rows:
