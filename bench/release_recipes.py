@@ -110,8 +110,8 @@ def recipe_commands(name: str, out: Path, data_root: str, seed: int = 42) -> lis
         train_set = f"synthetic:{out / 'synthetic'}" if label == "synthetic" else FIT
         command = [python, "train_single.py", "--pretrained", recipe.pretrained, "--lr", recipe.lr, *COMMON,
                    "--backbone", recipe.backbone, "--img-size", str(recipe.size), "--train-set", train_set,
-                   "--data-root", data_root, "--seed", str(seed), *flags, "--save", str(save), "--log-dir", str(out / "logs" / save.stem),
-                   "--overwrite"]
+                   "--data-root", data_root, "--seed", str(seed), *flags, "--save", str(save),
+                   "--log-dir", str(out / "logs" / save.stem), "--overwrite"]
         if label == "synthetic":
             command[command.index("--val-set"):command.index("--val-set") + 4] = []
         if previous is not None:
@@ -161,9 +161,10 @@ def score(name: str, out: Path, data_root: str) -> dict:
 
 def curves_figure(table: dict, path: Path) -> None:
     synthetic = " (synthetic steps included)" if "synthetic + real" in table else ""
-    plot_lines({"validation MAE against training steps": {
-        name: ([p["steps"] for p in row["curve"]], [p["val_mae"] for p in row["curve"]]) for name, row in table.items()}},
-        path, xlabel=f"training steps (batch 8){synthetic}", ylabel="validation MAE (CUHK-TR-1-VAL, 100 images)")
+    lines = {name: ([p["steps"] for p in row["curve"]], [p["val_mae"] for p in row["curve"]])
+             for name, row in table.items()}
+    plot_lines({"validation MAE against training steps": lines}, path, xlabel=f"training steps (batch 8){synthetic}",
+               ylabel="validation MAE (CUHK-TR-1-VAL, 100 images)")
 
 
 def main(argv: list[str] | None = None) -> None:

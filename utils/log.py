@@ -119,14 +119,9 @@ def _open_tensorboard(log_dir: Path) -> Any:
     return SummaryWriter(str(log_dir / "tensorboard"))
 
 
-def read_rows(path: Path) -> list[dict[str, str]]:
-    """The rows of a CSV file written by CsvLog."""
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
-
-
 class CsvLog:
-    """A CSV file whose columns are fixed by the first row; rows are flushed as they are written."""
+    """A CSV file whose columns are fixed by the first row; rows are flushed as they are written and kept in
+    `rows` as written (for the curves)."""
 
     def __init__(self, path: Path, keep_until_epoch: int | None = None) -> None:
         """Start a new file, or (when resuming) keep the existing rows with epoch <= keep_until_epoch."""
@@ -138,6 +133,7 @@ class CsvLog:
                 reader = csv.DictReader(f)
                 self.columns = list(reader.fieldnames or []) or None
                 kept = [row for row in reader if int(row["epoch"]) <= keep_until_epoch]
+        self.rows: list[dict[str, Any]] = kept
         self.file = path.open("w", newline="")
         self.writer: csv.DictWriter | None = None
         if self.columns:
@@ -153,8 +149,10 @@ class CsvLog:
     def write(self, row: dict[str, Any]) -> None:
         if self.writer is None:
             self._start(list(row))
-        self.writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+        written = {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()}
+        self.writer.writerow(written)
         self.file.flush()
+        self.rows.append(written)
 
     def close(self) -> None:
         self.file.close()
@@ -201,11 +199,11 @@ class TrainingLogger:
         self.draw_curves()
 
     def draw_curves(self) -> None:
-        """Redraw log_dir/curves.png (loss and validation against the epoch) from the two CSV files. A figure
-        that cannot be written is reported, and training goes on."""
+        """Redraw log_dir/curves.png (loss and validation against the epoch) from the rows of the two CSV files. A
+        figure that cannot be written is reported, and training goes on."""
         path = self.log_dir / "curves.png"
         try:
-            plot_training_curves(read_rows(self.steps.path), read_rows(self.epochs.path), path, self.scores)
+            plot_training_curves(self.steps.rows, self.epochs.rows, path, self.scores)
         except OSError as e:
             self.info(f"warning: cannot write {path} ({e.strerror or e}); training goes on")
 

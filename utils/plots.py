@@ -116,10 +116,10 @@ SCORE_NAMES = {"val_mae": "MAE", "val_fbeta": "F-beta", "abs_rel": "AbsRel", "de
 
 def plot_lines(panels: Mapping[str, Mapping[str, Line]], path: str | Path, *, xlabel: str, ylabel: str = "",
                styles: Mapping[str, dict[str, Any]] | None = None, vline: float | None = None,
-               sharey: bool = False, title: str = "") -> Path:
+               sharey: bool = False) -> Path:
     """One panel per entry of `panels` (its title), one line with markers per label: panels[title][label] =
-    (xs, ys); a legend where a panel has more than one line. A label keeps its colour in every panel; `styles[label]` overrides its matplotlib keywords; `vline`
-    marks one x in every panel. Written atomically."""
+    (xs, ys); a legend where a panel has more than one line. A label keeps its colour in every panel;
+    `styles[label]` overrides its matplotlib keywords; `vline` marks one x in every panel. Written atomically."""
     if not panels:
         raise ValueError("no curve to plot")
     labels = list(dict.fromkeys(label for lines in panels.values() for label in lines))
@@ -135,8 +135,6 @@ def plot_lines(panels: Mapping[str, Mapping[str, Line]], path: str | Path, *, xl
         if len(lines) > 1:
             ax.legend(fontsize=8)
     axes[0][0].set_ylabel(ylabel)
-    if title:
-        fig.suptitle(title)
     fig.tight_layout()
     return save_figure(fig, Path(path))
 
@@ -151,7 +149,7 @@ def save_figure(fig: plt.Figure, path: Path, dpi: int = 120) -> Path:
     return path
 
 
-def plot_training_curves(steps: list[dict[str, str]], epochs: list[dict[str, str]], path: str | Path,
+def plot_training_curves(steps: list[dict[str, Any]], epochs: list[dict[str, Any]], path: str | Path,
                          scores: Sequence[str] = ()) -> Path:
     """A run's curves from its steps.csv and epochs.csv rows: the training loss (each step and each epoch's
     mean) and each validation column of `scores` that holds a value in a panel of its own, against the epoch."""
