@@ -72,8 +72,8 @@ def add_test_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--workers", type=int, default=2)
     run.add_argument("--batch-size", type=int, default=8)
     run.add_argument("--img-size", type=int, default=None,
-                     help=f"network input size (default: each checkpoint's training size when it records one, "
-                          f"else {DEFAULT_IMG_SIZE})")
+                     help=f"network input size (default: the size an exported file says to run it at, else "
+                          f"its training size, else {DEFAULT_IMG_SIZE})")
     table = parser.add_argument_group("table")
     table.add_argument("--paper-table", choices=list(TABLES), default="I",
                        help="paper table to compare with (I: CUHK-TR-1, II: CUHK-TR-1 & DUT-TR)")

@@ -197,4 +197,5 @@ def evaluate_model(model: torch.nn.Module, label: str, checkpoint: str, dataset_
     entry = results_entry(summary, rows, label, checkpoint, dataset_expr, out_dir, settings,
                           settings.protocol.upsampling)
     entry["corrupt_left_out"] = dataset.corrupt
+    entry["img_size"] = settings.img_size
     return entry

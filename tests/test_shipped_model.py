@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import importlib.util
 import io
+import json
 import os
 import re
 import subprocess
@@ -200,22 +201,31 @@ def command_flags(argv: list[str]) -> dict[str, str]:
     return flags
 
 
-def test_release_recipe_runs_the_distillation_studys_teacher_and_control(tmp_path):
-    """The shipped file is the stage-2 study's control run: train_release.sh must train it with the same flags as
-    bench/real_photo_distillation.py (paths aside), then export it at 288 px."""
-    from bench import real_photo_distillation as study
-    (tmp_path / "cuhk/image").mkdir(parents=True)
-    (tmp_path / "cuhk/gt").mkdir()
+def _release_calls(tmp_path: Path, train_set: str | None) -> list[list[str]]:
+    """The commands train_release.sh runs (its Python replaced by a stub that records them)."""
+    (tmp_path / "cuhk/image").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "cuhk/gt").mkdir(exist_ok=True)
     (tmp_path / "cuhk_te1.txt").write_text("a.jpg\n")
     calls = tmp_path / "calls.txt"
+    calls.unlink(missing_ok=True)
     stub = tmp_path / "python"
     stub.write_text(f'#!/usr/bin/env bash\necho "$*" >> {calls}\n')
     stub.chmod(0o755)
     env = {**os.environ, "OUT": str(tmp_path / "out"), "PYTHON": str(stub), "CUHK_DIR": str(tmp_path / "cuhk"),
            "SPLIT_LIST": str(tmp_path / "cuhk_te1.txt"), "DUT_DIR": str(tmp_path / "absent")}
+    if train_set is not None:
+        env["TRAIN_SET"] = train_set
     run = subprocess.run(["bash", str(ROOT / "tools/train_release.sh")], capture_output=True, text=True, env=env)
     assert run.returncode == 0, run.stderr
-    first, continued, export, *_ = [line.split() for line in calls.read_text().splitlines()]
+    return [line.split() for line in calls.read_text().splitlines()]
+
+
+def test_release_recipe_is_the_distillation_studys_control_and_refits_on_all_of_cuhk_tr1(tmp_path):
+    """The shipped file (the default) is the stage-2 study's teacher + control: the same flags as
+    bench/real_photo_distillation.py (paths aside), exported at 288 px. TRAIN_SET=CUHK-TR-1 runs exactly those
+    flags on all 604 photos, without validation, and scores only the DUT folder."""
+    from bench import real_photo_distillation as study
+    first, continued, export, *_ = _release_calls(tmp_path, None)
     out = tmp_path / "study"
     for recipe, model in ((first, study.TEACHER), (continued, study.CONTROL)):
         bench = study.command(model, 43, out, str(tmp_path / "out/data_root"), {})
@@ -227,6 +237,17 @@ def test_release_recipe_runs_the_distillation_studys_teacher_and_control(tmp_pat
     assert command_flags(continued)["--init"] == str(tmp_path / "out/dffnet_release_train.pth")
     assert export[:2] == ["tools/export_model.py", str(tmp_path / "out/dffnet_release_continued.pth")]
     assert command_flags(export)["--img-size"] == "288"
+
+    *refit, scores = _release_calls(tmp_path, "CUHK-TR-1")
+    assert scores[0] == "test.py" and "CUHK-TR-1-VAL" not in scores  # its training photos: only DUT is scored
+    for validated, all_photos in zip((first, continued, export), refit, strict=True):
+        validated_flags, refit_flags = command_flags(validated), command_flags(all_photos)
+        if all_photos[0] == "train_single.py":
+            assert validated_flags.pop("--train-set") == "CUHK-TR-1-FIT"
+            assert refit_flags.pop("--train-set") == "CUHK-TR-1"
+            assert validated_flags.pop("--val-set") == "CUHK-TR-1-VAL" and validated_flags.pop("--val-every")
+        validated_flags.pop("--description", None), refit_flags.pop("--description", None)
+        assert refit_flags == validated_flags
 
 
 @pytest.mark.parametrize("path", sorted(shipped_files()), ids=lambda p: p.name)
@@ -244,3 +265,30 @@ def test_each_card_states_its_recipe_time_without_amx_and_with_amx_where_known(c
     kinds = ("without AMX", "with AMX") if "MODEL_CARD_lite2" not in card_path else ("without AMX",)
     for kind in kinds:
         assert re.search(rf"\*\*{kind}\*\* [^;|]*\d+ min", row), f"{card_path}'s training time says nothing {kind}"
+
+
+def test_results_json_records_the_size_each_network_ran_at(tmp_path):
+    """An exported file runs at the size it names (here 96 px, trained at 64), --img-size overrides it; each
+    results.json entry says which size its scores come from."""
+    torch.manual_seed(0)
+    model = build_model("dffnet", backbone="resnest14d")
+    trained = tmp_path / "trained.pth"
+    save_checkpoint({"format": "ddffnet-checkpoint-v1", "model": model.state_dict(), "model_config": model.config,
+                     "config": {"img_size": 64, "backbone": "resnest14d"}, "epoch": 1}, trained)
+    exported = export_release(trained, tmp_path / "at96.pth", "run at 96", 96)
+    for folder in ("image", "gt"):
+        (tmp_path / "set" / folder).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        Image.fromarray(rng.integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(tmp_path / f"set/image/{name}.png")
+        Image.fromarray(np.where(rng.random((40, 56)) > 0.5, 255, 0).astype(np.uint8)).save(
+            tmp_path / f"set/gt/{name}.png")
+    dataset = f"folder:{tmp_path / 'set'}:white=in-focus"
+    for extra, expected in (([], 96), (["--img-size", "64"], 64)):
+        out = tmp_path / f"out{expected}"
+        code, _ = _run_test_py(["--checkpoint", str(exported), "--dataset", dataset, "--out", str(out),
+                                "--workers", "0", *extra])
+        assert code == 0
+        results = json.loads((out / "results.json").read_text())
+        assert [entry["img_size"] for entry in results["results"]] == [expected]
+        assert results["run"]["img_size"] == (int(extra[1]) if extra else "each network's own (its result's img_size)")

@@ -37,8 +37,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--count", type=int, default=6, help="rows (test images)")
     parser.add_argument("--data-root", default="data")
     parser.add_argument("--img-size", type=int, default=None,
-                        help="network input size (default: 320 for --dataset, the checkpoint's training size "
-                             "for --photos)")
+                        help="network input size (default: 320 for --dataset; for --photos the size the checkpoint "
+                             "says to run it at, else its training size)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", required=True, help="PNG file")
     args = parser.parse_args(argv)

