@@ -74,16 +74,25 @@ def comparison_figure(dataset_expr: str, checkpoints: dict[str, str], out: str |
 
 
 
-def photo_figure(photos: list[str | Path], checkpoint: str | Path, out: str | Path, img_size: int | None = None,
-                 device: str = "auto") -> tuple[Path, list[str]]:
-    """Save a grid of photos without ground truth (rows) x [photo, P(in-focus) map, blurred regions tinted red]
-    (columns) from one detector (models.predict), at its own input size unless `img_size` is given; returns the
-    figure's path and the files skipped, each with the reason (PhotoDataset)."""
-    model = load_model(checkpoint, map_location=select_device(device), detector_only=True).eval()
+def photo_figure(photos: list[str | Path], checkpoints: dict[str, str | Path], out: str | Path,
+                 img_size: int | None = None, device: str = "auto") -> tuple[Path, list[str]]:
+    """Save a grid of photos without ground truth, one row each: the photo, then each detector's P(in-focus) map
+    and its blurred regions tinted red (models.predict, at the detector's own input size unless `img_size` is
+    given), titled by label when there are several. Returns the figure's path and the files skipped, each with
+    the reason (PhotoDataset)."""
+    models = {label: load_model(path, map_location=select_device(device), detector_only=True).eval()
+              for label, path in checkpoints.items()}
     dataset = PhotoDataset(photos)
     rows = []
     for path in dataset.paths:
         photo = load_rgb(path)
-        in_focus = predict(model, photo, img_size)
-        rows.append([np.asarray(photo), in_focus, blur_overlay(np.asarray(photo), in_focus)])
-    return labelled_grid(rows, ["photo", "P(in-focus), white = sharp", "predicted blur (red)"], out), dataset.skipped
+        row = [np.asarray(photo)]
+        for model in models.values():
+            in_focus = predict(model, photo, img_size)
+            row += [in_focus, blur_overlay(np.asarray(photo), in_focus)]
+        rows.append(row)
+    if len(models) == 1:
+        columns = ["photo", "P(in-focus), white = sharp", "predicted blur (red)"]
+    else:
+        columns = ["photo"] + [title for label in models for title in (f"{label}: P(in-focus)", f"{label}: blur")]
+    return labelled_grid(rows, columns, out), dataset.skipped

@@ -375,6 +375,40 @@ def test_figures_tool_draws_depth_teachers_without_a_detector_and_needs_somethin
     assert "--dataset needs a --checkpoint or a --depth-teacher to draw" in capsys.readouterr().err
 
 
+def test_photo_figure_draws_each_detector_beside_the_photo(setup, monkeypatch, tmp_path, capsys):
+    """--photos with two detectors: per photo its picture, then each detector's map and overlay, titled by label
+    (one detector keeps the demo's three untitled columns); a repeated label or a depth teacher is refused."""
+    import importlib.util
+    import engine.figures
+    from utils.checkpoint import save_checkpoint
+    tmp, checkpoint, _, _ = setup
+    torch.manual_seed(1)
+    other = build_model("dffnet", backbone="resnest14d")
+    second = save_checkpoint({"format": "ddffnet-checkpoint-v1", "model": other.state_dict(),
+                              "model_config": other.config, "config": {"img_size": 64}, "epoch": 0},
+                             tmp_path / "other.pth")
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(tmp_path / "p.png")
+    drawn = {}
+    monkeypatch.setattr(engine.figures, "labelled_grid", lambda rows, labels, out: drawn.setdefault(out, (rows, labels)))
+    engine.figures.photo_figure([tmp_path / "p.png"], {"old": checkpoint, "new": second}, tmp_path / "two",
+                                img_size=64, device="cpu")
+    rows, labels = drawn[tmp_path / "two"]
+    assert labels == ["photo", "old: P(in-focus)", "old: blur", "new: P(in-focus)", "new: blur"]
+    assert len(rows) == 1 and len(rows[0]) == 5 and not np.allclose(rows[0][1], rows[0][3])  # each its own map
+    engine.figures.photo_figure([tmp_path / "p.png"], {"old": checkpoint}, tmp_path / "one", img_size=64, device="cpu")
+    assert drawn[tmp_path / "one"][1] == ["photo", "P(in-focus), white = sharp", "predicted blur (red)"]
+
+    spec = importlib.util.spec_from_file_location("figures_tool", Path(__file__).resolve().parents[1] / "tools/figures.py")
+    figures_tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(figures_tool)
+    for extra, message in ((["--checkpoint", f"a={checkpoint}", f"a={second}"], "give each file its own LABEL"),
+                           (["--checkpoint", f"a={checkpoint}", "--depth-teacher", str(second)],
+                            "--depth-teacher draws depth beside ground truth: use it with --dataset")):
+        with pytest.raises(SystemExit):
+            figures_tool.main(["--photos", str(tmp_path / "p.png"), *extra, "--out", str(tmp_path / "x.png")])
+        assert message in capsys.readouterr().err
+
+
 def test_grid_columns_line_up_when_a_row_is_narrower(tmp_path):
     """A square photo among landscape ones is centred in its column, so every column starts where its title
     does and the white margins of the narrow row are on both sides."""

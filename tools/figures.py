@@ -1,5 +1,5 @@
 """Draw a qualitative grid: a test set's image, ground truth, each detector's map and the depth teacher's depth;
-or photos without ground truth with one detector's map and its blur overlay.
+or photos without ground truth with each detector's map and its blur overlay.
 
     python tools/figures.py --dataset synthetic:data/demo/test --checkpoint DFFNet=a.pth D-DFFNet=b.pth \\
         --depth-teacher depth_pretrained/midas_v21-f6b98070.pt --out results/qualitative.png
@@ -7,6 +7,7 @@ or photos without ground truth with one detector's map and its blur overlay.
         --depth-teacher "MiDaS=midas_v21-f6b98070.pt" "ours=depth_pretrained/midas_synthetic_cpu.pth" --out grid.png
     python tools/figures.py --photos photos/ --checkpoint model=checkpoint/release/dffnet_cuhk_cpu.pth \\
         --out results/photos.png
+    python tools/figures.py --photos photos/ --checkpoint old=a.pth new=b.pth --out results/compare.png
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--dataset", help="test-set expression")
-    source.add_argument("--photos", nargs="+", help="photos or folders without ground truth (one --checkpoint)")
+    source.add_argument("--photos", nargs="+", help="photos or folders without ground truth")
     parser.add_argument("--checkpoint", nargs="+", default=[], metavar="LABEL=PATH",
                         help="detectors, one column each (--dataset: may be left out when --depth-teacher is given)")
     parser.add_argument("--depth-teacher", nargs="+", default=[], metavar="[LABEL=]PATH",
@@ -44,11 +45,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if any("=" not in pair for pair in args.checkpoint):
         parser.error("--checkpoint takes LABEL=PATH pairs")
-    if args.photos and len(args.checkpoint) != 1:
-        parser.error("--photos draws one --checkpoint")
+    if args.photos and not args.checkpoint:
+        parser.error("--photos needs a --checkpoint to draw")
+    if args.photos and args.depth_teacher:
+        parser.error("--depth-teacher draws depth beside ground truth: use it with --dataset")
     if not args.checkpoint and not args.depth_teacher:
         parser.error("--dataset needs a --checkpoint or a --depth-teacher to draw")
     checkpoints = dict(pair.split("=", 1) for pair in args.checkpoint)
+    if len(checkpoints) < len(args.checkpoint):
+        parser.error("--checkpoint: give each file its own LABEL")
     depth_teachers = dict(item.split("=", 1) if "=" in item else ("depth teacher", item) for item in args.depth_teacher)
     if len(depth_teachers) < len(args.depth_teacher):
         parser.error("--depth-teacher: give each file its own LABEL=PATH")
@@ -59,8 +64,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(str(e)) from None
     try:
         if args.photos:
-            path, skipped = photo_figure(args.photos, next(iter(checkpoints.values())), args.out, args.img_size,
-                                         args.device)
+            path, skipped = photo_figure(args.photos, checkpoints, args.out, args.img_size, args.device)
         else:
             path = comparison_figure(args.dataset, checkpoints, args.out, depth_teachers, args.count,
                                      args.data_root, args.img_size or 320, args.device)
