@@ -86,10 +86,11 @@ def photo_figure(photos: list[str | Path], checkpoints: dict[str, str | Path], o
     rows = []
     for path in dataset.paths:
         photo = load_rgb(path)
-        row = [np.asarray(photo)]
+        pixels = np.asarray(photo)
+        row = [pixels]
         for model in models.values():
             in_focus = predict(model, photo, img_size)
-            row += [in_focus, blur_overlay(np.asarray(photo), in_focus)]
+            row += [in_focus, blur_overlay(pixels, in_focus)]
         rows.append(row)
     if len(models) == 1:
         columns = ["photo", "P(in-focus), white = sharp", "predicted blur (red)"]
