@@ -201,7 +201,7 @@ def command_flags(argv: list[str]) -> dict[str, str]:
     return flags
 
 
-def _release_calls(tmp_path: Path, train_set: str | None) -> list[list[str]]:
+def _release_calls(tmp_path: Path, train_set: str | None, **settings: str) -> list[list[str]]:
     """The commands train_release.sh runs (its Python replaced by a stub that records them)."""
     (tmp_path / "cuhk/image").mkdir(parents=True, exist_ok=True)
     (tmp_path / "cuhk/gt").mkdir(exist_ok=True)
@@ -215,6 +215,7 @@ def _release_calls(tmp_path: Path, train_set: str | None) -> list[list[str]]:
            "SPLIT_LIST": str(tmp_path / "cuhk_te1.txt"), "DUT_DIR": str(tmp_path / "absent")}
     if train_set is not None:
         env["TRAIN_SET"] = train_set
+    env.update(settings)
     run = subprocess.run(["bash", str(ROOT / "tools/train_release.sh")], capture_output=True, text=True, env=env)
     assert run.returncode == 0, run.stderr
     return [line.split() for line in calls.read_text().splitlines()]
@@ -248,6 +249,19 @@ def test_release_recipe_is_the_distillation_studys_control_and_refits_on_all_of_
             assert validated_flags.pop("--val-set") == "CUHK-TR-1-VAL" and validated_flags.pop("--val-every")
         validated_flags.pop("--description", None), refit_flags.pop("--description", None)
         assert refit_flags == validated_flags
+
+
+def test_release_recipe_trains_both_runs_at_train_size_and_says_so_in_the_export(tmp_path):
+    first, continued, export, *_ = _release_calls(tmp_path, None)
+    at_320 = _release_calls(tmp_path, None, TRAIN_SIZE="320")
+    assert [command_flags(run)["--img-size"] for run in (first, continued, export)] == ["224", "224", "288"]
+    assert [command_flags(run)["--img-size"] for run in at_320[:3]] == ["320", "320", "288"]
+    assert "trained at 224 px" in command_flags(export)["--description"]
+    assert "trained at 320 px" in command_flags(at_320[2])["--description"]
+    for default, changed in zip((first, continued), at_320[:2], strict=True):
+        default_flags, changed_flags = command_flags(default), command_flags(changed)
+        default_flags.pop("--img-size"), changed_flags.pop("--img-size")
+        assert changed_flags == default_flags
 
 
 @pytest.mark.parametrize("path", sorted(shipped_files()), ids=lambda p: p.name)
