@@ -4,6 +4,7 @@
 #   bash tools/train_release.sh                  # release 4; the time per CPU is in the model card
 #   RESUME=1 bash tools/train_release.sh         # continue an interrupted run from its last epoch
 #   TRAIN_SET=CUHK-TR-1 bash tools/train_release.sh                          # the all-604 refit (card: not shipped)
+#   TRAIN_SIZE=320 bash tools/train_release.sh                              # at the paper's 320 px (card: not shipped)
 #   SEED=42 CONTINUE_EPOCHS=0 bash tools/train_release.sh                    # release 3
 #   BACKBONE=resnet10t PRETRAINED=none LR=5e-4 EPOCHS=90 VAL_EVERY=4 RUN_SIZE=224 SEED=42 CONTINUE_EPOCHS=0 \
 #       bash tools/train_release.sh                                          # release 2
