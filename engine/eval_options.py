@@ -74,6 +74,9 @@ def add_test_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--img-size", type=int, default=None,
                      help=f"network input size (default: the size an exported file says to run it at, else "
                           f"its training size, else {DEFAULT_IMG_SIZE})")
+    run.add_argument("--flip-average", action="store_true",
+                     help="average each map with the map of the mirrored photo (two forwards; not the paper's "
+                          "protocol, which runs the network once: checkpoint/release/MODEL_CARD.md measures it)")
     table = parser.add_argument_group("table")
     table.add_argument("--paper-table", choices=list(TABLES), default="I",
                        help="paper table to compare with (I: CUHK-TR-1, II: CUHK-TR-1 & DUT-TR)")
@@ -111,6 +114,7 @@ class EvalOptions:
     workers: int
     batch_size: int
     img_size: int | None
+    flip_average: bool
     paper_table: str
     paper_row: list[str]
     paper_methods: list[str]
@@ -123,6 +127,8 @@ def check_test_options(options: EvalOptions) -> None:
         raise UsageError("--pred-dir and --images cannot be combined")
     if options.pred_dir is not None and options.checkpoint:
         raise UsageError("--pred-dir evaluates saved maps: drop --checkpoint")
+    if options.pred_dir is not None and options.flip_average:
+        raise UsageError("--flip-average runs a network twice per photo: it does not apply to --pred-dir's saved maps")
     if options.pred_dir is not None and len(options.dataset) != 1:
         raise UsageError("--pred-dir needs exactly one --dataset (the set the maps belong to)")
     if options.batch_size < 1:
@@ -189,5 +195,6 @@ def eval_settings(options: EvalOptions, device: torch.device) -> EvalSettings:
     return EvalSettings(protocol=get_protocol(options.protocol, options.raw_maps), device=device, amp=options.amp,
                         batch_size=options.batch_size, workers=options.workers, channels_last=options.channels_last,
                         img_size=options.img_size or DEFAULT_IMG_SIZE, data_root=options.data_root,
-                        save_maps=options.save_maps, grid=options.grid, split_file=options.split_file)
+                        save_maps=options.save_maps, grid=options.grid, split_file=options.split_file,
+                        flip_average=options.flip_average)
 

@@ -105,6 +105,7 @@ def run_evaluation(options: EvalOptions, settings: EvalSettings, out: Path) -> i
         return 1
     run = {"protocol": options.protocol, "device": str(settings.device), "amp": options.amp,
            "img_size": options.img_size or "each network's own (its result's img_size)",
+           "flip_average": options.flip_average,
            "data_root": options.data_root, "command": sys.argv, "torch": torch.__version__,
            "time": time.strftime("%Y-%m-%d %H:%M:%S"), "missing": missing}
     for entry in entries:

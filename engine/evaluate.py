@@ -25,6 +25,7 @@ from metrics.protocol import PROTOCOLS, Protocol
 from metrics.regions import RegionMetrics
 from metrics.report import write_per_image_csv
 from models import load_model
+from models.inference import detector_logits
 from utils.image_writer import ImageWriter
 from utils.log import progress
 from utils.plots import labelled_grid
@@ -49,6 +50,7 @@ class EvalSettings:
     save_maps: bool = False
     grid: int = 6
     split_file: str | None = None
+    flip_average: bool = False
 
 
 def build_test_set(expr: str, settings: EvalSettings) -> Dataset:
@@ -97,7 +99,7 @@ def predict(model: torch.nn.Module, dataset: Dataset, settings: EvalSettings, de
             if settings.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             with autocast(settings.device, settings.amp):
-                logits = model(images).logits
+                logits = detector_logits(model, images, settings.flip_average)
             probs = torch.sigmoid(logits.float())
             for i in range(len(batch["name"])):
                 item = {key: value[i] for key, value in batch.items()}
@@ -198,4 +200,5 @@ def evaluate_model(model: torch.nn.Module, label: str, checkpoint: str, dataset_
                           settings.protocol.upsampling)
     entry["corrupt_left_out"] = dataset.corrupt
     entry["img_size"] = settings.img_size
+    entry["flip_average"] = settings.flip_average
     return entry

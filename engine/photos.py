@@ -101,7 +101,7 @@ def predict_photos(model: torch.nn.Module, paths: list[str], settings: EvalSetti
     try:
         for batch in _readable_batches(photos.paths, settings.batch_size, report.unreadable):
             pictures = [picture for _, picture in batch]
-            probs = predict_batch(model, pictures, settings.img_size, settings.amp)
+            probs = predict_batch(model, pictures, settings.img_size, settings.amp, settings.flip_average)
             for (index, picture), prob in zip(batch, probs):
                 grey = to_8bit(torch.from_numpy(prob))
                 overlay = np.concatenate([blur_overlay(np.asarray(picture), grey / 255.0),

@@ -82,11 +82,21 @@ def _is_channels_last(model: torch.nn.Module) -> bool:
         weight.is_contiguous(memory_format=torch.channels_last)
 
 
+def detector_logits(model: torch.nn.Module, images: torch.Tensor, flip_average: bool = False) -> torch.Tensor:
+    """The final in-focus logits (B, 1, H, W) of a batch; with `flip_average`, the mean of the logits of the
+    images and of their mirror images (mirrored back): two forwards, a test-time augmentation the paper does not
+    use."""
+    logits = model(images).logits
+    if flip_average:
+        logits = (logits + model(images.flip(-1)).logits.flip(-1)) / 2
+    return logits
+
+
 def predict_batch(model: torch.nn.Module, images: list[ImageInput], img_size: int | None = None,
-                  amp: str = "off") -> list[np.ndarray]:
+                  amp: str = "off", flip_average: bool = False) -> list[np.ndarray]:
     """P(in-focus) maps of several images run as one batch on the model's device; each float32 H x W in [0, 1] at
     its upright image's size (the network's map resized bilinearly). Puts the model in eval mode. `img_size`
-    overrides the checkpoint's input size; `amp`: off | bf16 | fp16."""
+    overrides the checkpoint's input size; `amp`: off | bf16 | fp16; `flip_average`: see `detector_logits`."""
     pictures = [as_rgb(image) for image in images]
     if not pictures:
         return []
@@ -99,14 +109,15 @@ def predict_batch(model: torch.nn.Module, images: list[ImageInput], img_size: in
     model.eval()
     with torch.inference_mode():
         with autocast(device, amp):
-            logits = model(batch).logits
+            logits = detector_logits(model, batch, flip_average)
         probs = torch.sigmoid(logits.float())
         return [F.interpolate(probs[i:i + 1], size=(p.height, p.width), mode="bilinear",
                               align_corners=False)[0, 0].cpu().numpy() for i, p in enumerate(pictures)]
 
 
-def predict(model: torch.nn.Module, image: ImageInput, img_size: int | None = None, amp: str = "off") -> np.ndarray:
+def predict(model: torch.nn.Module, image: ImageInput, img_size: int | None = None, amp: str = "off",
+            flip_average: bool = False) -> np.ndarray:
     """P(in-focus) map (float32, H x W in [0, 1], white = in-focus) of one image at its upright size: a PIL image,
     a numpy array (RGB) or a file path, fed to the model at its own input size (the model applies its own
     normalisation)."""
-    return predict_batch(model, [image], img_size, amp)[0]
+    return predict_batch(model, [image], img_size, amp, flip_average)[0]

@@ -4,16 +4,18 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import skimage.data
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from datasets.decoding import load_rgb
-from datasets.transforms import resize_image
+from datasets.transforms import normalise, resize_image
 from engine.evaluate import to_8bit
 from models import build_model, load_model, predict
 from models.inference import DEFAULT_IMG_SIZE, input_spec, predict_batch
@@ -170,3 +172,63 @@ def test_torch_hub_loads_the_papers_models_from_a_file(tmp_path):
     other = save_checkpoint(model_checkpoint(pdnet, {"img_size": 64}, 1), tmp_path / "pdnet.pth")
     with pytest.raises(CheckpointError, match="holds a 'pdnet' model, but 'dffnet' was asked for"):
         torch.hub.load(str(ROOT), "dffnet", source="local", checkpoint=other)
+
+
+def test_flip_average_is_the_mean_of_the_logits_of_a_photo_and_its_mirror_image(detector):
+    """predict(flip_average=True) is sigmoid of the mean logit of the photo and of its mirror image, mirrored back:
+    not the plain map, and the same for the mirrored photo (mirrored back)."""
+    photo = skimage.data.chelsea()[40:200, 100:340]
+    plain, mirrored = predict(detector, photo), predict(detector, photo[:, ::-1].copy())
+    averaged = predict(detector, photo, flip_average=True)
+    # the network's map is resized to the photo before both are read back: logits average at the network's size
+    image = normalise(resize_image(Image.fromarray(photo), 96))[None]
+    with torch.inference_mode():
+        expected = torch.sigmoid((detector(image).logits + detector(image.flip(-1)).logits.flip(-1)) / 2)
+    expected = F.interpolate(expected, size=photo.shape[:2], mode="bilinear", align_corners=False)[0, 0].numpy()
+    np.testing.assert_allclose(averaged, expected, atol=1e-5)
+    assert np.abs(averaged - plain).max() > 0.01
+    np.testing.assert_allclose(predict(detector, photo[:, ::-1].copy(), flip_average=True)[:, ::-1], averaged,
+                               atol=1e-5)
+    assert np.abs(mirrored[:, ::-1] - plain).max() > 0.01  # the network alone is not mirror-symmetric
+
+
+def test_test_py_flip_average_scores_sets_and_maps_photos_and_records_it(tmp_path, reference, detector):
+    """test.py --flip-average: a test set's maps are the averaged ones (a photo and its mirror image get mirrored
+    maps, which the network alone does not give), its scores come from them and results.json says so (entry and
+    run); --images writes predict(flip_average=True)'s maps; saved maps (--pred-dir) refuse it."""
+    for folder in ("image", "gt"):
+        (tmp_path / "set" / folder).mkdir(parents=True)
+    photo = skimage.data.chelsea()[40:200, 100:340]
+    Image.fromarray(photo).save(tmp_path / "set/image/a.png")
+    Image.fromarray(photo[:, ::-1].copy()).save(tmp_path / "set/image/b.png")
+    mask = np.where(np.random.default_rng(0).random(photo.shape[:2]) > 0.5, 255, 0).astype(np.uint8)
+    for name in ("a", "b"):
+        Image.fromarray(mask).save(tmp_path / f"set/gt/{name}.png")
+    dataset = f"folder:{tmp_path / 'set'}:white=in-focus"
+    results, mirror_gap = {}, {}
+    for flip in (False, True):  # the standard protocol resizes bilinearly: nearest resizing is not mirror-symmetric
+        out = tmp_path / f"out{flip}"
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            assert test_script.main(["--checkpoint", str(reference), "--dataset", dataset, "--out", str(out),
+                                     "--workers", "0", "--save-maps", "--protocol", "standard"]
+                                    + ["--flip-average"] * flip) == 0
+        results[flip] = json.loads((out / "results.json").read_text())
+        assert results[flip]["run"]["flip_average"] is flip
+        assert [entry["flip_average"] for entry in results[flip]["results"]] == [flip]
+        a, b = (np.asarray(Image.open(out / f"seeded/set/maps/{name}.png")).astype(int) for name in "ab")
+        mirror_gap[flip] = np.abs(a - b[:, ::-1]).max()
+    assert mirror_gap[True] <= 1 < mirror_gap[False]
+    assert results[True]["results"][0]["mae"] != results[False]["results"][0]["mae"]
+
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        assert test_script.main(["--checkpoint", str(reference), "--images", str(tmp_path / "set/image"),
+                                 "--out", str(tmp_path / "photos"), "--workers", "0", "--flip-average"]) == 0
+    for name in "ab":
+        assert_same_map(np.asarray(Image.open(tmp_path / f"photos/maps/{name}.png")), to_8bit(torch.from_numpy(
+            predict(detector, tmp_path / f"set/image/{name}.png", flip_average=True))), name)
+
+    stderr = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(stderr), pytest.raises(SystemExit):
+        test_script.main(["--pred-dir", str(tmp_path / "photos/maps"), "--dataset", dataset, "--flip-average"])
+    assert "--flip-average runs a network twice per photo: it does not apply to --pred-dir's saved maps" in \
+        stderr.getvalue()
