@@ -7,11 +7,13 @@ The result loads with `train_kd.py --depth-teacher PATH` like the released file.
 from __future__ import annotations
 
 import argparse
+import sys
 
 from engine.config import DepthConfig
 from engine.depth import train_depth_teacher
 from engine.options import add_depth_teacher_arguments, config_from_flags
-from engine.train import exit_with_one_line
+from engine.train import TrainingInterrupted
+from utils.errors import RunError
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -21,7 +23,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
-    exit_with_one_line(lambda: train_depth_teacher(config_from_flags(vars(parse_args(argv)), DepthConfig)))
+    try:
+        train_depth_teacher(config_from_flags(vars(parse_args(argv)), DepthConfig))
+    except TrainingInterrupted as stop:
+        print(stop, file=sys.stderr, flush=True)
+        raise SystemExit(stop.exit_code) from None
+    except RunError as error:
+        raise SystemExit(str(error)) from None
 
 
 if __name__ == "__main__":

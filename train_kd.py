@@ -18,11 +18,13 @@ per-image normalised depth, weight 1 per head); no --teacher is needed.
 from __future__ import annotations
 
 import argparse
+import sys
 
 from engine.config import DistillConfig
 from engine.options import add_common_arguments, add_distillation_arguments, config_from_flags
 from engine.stages import train_distill
-from engine.train import exit_with_one_line
+from engine.train import TrainingInterrupted
+from utils.errors import RunError
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -33,7 +35,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
-    exit_with_one_line(lambda: train_distill(config_from_flags(vars(parse_args(argv)), DistillConfig)))
+    try:
+        train_distill(config_from_flags(vars(parse_args(argv)), DistillConfig))
+    except TrainingInterrupted as stop:
+        print(stop, file=sys.stderr, flush=True)
+        raise SystemExit(stop.exit_code) from None
+    except RunError as error:
+        raise SystemExit(str(error)) from None
 
 
 if __name__ == "__main__":

@@ -7,11 +7,13 @@ gradient clamp 0.5, seed 42. Multi-GPU: torchrun --nproc_per_node N train_single
 from __future__ import annotations
 
 import argparse
+import sys
 
 from engine.config import TrainConfig
 from engine.options import add_common_arguments, config_from_flags
 from engine.stages import train_stage1
-from engine.train import exit_with_one_line
+from engine.train import TrainingInterrupted
+from utils.errors import RunError
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -21,7 +23,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
-    exit_with_one_line(lambda: train_stage1(config_from_flags(vars(parse_args(argv)), TrainConfig)))
+    try:
+        train_stage1(config_from_flags(vars(parse_args(argv)), TrainConfig))
+    except TrainingInterrupted as stop:
+        print(stop, file=sys.stderr, flush=True)
+        raise SystemExit(stop.exit_code) from None
+    except RunError as error:
+        raise SystemExit(str(error)) from None
 
 
 if __name__ == "__main__":

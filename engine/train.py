@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -59,17 +58,6 @@ class TrainingInterrupted(RunError):
     """Ctrl-C during training; the message names the last checkpoint to resume from."""
 
     exit_code = 130  # the shell's status for a process ended by SIGINT
-
-
-def exit_with_one_line(train: Callable[[], object]) -> None:
-    """Run a training script's work; Ctrl-C and a RunError end the process with their one-line message."""
-    try:
-        train()
-    except TrainingInterrupted as stop:
-        print(stop, file=sys.stderr, flush=True)
-        raise SystemExit(stop.exit_code) from None
-    except RunError as error:
-        raise SystemExit(str(error)) from None
 
 
 class CheckpointWriteError(RunError):
