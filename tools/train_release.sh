@@ -35,7 +35,7 @@
 #   CONTINUE_EPOCHS  epochs of the second run from the first one's weights; 0 = one run [18]
 #   SEED        seed of both runs                                        [43]
 #   VAL_EVERY   validate every N epochs                                  [3]
-#   TRAIN_SIZE  the input size both runs train at (the paper's: 320)        [224]
+#   TRAIN_SIZE  the input size both runs train at (the paper's: 320)     [224]
 #   RUN_SIZE    the input size the exported file is run at (release 2: 224) [288]
 #   THREADS     CPU threads                                              [2]
 #   EXPORT      where the fp16 release file goes                         [$OUT/dffnet_cuhk_cpu.pth]
@@ -50,6 +50,8 @@ SEED=${SEED:-43}
 BACKBONE=${BACKBONE:-tf_efficientnet_lite2}
 PRETRAINED=${PRETRAINED:-imagenet}
 LR=${LR:-3e-4}
+TRAIN_SIZE=${TRAIN_SIZE:-224}
+RUN_SIZE=${RUN_SIZE:-288}
 TRAIN_SET=${TRAIN_SET:-CUHK-TR-1-FIT}
 case "$TRAIN_SET" in
     CUHK-TR-1-FIT) VAL=(--val-set CUHK-TR-1-VAL --val-every "${VAL_EVERY:-3}") ;;
@@ -86,7 +88,7 @@ ln -sfn "$(realpath "$SPLIT_LIST")" "$ROOT/splits/cuhk_te1.txt"
 
 START=(--overwrite)
 [ "${RESUME:-0}" = 1 ] && START=(--resume)
-TRAIN=(--train-set "$TRAIN_SET" "${VAL[@]}" --data-root "$ROOT" --img-size "${TRAIN_SIZE:-224}" --crop-scale 0.5 --batch-size 8
+TRAIN=(--train-set "$TRAIN_SET" "${VAL[@]}" --data-root "$ROOT" --img-size "$TRAIN_SIZE" --crop-scale 0.5 --batch-size 8
        --lr "$LR" --amp bf16 --channels-last --workers 1 --seed "$SEED")
 echo "[$(date +%T)] training: $TRAIN_SET from $CUHK_DIR, $EPOCHS epochs, $OMP_NUM_THREADS thread(s)"
 "$PY" train_single.py "${TRAIN[@]}" --backbone "$BACKBONE" --pretrained "$PRETRAINED" \
@@ -102,8 +104,8 @@ if [ "$CONTINUE_EPOCHS" -gt 0 ]; then
 fi
 
 echo "[$(date +%T)] export: fp16 weights + training config -> $EXPORT"
-"$PY" tools/export_model.py "$TRAINED" "$EXPORT" --overwrite --img-size "${RUN_SIZE:-288}" --description \
-    "DFFNet ($BACKBONE, init $PRETRAINED, $EPOCHS + $CONTINUE_EPOCHS epochs, trained at ${TRAIN_SIZE:-224} px, run at ${RUN_SIZE:-288} px) trained by this repository on $TRAIN_SET on a CPU; checkpoint/release/MODEL_CARD.md"
+"$PY" tools/export_model.py "$TRAINED" "$EXPORT" --overwrite --img-size "$RUN_SIZE" --description \
+    "DFFNet ($BACKBONE, init $PRETRAINED, $EPOCHS + $CONTINUE_EPOCHS epochs, trained at $TRAIN_SIZE px, run at $RUN_SIZE px) trained by this repository on $TRAIN_SET on a CPU; checkpoint/release/MODEL_CARD.md"
 
 echo "[$(date +%T)] scores (official protocol) of the exported file"
 SETS=()
